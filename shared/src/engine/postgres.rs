@@ -1,0 +1,551 @@
+//! PostgreSQL and Aurora PostgreSQL (tokio-postgres, rustls).
+//!
+//! - Identifiers are quoted with `postgres-protocol`'s escaping, so any name
+//!   PostgreSQL allows works (quotes, spaces, capitals, 63 bytes).
+//! - A new password is sent as a SCRAM-SHA-256 verifier computed here, never
+//!   as plaintext: `log_statement = all` and `pg_stat_activity` see only the
+//!   verifier.
+//! - `ssl: true` → TLS required and verified; absent → verified TLS when the
+//!   server offers it, plaintext with a warning when it offers none;
+//!   `false` → plaintext.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Config, NoTls, config::SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{AlternateSync, ConnectOptions, Engine, Role, Session, endpoint};
+use crate::error::{Error, Result};
+use crate::secret::{DbSecret, SecretString, TlsMode};
+
+/// The PostgreSQL engine.
+#[derive(Clone, Debug, Default)]
+pub struct PostgresEngine {
+    options: ConnectOptions,
+}
+
+impl PostgresEngine {
+    pub fn new(options: ConnectOptions) -> Self {
+        PostgresEngine { options }
+    }
+
+    pub fn from_env() -> Result<Self> {
+        Ok(PostgresEngine::new(ConnectOptions::from_env()?))
+    }
+
+    fn config(&self, secret: &DbSecret) -> Config {
+        let mut config = Config::new();
+        config
+            .host(&secret.host)
+            .port(secret.port.unwrap_or(5432))
+            .user(&secret.username)
+            .password(secret.password.expose())
+            .dbname(secret.dbname.as_deref().unwrap_or("postgres"))
+            .application_name("rotor")
+            .connect_timeout(self.options.connect_timeout);
+        if let Some(ip) = self.options.address_for(&secret.host) {
+            config.hostaddr(ip);
+        }
+        config
+    }
+}
+
+#[async_trait]
+impl Engine for PostgresEngine {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn accepts(&self, engine: &str) -> bool {
+        self.engines().contains(&engine)
+    }
+
+    fn engines(&self) -> &'static [&'static str] {
+        &["postgres", "aurora-postgresql"]
+    }
+
+    fn default_port(&self) -> u16 {
+        5432
+    }
+
+    fn max_username_bytes(&self) -> usize {
+        63
+    }
+
+    fn default_excluded_characters(&self) -> &'static str {
+        ":/@\"'\\"
+    }
+
+    async fn connect(&self, secret: &DbSecret, which: Role) -> Result<Box<dyn Session>> {
+        let endpoint = endpoint(secret, 5432);
+        let mut config = self.config(secret);
+        let fail = |e: tokio_postgres::Error| classify(e, &endpoint, &secret.username, which);
+        let client = match secret.tls {
+            TlsMode::Disabled => {
+                config.ssl_mode(SslMode::Disable);
+                let (client, connection) = config.connect(NoTls).await.map_err(fail)?;
+                tokio::spawn(connection);
+                client
+            }
+            TlsMode::Required | TlsMode::Preferred => {
+                let required = secret.tls == TlsMode::Required;
+                config.ssl_mode(if required {
+                    SslMode::Require
+                } else {
+                    SslMode::Prefer
+                });
+                let used = Arc::new(AtomicBool::new(false));
+                let tls = TrackedTls {
+                    inner: MakeRustlsConnect::new((*self.options.tls.client_config()?).clone()),
+                    used: used.clone(),
+                };
+                let (client, connection) = config.connect(tls).await.map_err(fail)?;
+                tokio::spawn(connection);
+                if !used.load(Ordering::SeqCst) {
+                    tracing::warn!(
+                        endpoint = %endpoint,
+                        "server offers no TLS: connected in plaintext because the secret has no \"ssl\" key; set \"ssl\": true to refuse plaintext"
+                    );
+                }
+                client
+            }
+        };
+        Ok(Box::new(PgSession { client, endpoint }))
+    }
+}
+
+/// Sorts a driver error into Rotor's kinds. Driver messages never contain the
+/// password: it travels inside SCRAM messages, not text.
+fn classify(e: tokio_postgres::Error, endpoint: &str, user: &str, which: Role) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            return Error::LoginRefused {
+                user: user.to_string(),
+                endpoint: endpoint.to_string(),
+                which,
+                detail: db.message().to_string(),
+            };
+        }
+        if *code == SqlState::TOO_MANY_CONNECTIONS || *code == SqlState::CANNOT_CONNECT_NOW {
+            return Error::Unreachable {
+                endpoint: endpoint.to_string(),
+                detail: db.message().to_string(),
+            };
+        }
+        return Error::Database {
+            endpoint: endpoint.to_string(),
+            action: format!("accept the {which} login"),
+            detail: db.message().to_string(),
+        };
+    }
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("tls") || lower.contains("certificate") || lower.contains("handshake") {
+        Error::Tls {
+            endpoint: endpoint.to_string(),
+            detail,
+        }
+    } else {
+        Error::Unreachable {
+            endpoint: endpoint.to_string(),
+            detail,
+        }
+    }
+}
+
+/// Wraps the rustls connector to learn whether the server accepted TLS
+/// (tokio-postgres calls the connector only after the server says yes).
+#[derive(Clone)]
+struct TrackedTls {
+    inner: MakeRustlsConnect,
+    used: Arc<AtomicBool>,
+}
+
+impl<S> MakeTlsConnect<S> for TrackedTls
+where
+    MakeRustlsConnect: MakeTlsConnect<S>,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = TrackedConnect<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> std::result::Result<Self::TlsConnect, Self::Error> {
+        Ok(TrackedConnect {
+            inner: self.inner.make_tls_connect(domain)?,
+            used: self.used.clone(),
+        })
+    }
+}
+
+struct TrackedConnect<T> {
+    inner: T,
+    used: Arc<AtomicBool>,
+}
+
+impl<S, T: TlsConnect<S>> TlsConnect<S> for TrackedConnect<T> {
+    type Stream = T::Stream;
+    type Error = T::Error;
+    type Future = T::Future;
+
+    fn connect(self, stream: S) -> Self::Future {
+        self.used.store(true, Ordering::SeqCst);
+        self.inner.connect(stream)
+    }
+}
+
+/// `ALTER ROLE <user> PASSWORD '<SCRAM verifier>'`: the plaintext never
+/// enters SQL text.
+pub fn alter_password_sql(user: &str, password: &SecretString) -> String {
+    let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
+    format!(
+        "ALTER ROLE {} PASSWORD {}",
+        escape_identifier(user),
+        escape_literal(&verifier)
+    )
+}
+
+/// Role attributes copied from one user to its alternate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RoleAttributes {
+    createdb: bool,
+    createrole: bool,
+    inherit: bool,
+    replication: bool,
+    bypassrls: bool,
+    connlimit: i32,
+    canlogin: bool,
+}
+
+impl RoleAttributes {
+    /// The `ALTER ROLE … WITH` options that make `self` look like `want`.
+    fn diff(&self, want: &RoleAttributes) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut flag = |have: bool, want: bool, name: &str| {
+            if have != want {
+                out.push(if want { name.to_string() } else { format!("NO{name}") });
+            }
+        };
+        flag(self.createdb, want.createdb, "CREATEDB");
+        flag(self.createrole, want.createrole, "CREATEROLE");
+        flag(self.inherit, want.inherit, "INHERIT");
+        flag(self.replication, want.replication, "REPLICATION");
+        flag(self.bypassrls, want.bypassrls, "BYPASSRLS");
+        flag(self.canlogin, true, "LOGIN");
+        if self.connlimit != want.connlimit {
+            out.push(format!("CONNECTION LIMIT {}", want.connlimit));
+        }
+        out
+    }
+}
+
+struct PgSession {
+    client: Client,
+    endpoint: String,
+}
+
+impl PgSession {
+    fn db_error(&self, action: impl Into<String>) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+        let action = action.into();
+        move |e| Error::Database {
+            endpoint: self.endpoint.clone(),
+            action: action.clone(),
+            detail: e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+        }
+    }
+
+    async fn attributes(&self, user: &str) -> Result<Option<RoleAttributes>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT rolcreatedb, rolcreaterole, rolinherit, rolreplication, rolbypassrls, rolconnlimit, rolcanlogin FROM pg_roles WHERE rolname = $1",
+                &[&user],
+            )
+            .await
+            .map_err(self.db_error(format!("read the attributes of role {user:?}")))?;
+        Ok(row.map(|r| RoleAttributes {
+            createdb: r.get(0),
+            createrole: r.get(1),
+            inherit: r.get(2),
+            replication: r.get(3),
+            bypassrls: r.get(4),
+            connlimit: r.get(5),
+            canlogin: r.get(6),
+        }))
+    }
+
+    async fn memberships(&self, user: &str) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 ORDER BY 1",
+                &[&user],
+            )
+            .await
+            .map_err(self.db_error(format!("read the memberships of role {user:?}")))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+}
+
+#[async_trait]
+impl Session for PgSession {
+    async fn check(&mut self) -> Result<()> {
+        self.client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(self.db_error("run SELECT 1"))?;
+        Ok(())
+    }
+
+    async fn set_own_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
+        self.set_password(user, password).await
+    }
+
+    async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
+        self.client
+            .batch_execute(&alter_password_sql(user, password))
+            .await
+            .map_err(self.db_error(format!("set the password of role {user:?}")))
+    }
+
+    async fn password_matches(
+        &mut self,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<Option<bool>> {
+        match self
+            .client
+            .query_opt("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&user])
+            .await
+        {
+            Ok(None) => Ok(Some(false)),
+            Ok(Some(row)) => {
+                let stored: Option<String> = row.get(0);
+                Ok(match stored {
+                    None => Some(false),
+                    Some(v) if v.starts_with("SCRAM-SHA-256$") => {
+                        Some(scram_verifier_matches(&v, password.expose()))
+                    }
+                    // md5 or other formats: let the caller try a login instead.
+                    Some(_) => None,
+                })
+            }
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(None),
+            Err(e) => Err(self.db_error("read pg_authid")(e)),
+        }
+    }
+
+    async fn sync_alternate_user(
+        &mut self,
+        template: &str,
+        alternate: &str,
+        password: &SecretString,
+    ) -> Result<AlternateSync> {
+        let want = self.attributes(template).await?.ok_or_else(|| Error::Database {
+            endpoint: self.endpoint.clone(),
+            action: format!("find role {template:?}"),
+            detail: "the current user does not exist on this server; check the secret's host and username".into(),
+        })?;
+        let have = self.attributes(alternate).await?;
+        let mut statements = Vec::new();
+        let mut created = false;
+        let alt = escape_identifier(alternate);
+        let have_members = match &have {
+            None => {
+                created = true;
+                statements.push(format!(
+                    "CREATE ROLE {alt} WITH LOGIN{}",
+                    RoleAttributes {
+                        createdb: false,
+                        createrole: false,
+                        inherit: true,
+                        replication: false,
+                        bypassrls: false,
+                        connlimit: -1,
+                        canlogin: true,
+                    }
+                    .diff(&want)
+                    .iter()
+                    .map(|o| format!(" {o}"))
+                    .collect::<String>()
+                ));
+                Vec::new()
+            }
+            Some(have) => {
+                let diff = have.diff(&want);
+                if !diff.is_empty() {
+                    statements.push(format!("ALTER ROLE {alt} WITH {}", diff.join(" ")));
+                }
+                self.memberships(alternate).await?
+            }
+        };
+        // AWS's function: the clone is granted the current user itself, so it
+        // inherits every privilege the current user holds. The reverse grant
+        // (base user member of its clone) would be circular, so it is skipped.
+        let mut wanted_groups = self.memberships(template).await?;
+        if alternate.strip_suffix("_clone") == Some(template) || created {
+            wanted_groups.push(template.to_string());
+        }
+        wanted_groups.retain(|g| g != alternate);
+        wanted_groups.sort();
+        wanted_groups.dedup();
+        for group in wanted_groups {
+            if !have_members.contains(&group) {
+                statements.push(format!("GRANT {} TO {alt}", escape_identifier(&group)));
+            }
+        }
+        if statements.is_empty() {
+            return Ok(AlternateSync::default());
+        }
+        let endpoint = self.endpoint.clone();
+        let tx = self.client.transaction().await.map_err(|e| Error::Database {
+            endpoint: endpoint.clone(),
+            action: "begin a transaction".into(),
+            detail: e.to_string(),
+        })?;
+        for sql in &statements {
+            tx.batch_execute(sql).await.map_err(|e| Error::Database {
+                endpoint: endpoint.clone(),
+                action: format!("run {sql:?}"),
+                detail: e
+                    .as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+            })?;
+        }
+        if created {
+            // Same transaction: the user never exists without its password.
+            tx.batch_execute(&alter_password_sql(alternate, password))
+                .await
+                .map_err(|e| Error::Database {
+                    endpoint: endpoint.clone(),
+                    action: format!("set the password of new role {alternate:?}"),
+                    detail: e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+                })?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| Error::Database {
+                endpoint: endpoint.clone(),
+                action: "commit".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(AlternateSync {
+            created,
+            changes: statements,
+        })
+    }
+}
+
+/// Whether a stored `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey` verifier
+/// was made from `password` (RFC 5802/7677, with SASLprep as PostgreSQL does).
+pub fn scram_verifier_matches(verifier: &str, password: &str) -> bool {
+    let parse = || -> Option<bool> {
+        let rest = verifier.strip_prefix("SCRAM-SHA-256$")?;
+        let (iter_salt, keys) = rest.split_once('$')?;
+        let (iterations, salt) = iter_salt.split_once(':')?;
+        let (stored_key, _server_key) = keys.split_once(':')?;
+        let iterations: u32 = iterations.parse().ok().filter(|i| *i > 0)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let salt = b64.decode(salt).ok()?;
+        let stored_key = b64.decode(stored_key).ok()?;
+        let prepared = match stringprep::saslprep(password) {
+            Ok(p) => p.into_owned().into_bytes(),
+            Err(_) => password.as_bytes().to_vec(),
+        };
+        let salted = pbkdf2_sha256(&prepared, &salt, iterations)?;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&salted).ok()?;
+        mac.update(b"Client Key");
+        let client_key = mac.finalize().into_bytes();
+        let computed = Sha256::digest(client_key);
+        // Constant-time comparison.
+        Some(
+            computed.len() == stored_key.len()
+                && computed
+                    .iter()
+                    .zip(&stored_key)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0,
+        )
+    };
+    parse().unwrap_or(false)
+}
+
+/// SCRAM's Hi(): PBKDF2-HMAC-SHA-256 with one output block.
+fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> Option<[u8; 32]> {
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(password).ok()?;
+    mac.update(salt);
+    mac.update(&[0, 0, 0, 1]);
+    let mut prev: [u8; 32] = mac.finalize().into_bytes().into();
+    let mut out = prev;
+    for _ in 1..iterations {
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(password).ok()?;
+        mac.update(&prev);
+        prev = mac.finalize().into_bytes().into();
+        out.iter_mut().zip(prev).for_each(|(o, p)| *o ^= p);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_round_trip() {
+        let pw = SecretString::new("Tr0ub4dor&3 'quoted' \\ ünïcode");
+        let v = postgres_protocol::password::scram_sha_256(pw.expose().as_bytes());
+        assert!(scram_verifier_matches(&v, pw.expose()));
+        assert!(!scram_verifier_matches(&v, "wrong"));
+        assert!(!scram_verifier_matches("md5abc", pw.expose()));
+        assert!(!scram_verifier_matches("SCRAM-SHA-256$x:y$z:w", pw.expose()));
+    }
+
+    #[test]
+    fn alter_sql_carries_a_verifier_not_the_password() {
+        let pw = SecretString::new("s3cr3t-'\"-p@ss");
+        let sql = alter_password_sql("we\"ird User", &pw);
+        assert!(sql.starts_with("ALTER ROLE \"we\"\"ird User\" PASSWORD 'SCRAM-SHA-256$4096:"));
+        assert!(!sql.contains(pw.expose()));
+    }
+
+    #[test]
+    fn attribute_diff() {
+        let base = RoleAttributes {
+            createdb: false,
+            createrole: false,
+            inherit: true,
+            replication: false,
+            bypassrls: false,
+            connlimit: -1,
+            canlogin: true,
+        };
+        assert!(base.diff(&base).is_empty());
+        let want = RoleAttributes {
+            createdb: true,
+            connlimit: 5,
+            inherit: false,
+            ..base.clone()
+        };
+        assert_eq!(base.diff(&want), ["CREATEDB", "NOINHERIT", "CONNECTION LIMIT 5"]);
+    }
+}

@@ -1,0 +1,748 @@
+//! The Secrets Manager rotation protocol, once, for every engine and strategy.
+//!
+//! # The staging-label state machine
+//!
+//! A secret has versions; three staging labels mark the ones that matter.
+//! Secrets Manager starts a rotation by staging a fresh token as
+//! `AWSPENDING` (no value yet) and invokes the function four times with it:
+//!
+//! ```text
+//!               createSecret          setSecret            testSecret        finishSecret
+//! AWSCURRENT ── v1 ─────────────────── v1 ───────────────── v1 ────────────── v2 (token)
+//! AWSPENDING ── token (no value) ───── token = v2 value ─── v2 ────────────── (removed)
+//! AWSPREVIOUS ─ v0 ─────────────────── v0 ───────────────── v0 ────────────── v1
+//! database ──── accepts v1 ─────────── accepts v1 ───────── accepts v2 ─────── accepts v2
+//!                                       (single user: v2 only; alternating: v1 and v2)
+//! ```
+//!
+//! - **createSecret** copies AWSCURRENT, puts a new password (and, for
+//!   alternating users, the other username) as the token's value.
+//! - **setSecret** makes the database accept the pending credentials.
+//! - **testSecret** logs in with them.
+//! - **finishSecret** moves AWSCURRENT to the token; the service moves
+//!   AWSPREVIOUS to the old current version; Rotor removes AWSPENDING.
+//!
+//! Every invocation is first validated exactly as AWS's functions do:
+//! rotation explicitly disabled → error; token not a version → error; token
+//! already AWSCURRENT → success, nothing done; token not AWSPENDING → error;
+//! unknown step → error.
+//!
+//! # Promises
+//!
+//! - *Idempotent*: each step checks whether its effect already exists and
+//!   then changes nothing — no new version, no label moved, no new password
+//!   verifier written.
+//! - *Never lock out*: finishSecret moves AWSCURRENT only to credentials that
+//!   log in — verified here unless this same process verified the token in
+//!   testSecret — so a finishSecret run by hand before setSecret fails
+//!   harmlessly. setSecret for a single user falls back from the current to
+//!   the previous credentials, then to recent unlabelled versions (an
+//!   abandoned rotation), to find a login that can change the password.
+//! - *Few round trips*: version values are immutable, so values read or
+//!   written by an earlier step of this warm process are reused (keyed by
+//!   secret ARN and version id); passwords are generated locally.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::{Instrument, field};
+
+use crate::engine::{Engine, Session};
+use crate::error::{Error, Result};
+use crate::event::{RotationEvent, Step};
+use crate::password::PasswordPolicy;
+use crate::rds::{RdsLookup, identifier_of};
+use crate::secret::{DbSecret, Require, SecretString};
+use crate::store::{AWSCURRENT, AWSPENDING, AWSPREVIOUS, SecretMetadata, SecretStore, VersionRef};
+use crate::strategy::Strategy;
+
+/// Values kept per warm process before the cache is reset.
+const CACHE_LIMIT: usize = 64;
+/// Unlabelled versions setSecret tries when no labelled credential logs in.
+const RECOVERY_VERSIONS: usize = 3;
+
+/// What a step did, for logs, the CLI and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The token was already AWSCURRENT: nothing to do.
+    AlreadyCurrent,
+    Created,
+    AlreadyCreated,
+    /// The database now accepts the pending credentials.
+    PasswordSet,
+    /// An alternate user was created with the pending password.
+    UserCreated,
+    AlreadySet,
+    Tested,
+    Finished,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::AlreadyCurrent => "already-current",
+            Outcome::Created => "created",
+            Outcome::AlreadyCreated => "already-created",
+            Outcome::PasswordSet => "password-set",
+            Outcome::UserCreated => "user-created",
+            Outcome::AlreadySet => "already-set",
+            Outcome::Tested => "tested",
+            Outcome::Finished => "finished",
+        }
+    }
+
+    /// Whether the step changed anything.
+    pub fn changed(self) -> bool {
+        matches!(
+            self,
+            Outcome::Created | Outcome::PasswordSet | Outcome::UserCreated | Outcome::Finished
+        )
+    }
+}
+
+/// How a step was invoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Invocation {
+    /// By Secrets Manager (or a person replaying its event).
+    Service,
+    /// By `Rotator::rotate`, which plays the service: createSecret may use a
+    /// token it just made up, since the API cannot stage an empty version.
+    InProcessNewToken,
+}
+
+/// Timing of one step of an in-process rotation.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    pub step: Step,
+    pub outcome: Outcome,
+    pub millis: f64,
+}
+
+/// What an in-process rotation did.
+#[derive(Clone, Debug)]
+pub struct RotationReport {
+    pub secret_arn: String,
+    pub token: String,
+    pub resumed: bool,
+    pub steps: Vec<StepReport>,
+}
+
+#[derive(Default)]
+struct ProcessMemory {
+    /// (secret ARN, version id) → value. Versions never change once written.
+    values: HashMap<(String, String), SecretString>,
+    /// (secret ARN, token) whose pending login testSecret verified.
+    verified: HashSet<(String, String)>,
+}
+
+/// Runs rotation steps for one engine and strategy.
+pub struct Rotator {
+    store: Arc<dyn SecretStore>,
+    engine: Arc<dyn Engine>,
+    strategy: Strategy,
+    policy: PasswordPolicy,
+    rds: Option<Arc<dyn RdsLookup>>,
+    ignore_disabled: bool,
+    memory: Mutex<ProcessMemory>,
+}
+
+impl Rotator {
+    pub fn new(
+        store: Arc<dyn SecretStore>,
+        engine: Arc<dyn Engine>,
+        strategy: Strategy,
+        policy: PasswordPolicy,
+    ) -> Self {
+        Rotator {
+            store,
+            engine,
+            strategy,
+            policy,
+            rds: None,
+            ignore_disabled: false,
+            memory: Mutex::new(ProcessMemory::default()),
+        }
+    }
+
+    /// Lets alternating rotation resolve RDS-managed master secrets and replicas.
+    pub fn with_rds(mut self, rds: Arc<dyn RdsLookup>) -> Self {
+        self.rds = Some(rds);
+        self
+    }
+
+    /// Rotates even when the secret says rotation is disabled (CLI only).
+    pub fn ignore_disabled(mut self, yes: bool) -> Self {
+        self.ignore_disabled = yes;
+        self
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    pub fn store(&self) -> &Arc<dyn SecretStore> {
+        &self.store
+    }
+
+    /// Forgets what this process verified and read, as a cold start would.
+    pub fn forget(&self) {
+        if let Ok(mut m) = self.memory.lock() {
+            *m = ProcessMemory::default();
+        }
+    }
+
+    /// Handles one rotation event, inside a span that carries the secret,
+    /// step, token, strategy, outcome and duration, and logs one line.
+    pub async fn handle(&self, event: &RotationEvent) -> Result<Outcome> {
+        self.handle_as(event, Invocation::Service).await
+    }
+
+    async fn handle_as(&self, event: &RotationEvent, how: Invocation) -> Result<Outcome> {
+        let span = tracing::info_span!(
+            "rotation_step",
+            step = %event.step,
+            secret_id = %event.secret_id,
+            secret_arn = field::Empty,
+            token = %event.token,
+            strategy = self.strategy.name(),
+            engine = self.engine.name(),
+            store = self.store.kind(),
+        );
+        let started = Instant::now();
+        let result = self.step(event, how).instrument(span.clone()).await;
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        let _enter = span.enter();
+        match &result {
+            Ok(outcome) => tracing::info!(
+                outcome = outcome.as_str(),
+                changed = outcome.changed(),
+                duration_ms = millis,
+                "step succeeded"
+            ),
+            Err(e) => tracing::error!(
+                outcome = "failed",
+                error_kind = e.kind(),
+                retryable = e.is_retryable(),
+                duration_ms = millis,
+                error = %e,
+                "step failed"
+            ),
+        }
+        result
+    }
+
+    async fn step(&self, event: &RotationEvent, how: Invocation) -> Result<Outcome> {
+        event.check()?;
+        let meta = self.store.describe(&event.secret_id).await?;
+        tracing::Span::current().record("secret_arn", meta.arn.as_str());
+        let token = event.token.as_str();
+        if meta.rotation_enabled == Some(false) && !self.ignore_disabled {
+            return Err(Error::RotationDisabled {
+                secret: meta.arn.clone(),
+            });
+        }
+        let known = meta.versions.contains_key(token);
+        let fresh = how == Invocation::InProcessNewToken && !known;
+        if !known && !fresh {
+            return Err(Error::UnknownToken {
+                secret: meta.arn.clone(),
+                token: token.to_string(),
+            });
+        }
+        if meta.has_stage(token, AWSCURRENT) {
+            tracing::info!("version is already AWSCURRENT: nothing to do");
+            return Ok(Outcome::AlreadyCurrent);
+        }
+        if !fresh && !meta.has_stage(token, AWSPENDING) {
+            return Err(Error::NotPending {
+                secret: meta.arn.clone(),
+                token: token.to_string(),
+            });
+        }
+        let step = Step::parse(&event.step).ok_or_else(|| Error::UnknownStep {
+            secret: meta.arn.clone(),
+            step: event.step.clone(),
+        })?;
+        if fresh && step != Step::CreateSecret {
+            return Err(Error::UnknownToken {
+                secret: meta.arn.clone(),
+                token: token.to_string(),
+            });
+        }
+        match step {
+            Step::CreateSecret => {
+                self.create_secret(&meta, token, event.rotation_token.as_deref())
+                    .await
+            }
+            Step::SetSecret => self.set_secret(&meta, token).await,
+            Step::TestSecret => self.test_secret(&meta, token).await,
+            Step::FinishSecret => self.finish_secret(&meta, token).await,
+        }
+    }
+
+    // ---- version values -------------------------------------------------
+
+    fn remembered(&self, arn: &str, version: &str) -> Option<SecretString> {
+        let memory = self.memory.lock().ok()?;
+        memory
+            .values
+            .get(&(arn.to_string(), version.to_string()))
+            .cloned()
+    }
+
+    fn remember(&self, arn: &str, version: &str, value: &SecretString) {
+        if let Ok(mut memory) = self.memory.lock() {
+            if memory.values.len() >= CACHE_LIMIT {
+                memory.values.clear();
+            }
+            memory
+                .values
+                .insert((arn.to_string(), version.to_string()), value.clone());
+        }
+    }
+
+    /// The raw value of a version id, from this process's memory or the store.
+    async fn version_value(&self, arn: &str, version: &str) -> Result<Option<SecretString>> {
+        if let Some(v) = self.remembered(arn, version) {
+            return Ok(Some(v));
+        }
+        let value = self.store.get(arn, VersionRef::Id(version)).await?;
+        if let Some(v) = &value {
+            self.remember(arn, version, v);
+        }
+        Ok(value)
+    }
+
+    /// The parsed AWSCURRENT secret, checked against this engine.
+    async fn current(&self, meta: &SecretMetadata) -> Result<(String, DbSecret)> {
+        let id = meta
+            .version_with(AWSCURRENT)
+            .ok_or_else(|| {
+                Error::bad_secret(&meta.arn, AWSCURRENT, "no version is labelled AWSCURRENT; store a value first")
+            })?
+            .to_string();
+        let value = self.version_value(&meta.arn, &id).await?.ok_or_else(|| {
+            Error::bad_secret(&meta.arn, AWSCURRENT, "the AWSCURRENT version has no value")
+        })?;
+        let secret = self.parse(&meta.arn, AWSCURRENT, &value)?;
+        Ok((id, secret))
+    }
+
+    /// The parsed pending secret of `token`.
+    async fn pending(&self, meta: &SecretMetadata, token: &str) -> Result<DbSecret> {
+        let value = self.version_value(&meta.arn, token).await?.ok_or_else(|| {
+            Error::bad_secret(
+                &meta.arn,
+                format!("AWSPENDING {token}"),
+                "the pending version has no value yet; run createSecret first",
+            )
+        })?;
+        self.parse(&meta.arn, AWSPENDING, &value)
+    }
+
+    fn parse(&self, arn: &str, label: &str, value: &SecretString) -> Result<DbSecret> {
+        let secret = DbSecret::parse(value, arn, label, Require::Connection)?;
+        if !self.engine.accepts(&secret.engine) {
+            return Err(Error::bad_secret(
+                arn,
+                label,
+                format!(
+                    "engine {:?} is not handled by this function; it rotates {}",
+                    secret.engine,
+                    self.engine.engines().join(", ")
+                ),
+            ));
+        }
+        if self.strategy.uses_master() && secret.masterarn.is_none() {
+            return Err(Error::bad_secret(
+                arn,
+                label,
+                "the key \"masterarn\" is missing; alternating-users rotation needs the ARN of a master secret",
+            ));
+        }
+        self.check_username(arn, label, &secret.username)?;
+        Ok(secret)
+    }
+
+    fn check_username(&self, arn: &str, label: &str, username: &str) -> Result<()> {
+        let limit = self.engine.max_username_bytes();
+        if username.len() > limit {
+            return Err(Error::bad_secret(
+                arn,
+                label,
+                format!(
+                    "username {username:?} is {} bytes; {} keeps at most {limit} and would silently truncate it — choose a shorter username",
+                    username.len(),
+                    self.engine.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    // ---- the four steps -------------------------------------------------
+
+    async fn create_secret(
+        &self,
+        meta: &SecretMetadata,
+        token: &str,
+        rotation_token: Option<&str>,
+    ) -> Result<Outcome> {
+        let (_, current) = self.current(meta).await?;
+        // Idempotency is decided here, not by the store: moto silently
+        // overwrites a pending version that is put twice.
+        if self.version_value(&meta.arn, token).await?.is_some() {
+            tracing::info!("pending version already exists: nothing to do");
+            return Ok(Outcome::AlreadyCreated);
+        }
+        let username = self.strategy.next_username(&current.username);
+        self.check_username(&meta.arn, "next version", &username)?;
+        let password = self.policy.generate()?;
+        let pending = current.with_credentials(Some(&username), password);
+        let value = pending.to_json();
+        self.store
+            .put_pending(&meta.arn, token, &value, rotation_token)
+            .await?;
+        self.remember(&meta.arn, token, &value);
+        Ok(Outcome::Created)
+    }
+
+    async fn set_secret(&self, meta: &SecretMetadata, token: &str) -> Result<Outcome> {
+        let (_, current) = self.current(meta).await?;
+        let pending = self.pending(meta, token).await?;
+        if pending.host != current.host {
+            return Err(Error::bad_secret(
+                &meta.arn,
+                AWSPENDING,
+                format!(
+                    "pending host {:?} differs from current host {:?}; a rotation cannot move a secret to another server",
+                    pending.host, current.host
+                ),
+            ));
+        }
+        match self.strategy {
+            Strategy::SingleUser => self.set_single_user(meta, &current, &pending).await,
+            Strategy::AlternatingUsers => self.set_alternating(meta, &current, &pending).await,
+        }
+    }
+
+    async fn set_single_user(
+        &self,
+        meta: &SecretMetadata,
+        current: &DbSecret,
+        pending: &DbSecret,
+    ) -> Result<Outcome> {
+        if pending.username != current.username {
+            return Err(Error::bad_secret(
+                &meta.arn,
+                AWSPENDING,
+                format!(
+                    "pending username {:?} differs from current username {:?}; single-user rotation changes a password, not a user",
+                    pending.username, current.username
+                ),
+            ));
+        }
+        // The happy path needs one login: the current credentials.
+        let mut session = match self.engine.connect(current, "current").await {
+            Ok(session) => session,
+            Err(Error::LoginRefused { .. }) => {
+                // Either an earlier attempt already set the pending password…
+                match self.engine.connect(pending, "pending").await {
+                    Ok(_) => {
+                        tracing::info!("pending password already works: nothing to do");
+                        return Ok(Outcome::AlreadySet);
+                    }
+                    Err(Error::LoginRefused { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                // …or the current password was lost: find one that still works.
+                self.fallback_login(meta, current).await?
+            }
+            Err(e) => return Err(e),
+        };
+        session
+            .set_own_password(&current.username, &pending.password)
+            .await?;
+        Ok(Outcome::PasswordSet)
+    }
+
+    /// AWSPREVIOUS, then recent unlabelled versions (a rotation that was
+    /// abandoned after setSecret), as long as they name the same user and host.
+    async fn fallback_login(
+        &self,
+        meta: &SecretMetadata,
+        current: &DbSecret,
+    ) -> Result<Box<dyn Session>> {
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(previous) = meta.version_with(AWSPREVIOUS) {
+            candidates.push(previous.to_string());
+        }
+        // Best effort: a store that cannot list versions still has AWSPREVIOUS.
+        if let Ok(all) = self.store.list_versions(&meta.arn).await {
+            candidates.extend(
+                all.into_iter()
+                    .filter(|v| meta.stages_of(v).is_empty())
+                    .take(RECOVERY_VERSIONS),
+            );
+        }
+        for version in candidates {
+            let Some(value) = self.version_value(&meta.arn, &version).await? else {
+                continue;
+            };
+            let Ok(candidate) = DbSecret::parse(&value, &meta.arn, &version, Require::Connection)
+            else {
+                continue;
+            };
+            if candidate.username != current.username || candidate.host != current.host {
+                continue;
+            }
+            match self.engine.connect(&candidate, "previous").await {
+                Ok(session) => {
+                    tracing::warn!(version = %version, "current credentials refused; changing the password with an older version's credentials");
+                    return Ok(session);
+                }
+                Err(Error::LoginRefused { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::LoginRefused {
+            user: current.username.clone(),
+            endpoint: crate::engine::endpoint(current, self.engine.default_port()),
+            which: "previous, current and pending",
+            detail: format!(
+                "no version of secret {} logs in, so the password cannot be changed",
+                meta.arn
+            ),
+        })
+    }
+
+    async fn set_alternating(
+        &self,
+        meta: &SecretMetadata,
+        current: &DbSecret,
+        pending: &DbSecret,
+    ) -> Result<Outcome> {
+        if pending.username == current.username {
+            return Err(Error::bad_secret(
+                &meta.arn,
+                AWSPENDING,
+                format!(
+                    "pending and current both name user {:?}; alternating rotation sets the password of the other user — restart the rotation",
+                    current.username
+                ),
+            ));
+        }
+        let master_arn = current.masterarn.clone().unwrap_or_default();
+        let master = self.master(&master_arn, current).await?;
+        if master.username == pending.username || master.username == current.username {
+            return Err(Error::bad_secret(
+                &meta.arn,
+                AWSCURRENT,
+                format!(
+                    "the master secret's user {:?} is the rotated user; use a separate master user",
+                    master.username
+                ),
+            ));
+        }
+        if master.host != current.host && !self.is_replica(current, &master).await? {
+            return Err(Error::bad_secret(
+                &meta.arn,
+                AWSCURRENT,
+                format!(
+                    "current database host {:?} is not the same host as, nor an RDS read replica of, master {:?} ({master_arn})",
+                    current.host, master.host
+                ),
+            ));
+        }
+        let mut session = self.engine.connect(&master, "master").await?;
+        let sync = session
+            .sync_alternate_user(&current.username, &pending.username, &pending.password)
+            .await?;
+        for change in &sync.changes {
+            tracing::info!(statement = %change, "aligned alternate user");
+        }
+        if sync.created {
+            return Ok(Outcome::UserCreated);
+        }
+        let already = match session
+            .password_matches(&pending.username, &pending.password)
+            .await?
+        {
+            Some(matches) => matches,
+            // This login may not read stored verifiers (RDS): try the login itself.
+            None => match self.engine.connect(pending, "pending").await {
+                Ok(_) => true,
+                Err(Error::LoginRefused { .. }) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        if already {
+            tracing::info!("pending password already set: nothing to do");
+            return Ok(Outcome::AlreadySet);
+        }
+        session
+            .set_password(&pending.username, &pending.password)
+            .await?;
+        Ok(Outcome::PasswordSet)
+    }
+
+    /// The master secret, with host/port/engine filled from RDS when it is an
+    /// RDS-managed secret that holds only username and password.
+    async fn master(&self, master_arn: &str, current: &DbSecret) -> Result<DbSecret> {
+        let value = self
+            .store
+            .get(master_arn, VersionRef::Stage(AWSCURRENT))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("master secret {master_arn} (AWSCURRENT)"),
+            })?;
+        let master = DbSecret::parse(&value, master_arn, AWSCURRENT, Require::Login)?;
+        let master = if master.host.is_empty() {
+            let meta = self.store.describe(master_arn).await?;
+            let (arn, cluster) = if let Some(a) = meta.tags.get("aws:rds:primarydbinstancearn") {
+                (a.clone(), false)
+            } else if let Some(a) = meta.tags.get("aws:rds:primarydbclusterarn") {
+                (a.clone(), true)
+            } else {
+                return Err(Error::bad_secret(
+                    master_arn,
+                    AWSCURRENT,
+                    "the master secret has no \"host\" and no aws:rds:primarydbinstancearn / aws:rds:primarydbclusterarn tag to find it",
+                ));
+            };
+            let rds = self.rds.as_ref().ok_or_else(|| {
+                Error::Config("this build cannot query RDS for an RDS-managed master secret; use a function built with the `rds` feature".into())
+            })?;
+            let ep = rds.endpoint(&arn, cluster).await?;
+            master.with_endpoint(&ep.engine, &ep.host, ep.port)
+        } else {
+            master
+        };
+        if !master.engine.is_empty() && !self.engine.accepts(&master.engine) {
+            return Err(Error::bad_secret(
+                master_arn,
+                AWSCURRENT,
+                format!(
+                    "master engine {:?} is not {}",
+                    master.engine,
+                    self.engine.engines().join(" or ")
+                ),
+            ));
+        }
+        // Same database as the rotated user; TLS mode from the master secret.
+        Ok(master.with_dbname(current.dbname.clone()))
+    }
+
+    async fn is_replica(&self, current: &DbSecret, master: &DbSecret) -> Result<bool> {
+        let Some(rds) = &self.rds else {
+            return Ok(false);
+        };
+        let replica = current.host.split('.').next().unwrap_or_default();
+        let source = master.host.split('.').next().unwrap_or_default();
+        rds.is_read_replica_of(replica, identifier_of(source)).await
+    }
+
+    async fn test_secret(&self, meta: &SecretMetadata, token: &str) -> Result<Outcome> {
+        let pending = self.pending(meta, token).await?;
+        let mut session = self.engine.connect(&pending, "pending").await?;
+        session.check().await?;
+        if let Ok(mut memory) = self.memory.lock() {
+            if memory.verified.len() >= CACHE_LIMIT {
+                memory.verified.clear();
+            }
+            memory
+                .verified
+                .insert((meta.arn.clone(), token.to_string()));
+        }
+        Ok(Outcome::Tested)
+    }
+
+    async fn finish_secret(&self, meta: &SecretMetadata, token: &str) -> Result<Outcome> {
+        let current_id = meta
+            .version_with(AWSCURRENT)
+            .ok_or_else(|| {
+                Error::bad_secret(&meta.arn, AWSCURRENT, "no version is labelled AWSCURRENT")
+            })?
+            .to_string();
+        let verified = self
+            .memory
+            .lock()
+            .map(|m| m.verified.contains(&(meta.arn.clone(), token.to_string())))
+            .unwrap_or(false);
+        if !verified {
+            let pending = self.pending(meta, token).await?;
+            let mut session = match self.engine.connect(&pending, "pending").await {
+                Ok(s) => s,
+                Err(Error::LoginRefused { user, endpoint, .. }) => {
+                    return Err(Error::LoginRefused {
+                        user,
+                        endpoint,
+                        which: "pending",
+                        detail: "refusing to move AWSCURRENT to credentials that do not log in (has setSecret run?); nothing was changed".into(),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            session.check().await?;
+        }
+        self.store
+            .update_stage(&meta.arn, AWSCURRENT, Some(token), Some(&current_id))
+            .await?;
+        self.store
+            .update_stage(&meta.arn, AWSPENDING, None, Some(token))
+            .await?;
+        if let Ok(mut memory) = self.memory.lock() {
+            memory
+                .verified
+                .remove(&(meta.arn.clone(), token.to_string()));
+        }
+        Ok(Outcome::Finished)
+    }
+
+    // ---- the whole rotation, in process ---------------------------------
+
+    /// Rotates a secret in this process, playing the service: resumes an
+    /// unfinished rotation (AWSPENDING on a version that is not AWSCURRENT)
+    /// or starts one with a fresh token, then runs the four steps.
+    pub async fn rotate(&self, secret_id: &str) -> Result<RotationReport> {
+        let meta = self.store.describe(secret_id).await?;
+        let current = meta.version_with(AWSCURRENT);
+        let unfinished = meta
+            .version_with(AWSPENDING)
+            .filter(|p| Some(*p) != current)
+            .map(str::to_string);
+        let resumed = unfinished.is_some();
+        let token = unfinished.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        if resumed {
+            tracing::info!(token = %token, "resuming the unfinished rotation");
+        }
+        let mut steps = Vec::with_capacity(4);
+        for step in Step::ALL {
+            let event = RotationEvent {
+                step: step.as_str().to_string(),
+                secret_id: meta.arn.clone(),
+                token: token.clone(),
+                rotation_token: None,
+            };
+            let how = if step == Step::CreateSecret {
+                Invocation::InProcessNewToken
+            } else {
+                Invocation::Service
+            };
+            let started = Instant::now();
+            let outcome = self.handle_as(&event, how).await?;
+            steps.push(StepReport {
+                step,
+                outcome,
+                millis: started.elapsed().as_secs_f64() * 1000.0,
+            });
+        }
+        Ok(RotationReport {
+            secret_arn: meta.arn,
+            token,
+            resumed,
+            steps,
+        })
+    }
+}

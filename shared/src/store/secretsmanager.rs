@@ -1,0 +1,226 @@
+//! The AWS Secrets Manager store (aws-sdk-secretsmanager).
+//!
+//! Endpoint: `SECRETS_MANAGER_ENDPOINT` (the variable AWS's functions honour)
+//! wins over the SDK's own `AWS_ENDPOINT_URL_SECRETS_MANAGER` /
+//! `AWS_ENDPOINT_URL`. Retries are the SDK's standard ones in production.
+
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::types::Tag;
+
+use super::{SecretMetadata, SecretStore, VersionRef};
+use crate::error::{Error, Result};
+use crate::secret::SecretString;
+
+/// Secrets Manager behind the [`SecretStore`] trait.
+#[derive(Clone, Debug)]
+pub struct SecretsManagerStore {
+    client: Client,
+}
+
+/// Maps an SDK error to Rotor's, keeping the service's error code.
+pub(crate) fn store_error<E, R>(
+    operation: &'static str,
+    secret: &str,
+    err: SdkError<E, R>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let (detail, retryable) = match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("Unknown");
+            let retryable = matches!(
+                code,
+                "ThrottlingException" | "InternalServiceError" | "ServiceUnavailable" | "RequestTimeout"
+            );
+            (
+                format!("{code}: {}", e.message().unwrap_or("no message")),
+                retryable,
+            )
+        }
+        SdkError::TimeoutError(_) => ("timed out".to_string(), true),
+        SdkError::DispatchFailure(d) => (
+            format!(
+                "could not send the request ({}); check the route to Secrets Manager (VPC endpoint or NAT) or SECRETS_MANAGER_ENDPOINT",
+                d.as_connector_error()
+                    .map_or_else(|| "dispatch failure".to_string(), |c| c.to_string())
+            ),
+            true,
+        ),
+        SdkError::ResponseError(_) => ("unreadable response".to_string(), true),
+        other => (other.to_string(), false),
+    };
+    Error::Store {
+        operation,
+        secret: secret.to_string(),
+        detail,
+        retryable,
+    }
+}
+
+fn is_not_found<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    matches!(err, SdkError::ServiceError(s) if s.err().code() == Some("ResourceNotFoundException"))
+}
+
+impl SecretsManagerStore {
+    pub fn new(client: Client) -> Self {
+        SecretsManagerStore { client }
+    }
+
+    /// A client from the environment (credentials chain, region), with
+    /// `SECRETS_MANAGER_ENDPOINT` applied.
+    pub async fn from_env() -> Self {
+        let config = aws_config::load_from_env().await;
+        let mut builder = aws_sdk_secretsmanager::config::Builder::from(&config);
+        if let Ok(endpoint) = std::env::var("SECRETS_MANAGER_ENDPOINT")
+            && !endpoint.trim().is_empty()
+        {
+            builder = builder.endpoint_url(endpoint.trim());
+        }
+        SecretsManagerStore::new(Client::from_conf(builder.build()))
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Asks the service to rotate with the function configured on the secret
+    /// (`rotor rotate --service`). Returns the new version id.
+    pub async fn rotate_with_service(&self, secret_id: &str) -> Result<Option<String>> {
+        let out = self
+            .client
+            .rotate_secret()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| store_error("RotateSecret", secret_id, e))?;
+        Ok(out.version_id)
+    }
+}
+
+#[async_trait]
+impl SecretStore for SecretsManagerStore {
+    fn kind(&self) -> &'static str {
+        "secretsmanager"
+    }
+
+    async fn describe(&self, secret_id: &str) -> Result<SecretMetadata> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    Error::NotFound {
+                        what: format!("secret {secret_id}"),
+                    }
+                } else {
+                    store_error("DescribeSecret", secret_id, e)
+                }
+            })?;
+        Ok(SecretMetadata {
+            arn: out.arn.clone().unwrap_or_else(|| secret_id.to_string()),
+            name: out.name.clone().unwrap_or_default(),
+            rotation_enabled: out.rotation_enabled,
+            rotation_lambda_arn: out.rotation_lambda_arn.clone(),
+            // moto lists deprecated versions with no label; the service omits them.
+            versions: out
+                .version_ids_to_stages
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, stages)| !stages.is_empty())
+                .collect(),
+            tags: out
+                .tags
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|t: Tag| Some((t.key?, t.value.unwrap_or_default())))
+                .collect(),
+        })
+    }
+
+    async fn get(&self, secret_id: &str, version: VersionRef<'_>) -> Result<Option<SecretString>> {
+        let request = self.client.get_secret_value().secret_id(secret_id);
+        // Always name a stage or id: moto's "default version" is not AWSCURRENT.
+        let request = match version {
+            VersionRef::Stage(stage) => request.version_stage(stage),
+            VersionRef::Id(id) => request.version_id(id),
+        };
+        match request.send().await {
+            Ok(out) => match out.secret_string {
+                Some(s) => Ok(Some(SecretString::new(s))),
+                None => Err(Error::bad_secret(
+                    secret_id,
+                    version,
+                    "holds SecretBinary, not a JSON SecretString; store the credentials as a JSON string",
+                )),
+            },
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(store_error("GetSecretValue", secret_id, e)),
+        }
+    }
+
+    async fn put_pending(
+        &self,
+        secret_id: &str,
+        token: &str,
+        value: &SecretString,
+        rotation_token: Option<&str>,
+    ) -> Result<()> {
+        self.client
+            .put_secret_value()
+            .secret_id(secret_id)
+            .client_request_token(token)
+            .secret_string(value.expose())
+            .version_stages(super::AWSPENDING)
+            .set_rotation_token(rotation_token.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| store_error("PutSecretValue", secret_id, e))?;
+        Ok(())
+    }
+
+    async fn update_stage(
+        &self,
+        secret_id: &str,
+        stage: &str,
+        move_to: Option<&str>,
+        remove_from: Option<&str>,
+    ) -> Result<()> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(secret_id)
+            .version_stage(stage)
+            .set_move_to_version_id(move_to.map(str::to_string))
+            .set_remove_from_version_id(remove_from.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| store_error("UpdateSecretVersionStage", secret_id, e))?;
+        Ok(())
+    }
+
+    async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>> {
+        let out = self
+            .client
+            .list_secret_version_ids()
+            .secret_id(secret_id)
+            .include_deprecated(true)
+            .send()
+            .await
+            .map_err(|e| store_error("ListSecretVersionIds", secret_id, e))?;
+        let mut versions: Vec<_> = out
+            .versions
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| Some((v.created_date.map(|d| d.secs()).unwrap_or(0), v.version_id?)))
+            .collect();
+        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(versions.into_iter().map(|(_, id)| id).collect())
+    }
+}
