@@ -145,7 +145,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn bad_secret(
+    /// A [`Error::BadSecret`] naming the secret and version.
+    pub fn bad_secret(
         secret: impl fmt::Display,
         version: impl fmt::Display,
         reason: impl Into<String>,

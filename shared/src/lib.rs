@@ -18,6 +18,8 @@
 //! Secrets are [`SecretString`]s from the moment they are read: they never
 //! reach a log line, an error message or a `Debug` print.
 
+#[cfg(feature = "postgres")]
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod event;

@@ -630,8 +630,13 @@ impl Rotator {
                 ),
             ));
         }
-        // Same database as the rotated user; TLS mode from the master secret.
-        Ok(master.with_dbname(current.dbname.clone()))
+        // Same database as the rotated user. A master secret without "ssl"
+        // (RDS-managed ones never have it) follows the rotated secret.
+        let mut master = master.with_dbname(current.dbname.clone());
+        if master.tls == crate::secret::TlsMode::Preferred {
+            master.tls = current.tls;
+        }
+        Ok(master)
     }
 
     async fn is_replica(&self, current: &DbSecret, master: &DbSecret) -> Result<bool> {

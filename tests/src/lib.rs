@@ -1,1 +1,303 @@
+//! The integration-test rig: the servers `scripts/test-env` starts, and
+//! helpers that play Secrets Manager's part against moto.
+//!
+//! Everything is reached on loopback only: a password-checking PostgreSQL
+//! with TLS (its own cluster) and moto's Secrets Manager, through the real
+//! AWS SDK with an endpoint override and static dummy credentials.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_sdk_secretsmanager::Client as SmClient;
+use aws_sdk_secretsmanager::types::RotationRulesType;
+use rotor::engine::{ConnectOptions, TlsSettings};
+use rotor::engine::postgres::PostgresEngine;
+use rotor::store::SecretsManagerStore;
+use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
+use serde_json::{Value, json};
+
+pub mod leaks;
+
+/// Settings exported by `scripts/test-env`.
+#[derive(Clone, Debug)]
+pub struct TestEnv {
+    pub moto_url: String,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub superuser: String,
+    pub superpass: String,
+    pub pg_db: String,
+    pub pg_log: String,
+    pub ca: String,
+    pub wrong_ca: String,
+    pub stub_lambda_arn: String,
+}
+
+fn var(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| {
+        format!("{name} is not set: run the tests with scripts/test (it starts the servers and exports the settings)")
+    })
+}
+
+impl TestEnv {
+    pub fn from_env() -> Result<TestEnv, String> {
+        Ok(TestEnv {
+            moto_url: var("ROTOR_TEST_MOTO_URL")?,
+            pg_host: var("ROTOR_TEST_PG_HOST")?,
+            pg_port: var("ROTOR_TEST_PG_PORT")?
+                .parse()
+                .map_err(|_| "ROTOR_TEST_PG_PORT is not a port".to_string())?,
+            superuser: var("ROTOR_TEST_PG_SUPERUSER")?,
+            superpass: var("ROTOR_TEST_PG_SUPERPASS")?,
+            pg_db: var("ROTOR_TEST_PG_DB")?,
+            pg_log: var("ROTOR_TEST_PG_LOG")?,
+            ca: var("ROTOR_TEST_CA")?,
+            wrong_ca: var("ROTOR_TEST_WRONG_CA")?,
+            stub_lambda_arn: var("ROTOR_TEST_STUB_LAMBDA_ARN")?,
+        })
+    }
+
+    /// A Secrets Manager client for moto: static credentials, a region, no
+    /// retries (fail fast), endpoint override.
+    pub fn sm_client(&self) -> SmClient {
+        self.sm_client_at(&self.moto_url)
+    }
+
+    /// Same, through another endpoint (a counting proxy in benchmarks).
+    pub fn sm_client_at(&self, url: &str) -> SmClient {
+        let creds = aws_sdk_secretsmanager::config::Credentials::new("testing", "testing", None, None, "rotor-tests");
+        let config = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .endpoint_url(url)
+            .retry_config(aws_sdk_secretsmanager::config::retry::RetryConfig::disabled())
+            .build();
+        SmClient::from_conf(config)
+    }
+
+    pub fn rds_client(&self) -> aws_sdk_rds::Client {
+        let creds = aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "rotor-tests");
+        let config = aws_sdk_rds::Config::builder()
+            .behavior_version(aws_sdk_rds::config::BehaviorVersion::latest())
+            .region(aws_sdk_rds::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .endpoint_url(&self.moto_url)
+            .retry_config(aws_sdk_rds::config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_rds::Client::from_conf(config)
+    }
+
+    /// The PostgreSQL engine trusting the test CA.
+    pub fn engine_with_ca(&self, ca: &str) -> PostgresEngine {
+        PostgresEngine::new(ConnectOptions {
+            tls: TlsSettings::with_ca_bundle(Some(ca.into())),
+            ..ConnectOptions::default()
+        })
+    }
+
+    pub fn engine(&self) -> PostgresEngine {
+        self.engine_with_ca(&self.ca)
+    }
+
+    /// A rotator over moto for the given strategy.
+    pub fn rotator(&self, strategy: Strategy) -> Rotator {
+        let store = Arc::new(SecretsManagerStore::new(self.sm_client()));
+        Rotator::new(
+            store,
+            Arc::new(self.engine()),
+            strategy,
+            PasswordPolicy::with_default_exclusions(":/@\"'\\"),
+        )
+        .with_rds(Arc::new(rotor::rds::RdsApi::new(self.rds_client())))
+    }
+
+    /// A superuser session on the test cluster.
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.pg_host)
+            .port(self.pg_port)
+            .user(&self.superuser)
+            .password(&self.superpass)
+            .dbname(&self.pg_db);
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot log in to the test cluster as superuser: {e}"));
+        tokio::spawn(connection);
+        client
+    }
+
+    /// A secret value for a user on the test cluster.
+    pub fn pg_secret(&self, user: &str, password: &str, extra: Value) -> String {
+        let mut doc = json!({
+            "engine": "postgres",
+            "host": self.pg_host,
+            "port": self.pg_port,
+            "username": user,
+            "password": password,
+            "dbname": self.pg_db,
+            "ssl": true,
+        });
+        if let (Value::Object(d), Value::Object(e)) = (&mut doc, extra) {
+            d.extend(e);
+        }
+        doc.to_string()
+    }
+}
+
+/// A name no other test run used: `<prefix>_<8 hex>`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A password that the policy could generate, for seeding.
+pub fn new_password() -> SecretString {
+    PasswordPolicy::with_default_exclusions(":/@\"'\\")
+        .generate()
+        .expect("password policy")
+}
+
+/// Creates a login role with a password (set as a verifier, so the
+/// plaintext never reaches the server's statement log).
+pub async fn create_role(admin: &tokio_postgres::Client, name: &str, password: &SecretString, options: &str) {
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {} LOGIN {options}",
+            postgres_protocol_escape(name)
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("create role {name}: {e}"));
+    admin
+        .batch_execute(&rotor::engine::postgres::alter_password_sql(name, password))
+        .await
+        .unwrap_or_else(|e| panic!("set password of {name}: {e}"));
+}
+
+/// Quotes an identifier as PostgreSQL does.
+pub fn postgres_protocol_escape(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The stored verifier of a role (to prove "no new verifier written").
+pub async fn verifier(admin: &tokio_postgres::Client, role: &str) -> Option<String> {
+    admin
+        .query_opt("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&role])
+        .await
+        .expect("read pg_authid")
+        .and_then(|r| r.get(0))
+}
+
+/// Plays the parts of Secrets Manager that moto does not (see the testing
+/// notes): starting a rotation the way the real service leaves a secret
+/// before createSecret, and removing AWSPENDING after finishSecret.
+#[derive(Clone)]
+pub struct MotoService {
+    pub client: SmClient,
+    pub stub_lambda_arn: String,
+}
+
+impl MotoService {
+    pub fn new(env: &TestEnv) -> Self {
+        MotoService {
+            client: env.sm_client(),
+            stub_lambda_arn: env.stub_lambda_arn.clone(),
+        }
+    }
+
+    pub async fn create_secret(&self, name: &str, value: &str) -> String {
+        self.client
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateSecret {name}: {e:?}"))
+            .arn
+            .expect("arn")
+    }
+
+    /// RotateSecret with the stub function: afterwards AWSPENDING names a
+    /// fresh token with no value, exactly as before the service's createSecret.
+    pub async fn start_rotation(&self, arn: &str) -> String {
+        let before = self.labels(arn).await;
+        self.client
+            .rotate_secret()
+            .secret_id(arn)
+            .rotation_lambda_arn(&self.stub_lambda_arn)
+            .rotation_rules(RotationRulesType::builder().automatically_after_days(30).build())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("RotateSecret {arn}: {e:?}"));
+        let after = self.labels(arn).await;
+        after
+            .iter()
+            .find(|(id, stages)| stages.iter().any(|s| s == "AWSPENDING") && !before.contains_key(*id))
+            .map(|(id, _)| id.clone())
+            .unwrap_or_else(|| panic!("RotateSecret staged no new AWSPENDING token: {after:?}"))
+    }
+
+    /// Version id → labels, without moto's unlabelled deprecated versions.
+    pub async fn labels(&self, arn: &str) -> BTreeMap<String, Vec<String>> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeSecret {arn}: {e:?}"));
+        out.version_ids_to_stages
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(id, mut s)| {
+                s.sort();
+                (id, s)
+            })
+            .collect()
+    }
+
+    /// The value of one version id.
+    pub async fn value(&self, arn: &str, version: &str) -> Option<String> {
+        self.client
+            .get_secret_value()
+            .secret_id(arn)
+            .version_id(version)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.secret_string)
+    }
+
+    /// Every version's value (deprecated ones too): what the leak check
+    /// collects as "generated passwords".
+    pub async fn all_values(&self, arn: &str) -> Vec<String> {
+        let out = self
+            .client
+            .list_secret_version_ids()
+            .secret_id(arn)
+            .include_deprecated(true)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("ListSecretVersionIds {arn}: {e:?}"));
+        let mut values = Vec::new();
+        for v in out.versions.unwrap_or_default() {
+            if let Some(id) = v.version_id
+                && let Some(value) = self.value(arn, &id).await
+            {
+                values.push(value);
+            }
+        }
+        values
+    }
+
+    pub async fn set_rotation_enabled_false(&self, arn: &str) {
+        self.client
+            .cancel_rotate_secret()
+            .secret_id(arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CancelRotateSecret {arn}: {e:?}"));
+    }
+}

@@ -1,1 +1,271 @@
-fn main() {}
+//! `rotor`: the Lambda functions' code, run from a terminal.
+//!
+//! `rotate` runs a whole rotation in this process (playing Secrets Manager:
+//! it stages a fresh token, then runs the four steps) or asks the service to
+//! rotate (`--service`); `step` runs one step as a console test event would;
+//! `secrets` manages the local store; `demo` shows the main job end to end.
+//! Every command works against Secrets Manager or, with `--local FILE`, the
+//! embedded local store. Logic lives in the `rotor` crate; this file parses
+//! arguments and prints results.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rotor::engine::Engine;
+use rotor::engine::postgres::PostgresEngine;
+use rotor::secret::Require;
+use rotor::store::{AWSCURRENT, LocalStore, SecretStore, SecretsManagerStore, VersionRef};
+use rotor::{DbSecret, Error, PasswordPolicy, Result, RotationEvent, Rotator, SecretString, Strategy};
+
+#[derive(Parser)]
+#[command(name = "rotor", version, about = "Rotate database credentials kept in AWS Secrets Manager (or a local store)")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rotate a secret now: all four steps in this process, or via the service with --service.
+    Rotate {
+        /// Secret name or ARN.
+        secret_id: String,
+        #[command(flatten)]
+        target: Target,
+        /// Ask Secrets Manager to rotate with the function configured on the secret (RotateSecret).
+        #[arg(long, conflicts_with = "local")]
+        service: bool,
+    },
+    /// Run one rotation step, as a console test event would.
+    Step {
+        /// createSecret, setSecret, testSecret or finishSecret.
+        step: String,
+        /// Secret name or ARN.
+        secret_id: String,
+        /// The ClientRequestToken (version id) being rotated.
+        token: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Manage secrets in the local store.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
+    /// Run the main job end to end against a local PostgreSQL with the local store.
+    Demo {
+        /// Administrator login used to create the demo roles.
+        #[arg(long, env = "ROTOR_DEMO_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        database_url: String,
+        /// Local store file to create (replaced if it exists).
+        #[arg(long, default_value_os_t = std::env::temp_dir().join("rotor-demo-store.json"))]
+        store: PathBuf,
+        /// Keep the demo roles afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Args)]
+struct Target {
+    /// Use the local store in FILE instead of Secrets Manager.
+    #[arg(long, value_name = "FILE")]
+    local: Option<PathBuf>,
+    /// Rotation strategy; auto picks alternating-users when the secret has a masterarn.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    strategy: StrategyArg,
+    /// Rotate even if the secret says rotation is disabled.
+    #[arg(long)]
+    ignore_disabled: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StrategyArg {
+    Auto,
+    SingleUser,
+    AlternatingUsers,
+}
+
+#[derive(Subcommand)]
+enum SecretsAction {
+    /// Store a value as the secret's new AWSCURRENT version (creating the secret).
+    Put {
+        name: String,
+        /// The JSON value; read from stdin when absent.
+        #[arg(long)]
+        value: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        local: PathBuf,
+    },
+    /// Print one version's value (AWSCURRENT by default).
+    Get {
+        secret_id: String,
+        #[arg(long, default_value = AWSCURRENT, conflicts_with = "version_id")]
+        stage: String,
+        #[arg(long)]
+        version_id: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        local: PathBuf,
+    },
+    /// List secrets and their labelled versions.
+    List {
+        #[arg(long, value_name = "FILE")]
+        local: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.log_format {
+        LogFormat::Text => rotor::logging::init_text(),
+        LogFormat::Json => rotor::logging::init_json_stderr(),
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rotor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rotor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Rotate { secret_id, target, service } => {
+            if service {
+                let store = SecretsManagerStore::from_env().await;
+                let version = store.rotate_with_service(&secret_id).await?;
+                println!("Secrets Manager started rotating {secret_id}: version {}", version.unwrap_or_default());
+                return Ok(());
+            }
+            let rotator = rotator_for(&secret_id, &target).await?;
+            let report = rotator.rotate(&secret_id).await?;
+            println!(
+                "rotated {} ({}) to version {}{}",
+                report.secret_arn,
+                rotator.strategy(),
+                report.token,
+                if report.resumed { " (resumed an unfinished rotation)" } else { "" }
+            );
+            for s in &report.steps {
+                println!("  {:<13} {:<16} {:>8.1} ms", s.step.as_str(), s.outcome.as_str(), s.millis);
+            }
+            Ok(())
+        }
+        Command::Step { step, secret_id, token, target } => {
+            let rotator = rotator_for(&secret_id, &target).await?;
+            let event = RotationEvent { step, secret_id, token, rotation_token: None };
+            let outcome = rotator.handle(&event).await?;
+            println!("{}: {}", event.step, outcome.as_str());
+            Ok(())
+        }
+        Command::Secrets { action } => secrets(action).await,
+        Command::Demo { database_url, store, keep } => {
+            let report = rotor::demo::run(&rotor::demo::DemoOptions { database_url, store_path: store, keep }).await?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
+
+/// The store, engine and strategy for a secret, chosen from its current value.
+async fn rotator_for(secret_id: &str, target: &Target) -> Result<Rotator> {
+    let store: Arc<dyn SecretStore> = match &target.local {
+        Some(path) => Arc::new(LocalStore::open(path)?),
+        None => Arc::new(SecretsManagerStore::from_env().await),
+    };
+    let value = store
+        .get(secret_id, VersionRef::Stage(AWSCURRENT))
+        .await?
+        .ok_or_else(|| Error::NotFound { what: format!("AWSCURRENT version of {secret_id}") })?;
+    let current = DbSecret::parse(&value, secret_id, AWSCURRENT, Require::Connection)?;
+    let engine: Arc<dyn Engine> = match current.engine.as_str() {
+        "postgres" | "aurora-postgresql" => Arc::new(PostgresEngine::from_env()?),
+        other => {
+            return Err(Error::bad_secret(
+                secret_id,
+                AWSCURRENT,
+                format!("engine {other:?} is not supported by this build; supported: postgres, aurora-postgresql"),
+            ));
+        }
+    };
+    let strategy = match target.strategy {
+        StrategyArg::SingleUser => Strategy::SingleUser,
+        StrategyArg::AlternatingUsers => Strategy::AlternatingUsers,
+        StrategyArg::Auto if current.masterarn.is_some() => Strategy::AlternatingUsers,
+        StrategyArg::Auto => Strategy::SingleUser,
+    };
+    let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
+    let mut rotator = Rotator::new(store, engine, strategy, policy).ignore_disabled(target.ignore_disabled);
+    if strategy.uses_master() && target.local.is_none() {
+        rotator = rotator.with_rds(Arc::new(rotor::rds::RdsApi::from_env().await));
+    }
+    Ok(rotator)
+}
+
+async fn secrets(action: SecretsAction) -> Result<()> {
+    match action {
+        SecretsAction::Put { name, value, local } => {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut v = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut v)
+                        .map_err(|e| Error::Config(format!("cannot read the value from stdin: {e}")))?;
+                    v
+                }
+            };
+            let value = SecretString::new(value.trim().to_string());
+            serde_json::from_str::<serde_json::Value>(value.expose())
+                .map_err(|e| Error::Config(format!("the value is not JSON ({e}); nothing stored")))?;
+            let arn = LocalStore::open(&local)?.put_current(&name, &value)?;
+            println!("{arn}");
+            Ok(())
+        }
+        SecretsAction::Get { secret_id, stage, version_id, local } => {
+            let store = LocalStore::open(&local)?;
+            let version = match &version_id {
+                Some(id) => VersionRef::Id(id),
+                None => VersionRef::Stage(&stage),
+            };
+            let value = store
+                .get(&secret_id, version)
+                .await?
+                .ok_or_else(|| Error::NotFound { what: format!("{version} of {secret_id}") })?;
+            // Printing the value is what the user asked for.
+            println!("{}", value.expose());
+            Ok(())
+        }
+        SecretsAction::List { local } => {
+            for s in LocalStore::open(&local)?.list()? {
+                let versions: Vec<String> = s
+                    .versions
+                    .iter()
+                    .map(|(id, stages)| format!("{id} [{}]", stages.join(",")))
+                    .collect();
+                println!("{}\t{}\t{}", s.name, s.arn, versions.join(" "));
+            }
+            Ok(())
+        }
+    }
+}
