@@ -83,10 +83,21 @@ pub async fn run(options: &DemoOptions) -> Result<String> {
             "--database-url is not a PostgreSQL URL ({e}); use postgres://user[:password]@host:port/db"
         ))
     })?;
-    let (admin, connection) = admin_config.connect(NoTls).await.map_err(|e| Error::Unreachable {
-        endpoint: options.database_url.split('@').next_back().unwrap_or_default().to_string(),
-        detail: format!("{e}; is PostgreSQL running? pass --database-url for another server"),
-    })?;
+    let (admin, connection) =
+        admin_config
+            .connect(NoTls)
+            .await
+            .map_err(|e| Error::Unreachable {
+                endpoint: options
+                    .database_url
+                    .split('@')
+                    .next_back()
+                    .unwrap_or_default()
+                    .to_string(),
+                detail: format!(
+                    "{e}; is PostgreSQL running? pass --database-url for another server"
+                ),
+            })?;
     tokio::spawn(connection);
     let host = match admin_config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -99,14 +110,25 @@ pub async fn run(options: &DemoOptions) -> Result<String> {
         tokio_postgres::config::SslMode::Require
     );
     if std::fs::metadata(&options.store_path).is_ok() {
-        std::fs::remove_file(&options.store_path).map_err(|e| Error::io(options.store_path.display(), e))?;
+        std::fs::remove_file(&options.store_path)
+            .map_err(|e| Error::io(options.store_path.display(), e))?;
     }
     let store = Arc::new(LocalStore::open(&options.store_path)?);
     let engine = PostgresEngine::new(ConnectOptions::from_env()?);
     let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
     let mut demo = Demo {
-        rotator_single: Rotator::new(store.clone(), Arc::new(engine.clone()), Strategy::SingleUser, policy.clone()),
-        rotator_multi: Rotator::new(store.clone(), Arc::new(engine.clone()), Strategy::AlternatingUsers, policy),
+        rotator_single: Rotator::new(
+            store.clone(),
+            Arc::new(engine.clone()),
+            Strategy::SingleUser,
+            policy.clone(),
+        ),
+        rotator_multi: Rotator::new(
+            store.clone(),
+            Arc::new(engine.clone()),
+            Strategy::AlternatingUsers,
+            policy,
+        ),
         admin,
         admin_config,
         store,
@@ -144,9 +166,14 @@ impl Demo {
 
     async fn create_role(&self, name: &str, extra: &str, password: &SecretString) -> Result<()> {
         self.admin
-            .batch_execute(&format!("CREATE ROLE {} LOGIN {extra}", escape_identifier(name)))
+            .batch_execute(&format!(
+                "CREATE ROLE {} LOGIN {extra}",
+                escape_identifier(name)
+            ))
             .await
-            .map_err(db_err("create a demo role (the --database-url login needs CREATEROLE)"))?;
+            .map_err(db_err(
+                "create a demo role (the --database-url login needs CREATEROLE)",
+            ))?;
         self.admin
             .batch_execute(&alter_password_sql(name, password))
             .await
@@ -177,37 +204,67 @@ impl Demo {
         let app_pw = policy.generate()?;
         let master_pw = policy.generate()?;
         self.create_role(USER, "", &user_pw).await?;
-        self.create_role(APP, "CONNECTION LIMIT 20", &app_pw).await?;
+        self.create_role(APP, "CONNECTION LIMIT 20", &app_pw)
+            .await?;
         self.create_role(MASTER, "CREATEROLE", &master_pw).await?;
         // The master must be able to grant the app role to its clone.
         self.admin
-            .batch_execute(&format!("GRANT {} TO {} WITH ADMIN OPTION", escape_identifier(APP), escape_identifier(MASTER)))
+            .batch_execute(&format!(
+                "GRANT {} TO {} WITH ADMIN OPTION",
+                escape_identifier(APP),
+                escape_identifier(MASTER)
+            ))
             .await
             .map_err(db_err("grant the demo app role to the demo master"))?;
 
         // Does this server check passwords? Try a login with a wrong one.
         let wrong = policy.generate()?;
-        let probe = DbSecret::parse(&self.secret(USER, &wrong, None), "probe", "probe", Require::Connection)?;
+        let probe = DbSecret::parse(
+            &self.secret(USER, &wrong, None),
+            "probe",
+            "probe",
+            Require::Connection,
+        )?;
         self.proof = match self.engine.connect(&probe, "probe").await {
             Ok(_) => Proof::Verifiers,
             Err(Error::LoginRefused { .. }) => Proof::Logins,
             Err(e) => return Err(e),
         };
         let target = format!("{}:{}/{}", self.host, self.port, self.dbname);
-        self.say(format!("Rotor demo against PostgreSQL at {target}, local store {}", options.store_path.display()));
+        self.say(format!(
+            "Rotor demo against PostgreSQL at {target}, local store {}",
+            options.store_path.display()
+        ));
         self.say(match self.proof {
             Proof::Logins => "proof: this server checks passwords, so each rotation is proven by logins (old refused, new accepted)".to_string(),
             Proof::Verifiers => "proof: this server accepts any password on this connection (trust auth), so logins prove nothing; each rotation is proven by checking the role's stored SCRAM verifier against the new and old passwords".to_string(),
         });
 
-        let single = self.store.put_current("demo/single-user", &self.secret(USER, &user_pw, None))?;
-        let master = self.store.put_current("demo/master", &self.secret(MASTER, &master_pw, None))?;
-        let multi = self.store.put_current("demo/alternating-users", &self.secret(APP, &app_pw, Some(&master)))?;
+        let single = self
+            .store
+            .put_current("demo/single-user", &self.secret(USER, &user_pw, None))?;
+        let master = self
+            .store
+            .put_current("demo/master", &self.secret(MASTER, &master_pw, None))?;
+        let multi = self.store.put_current(
+            "demo/alternating-users",
+            &self.secret(APP, &app_pw, Some(&master)),
+        )?;
 
         for round in 1..=2 {
-            self.rotate_and_prove(&single, Strategy::SingleUser, &format!("single-user rotation {round}")).await?;
+            self.rotate_and_prove(
+                &single,
+                Strategy::SingleUser,
+                &format!("single-user rotation {round}"),
+            )
+            .await?;
         }
-        self.rotate_and_prove(&multi, Strategy::AlternatingUsers, "alternating-users rotation").await?;
+        self.rotate_and_prove(
+            &multi,
+            Strategy::AlternatingUsers,
+            "alternating-users rotation",
+        )
+        .await?;
         let total = started.elapsed().as_secs_f64();
         self.say(format!("all proofs passed in {total:.2} s"));
         Ok(())
@@ -215,7 +272,10 @@ impl Demo {
 
     async fn rotate_and_prove(&mut self, arn: &str, strategy: Strategy, title: &str) -> Result<()> {
         let before = self.store.describe(arn).await?;
-        let old_version = before.version_with(AWSCURRENT).unwrap_or_default().to_string();
+        let old_version = before
+            .version_with(AWSCURRENT)
+            .unwrap_or_default()
+            .to_string();
         let old = self.value(arn, &old_version).await?;
         let rotator = match strategy {
             Strategy::SingleUser => &self.rotator_single,
@@ -246,15 +306,30 @@ impl Demo {
         let (new_ok, old_refused) = self.prove(&new, &old, strategy).await?;
         match strategy {
             Strategy::SingleUser => {
-                let _ = writeln!(lines, "  user {}: new password accepted: {}, old password refused: {}", new.username, yes(new_ok), yes(old_refused));
+                let _ = writeln!(
+                    lines,
+                    "  user {}: new password accepted: {}, old password refused: {}",
+                    new.username,
+                    yes(new_ok),
+                    yes(old_refused)
+                );
             }
             Strategy::AlternatingUsers => {
-                let _ = writeln!(lines, "  new user {} accepted with the new password: {}; previous user {} still accepted (kept as AWSPREVIOUS): {}", new.username, yes(new_ok), old.username, yes(old_refused));
+                let _ = writeln!(
+                    lines,
+                    "  new user {} accepted with the new password: {}; previous user {} still accepted (kept as AWSPREVIOUS): {}",
+                    new.username,
+                    yes(new_ok),
+                    old.username,
+                    yes(old_refused)
+                );
             }
         }
         self.out.push_str(&lines);
         if !(labels_ok && new_ok && old_refused) {
-            return Err(Error::Config(format!("{title}: a proof failed; see the lines above")));
+            return Err(Error::Config(format!(
+                "{title}: a proof failed; see the lines above"
+            )));
         }
         Ok(())
     }
@@ -264,13 +339,20 @@ impl Demo {
             .store
             .get(arn, VersionRef::Id(version))
             .await?
-            .ok_or_else(|| Error::NotFound { what: format!("version {version}") })?;
+            .ok_or_else(|| Error::NotFound {
+                what: format!("version {version}"),
+            })?;
         DbSecret::parse(&v, arn, version, Require::Connection)
     }
 
     /// (new credentials work, old credentials no longer work — or, for
     /// alternating users, the previous user still works).
-    async fn prove(&self, new: &DbSecret, old: &DbSecret, strategy: Strategy) -> Result<(bool, bool)> {
+    async fn prove(
+        &self,
+        new: &DbSecret,
+        old: &DbSecret,
+        strategy: Strategy,
+    ) -> Result<(bool, bool)> {
         let works = |s: &DbSecret| {
             let s = s.clone();
             async move {

@@ -25,8 +25,8 @@ pub struct RotationEvent {
 impl RotationEvent {
     /// Parses and checks an event payload.
     pub fn from_json(payload: &serde_json::Value) -> Result<Self> {
-        let event: RotationEvent = serde_json::from_value(payload.clone())
-            .map_err(|e| Error::BadEvent(e.to_string()))?;
+        let event: RotationEvent =
+            serde_json::from_value(payload.clone()).map_err(|e| Error::BadEvent(e.to_string()))?;
         event.check()?;
         Ok(event)
     }
@@ -87,9 +87,15 @@ mod tests {
 
     #[test]
     fn parses_with_and_without_rotation_token() {
-        let e = RotationEvent::from_json(&json!({"Step":"createSecret","SecretId":"s","ClientRequestToken":"t"})).unwrap();
+        let e = RotationEvent::from_json(
+            &json!({"Step":"createSecret","SecretId":"s","ClientRequestToken":"t"}),
+        )
+        .unwrap();
         assert_eq!(e.rotation_token, None);
-        let e = RotationEvent::from_json(&json!({"Step":"x","SecretId":"s","ClientRequestToken":"t","RotationToken":"r"})).unwrap();
+        let e = RotationEvent::from_json(
+            &json!({"Step":"x","SecretId":"s","ClientRequestToken":"t","RotationToken":"r"}),
+        )
+        .unwrap();
         assert_eq!(e.rotation_token.as_deref(), Some("r"));
         assert_eq!(Step::parse(&e.step), None);
     }

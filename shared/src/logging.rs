@@ -6,8 +6,7 @@
 use tracing_subscriber::EnvFilter;
 
 /// The default filter: Rotor at `info`, chatty dependencies at `warn`.
-pub const DEFAULT_FILTER: &str =
-    "info,aws_config=warn,aws_smithy_runtime=warn,aws_sdk_secretsmanager=warn,hyper=warn,rustls=warn,tokio_postgres=warn";
+pub const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,aws_sdk_secretsmanager=warn,hyper=warn,rustls=warn,tokio_postgres=warn";
 
 fn filter() -> EnvFilter {
     // RUST_LOG wins; AWS_LAMBDA_LOG_LEVEL (set by Lambda's advanced logging

@@ -249,7 +249,10 @@ mod tests {
         let pw = p.generate().unwrap();
         let s = pw.expose();
         assert_eq!(s.len(), 64);
-        assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert!(!s.contains(['a', 'b', 'c']));
         assert!(s.chars().any(|c| c.is_ascii_digit()));
     }
@@ -259,7 +262,13 @@ mod tests {
         assert!(policy(&[("PASSWORD_LENGTH", "0")]).is_err());
         assert!(policy(&[("PASSWORD_LENGTH", "abc")]).is_err());
         assert!(policy(&[("PASSWORD_LENGTH", "3")]).is_err());
-        assert!(policy(&[("PASSWORD_LENGTH", "3"), ("REQUIRE_EACH_INCLUDED_TYPE", "false")]).is_ok());
+        assert!(
+            policy(&[
+                ("PASSWORD_LENGTH", "3"),
+                ("REQUIRE_EACH_INCLUDED_TYPE", "false")
+            ])
+            .is_ok()
+        );
         assert!(
             policy(&[
                 ("EXCLUDE_PUNCTUATION", "true"),
@@ -277,7 +286,10 @@ mod tests {
         let pw = p.generate().unwrap();
         let alphabet = p.alphabet().unwrap();
         for c in alphabet {
-            assert!(pw.expose().contains(c), "{c:?} never drawn in 4096 characters");
+            assert!(
+                pw.expose().contains(c),
+                "{c:?} never drawn in 4096 characters"
+            );
         }
     }
 }

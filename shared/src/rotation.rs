@@ -319,7 +319,11 @@ impl Rotator {
         let id = meta
             .version_with(AWSCURRENT)
             .ok_or_else(|| {
-                Error::bad_secret(&meta.arn, AWSCURRENT, "no version is labelled AWSCURRENT; store a value first")
+                Error::bad_secret(
+                    &meta.arn,
+                    AWSCURRENT,
+                    "no version is labelled AWSCURRENT; store a value first",
+                )
             })?
             .to_string();
         let value = self.version_value(&meta.arn, &id).await?.ok_or_else(|| {

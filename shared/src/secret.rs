@@ -180,7 +180,11 @@ impl DbSecret {
             // AWS's functions: any string other than "true" (case-insensitive) is false.
             Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => TlsMode::Required,
             Some(Value::String(_)) => TlsMode::Disabled,
-            Some(_) => return Err(bad("\"ssl\" must be true, false, \"true\" or \"false\"".into())),
+            Some(_) => {
+                return Err(bad(
+                    "\"ssl\" must be true, false, \"true\" or \"false\"".into()
+                ));
+            }
         };
         let dbname = text(&fields, "dbname")?.filter(|d| !d.is_empty());
         let masterarn = text(&fields, "masterarn")?.filter(|m| !m.is_empty());
@@ -268,10 +272,22 @@ mod tests {
     #[test]
     fn ssl_and_port_variants() {
         let base = r#""engine":"postgres","host":"h","username":"u","password":"p""#;
-        assert_eq!(parse(&format!("{{{base}}}")).unwrap().tls, TlsMode::Preferred);
-        assert_eq!(parse(&format!("{{{base},\"ssl\":false}}")).unwrap().tls, TlsMode::Disabled);
-        assert_eq!(parse(&format!("{{{base},\"ssl\":\"false\"}}")).unwrap().tls, TlsMode::Disabled);
-        assert_eq!(parse(&format!("{{{base},\"port\":5432}}")).unwrap().port, Some(5432));
+        assert_eq!(
+            parse(&format!("{{{base}}}")).unwrap().tls,
+            TlsMode::Preferred
+        );
+        assert_eq!(
+            parse(&format!("{{{base},\"ssl\":false}}")).unwrap().tls,
+            TlsMode::Disabled
+        );
+        assert_eq!(
+            parse(&format!("{{{base},\"ssl\":\"false\"}}")).unwrap().tls,
+            TlsMode::Disabled
+        );
+        assert_eq!(
+            parse(&format!("{{{base},\"port\":5432}}")).unwrap().port,
+            Some(5432)
+        );
         assert!(parse(&format!("{{{base},\"port\":70000}}")).is_err());
         assert!(parse(&format!("{{{base},\"ssl\":3}}")).is_err());
     }
@@ -281,9 +297,18 @@ mod tests {
         for (json, needle) in [
             ("not json p4ssw0rd", "not valid JSON"),
             ("[1]", "not an object"),
-            (r#"{"engine":"postgres","host":"h","username":"u"}"#, "\"password\" is missing"),
-            (r#"{"engine":"postgres","host":"h","password":"p4ssw0rd"}"#, "\"username\""),
-            (r#"{"engine":"postgres","username":"u","password":"p4ssw0rd"}"#, "\"host\""),
+            (
+                r#"{"engine":"postgres","host":"h","username":"u"}"#,
+                "\"password\" is missing",
+            ),
+            (
+                r#"{"engine":"postgres","host":"h","password":"p4ssw0rd"}"#,
+                "\"username\"",
+            ),
+            (
+                r#"{"engine":"postgres","username":"u","password":"p4ssw0rd"}"#,
+                "\"host\"",
+            ),
         ] {
             let err = parse(json).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
@@ -293,7 +318,8 @@ mod tests {
 
     #[test]
     fn debug_redacts() {
-        let s = parse(r#"{"engine":"postgres","host":"h","username":"u","password":"hunter2"}"#).unwrap();
+        let s = parse(r#"{"engine":"postgres","host":"h","username":"u","password":"hunter2"}"#)
+            .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!format!("{:?} {}", s.password, s.password).contains("hunter2"));
     }

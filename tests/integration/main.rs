@@ -60,12 +60,13 @@ fn main() {
         ..Arguments::default()
     };
     let leak = Trial::test("leak_check::no_password_in_logs_or_server_log", move || {
-        let text = std::fs::read(&env.pg_log)
-            .map_err(|e| format!("read {}: {e}", env.pg_log))?;
+        let text = std::fs::read(&env.pg_log).map_err(|e| format!("read {}: {e}", env.pg_log))?;
         let start = (pg_log_start as usize).min(text.len());
         let server_log = String::from_utf8_lossy(&text[start..]);
         if !server_log.contains("ALTER ROLE") {
-            return Err("the server log shows no ALTER ROLE: log_statement=all is not capturing".into());
+            return Err(
+                "the server log shows no ALTER ROLE: log_statement=all is not capturing".into(),
+            );
         }
         let report = leaks::check(&server_log, 200, 40)?;
         println!(

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use libtest_mimic::Trial;
-use rotor::engine::{ConnectOptions, Engine, TlsSettings};
 use rotor::engine::postgres::PostgresEngine;
+use rotor::engine::{ConnectOptions, Engine, TlsSettings};
 use rotor::secret::{Require, TlsMode};
 use rotor::store::{LocalStore, SecretStore, SecretsManagerStore};
-use rotor::{DbSecret, Error, Outcome, PasswordPolicy, RotationEvent, Rotator, SecretString, Step, Strategy};
+use rotor::{
+    DbSecret, Error, Outcome, PasswordPolicy, RotationEvent, Rotator, SecretString, Step, Strategy,
+};
 use rotor_tests::{MotoService, TestEnv, create_role, leaks, new_password, unique, verifier};
 use serde_json::{Value, json};
 
@@ -22,27 +24,95 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
     let mut t = Vec::new();
     for strategy in STRATEGIES {
         let s = strategy.name().replace('-', "_");
-        t.push(trial(format!("rotation::{s}::full_rotation_twice"), env, move |env| full_rotation_twice(env, strategy)));
-        t.push(trial(format!("rotation::{s}::every_step_twice_changes_nothing"), env, move |env| every_step_twice(env, strategy)));
+        t.push(trial(
+            format!("rotation::{s}::full_rotation_twice"),
+            env,
+            move |env| full_rotation_twice(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::every_step_twice_changes_nothing"),
+            env,
+            move |env| every_step_twice(env, strategy),
+        ));
         for crash_after in 1..=3 {
-            t.push(trial(format!("rotation::{s}::interrupted_after_step_{crash_after}_then_resumed"), env, move |env| interrupted(env, strategy, crash_after)));
+            t.push(trial(
+                format!("rotation::{s}::interrupted_after_step_{crash_after}_then_resumed"),
+                env,
+                move |env| interrupted(env, strategy, crash_after),
+            ));
         }
-        t.push(trial(format!("rotation::{s}::set_done_finish_never_ran_completed_by_rerun"), env, move |env| finish_never_ran(env, strategy)));
-        t.push(trial(format!("rotation::{s}::bad_events_change_nothing"), env, move |env| bad_events(env, strategy)));
-        t.push(trial(format!("rotation::{s}::bad_secrets_change_nothing"), env, move |env| bad_secrets(env, strategy)));
-        t.push(trial(format!("rotation::{s}::awkward_username"), env, move |env| awkward_username(env, strategy)));
-        t.push(trial(format!("rotation::{s}::every_printable_character_in_passwords"), env, move |env| every_printable(env, strategy)));
-        t.push(trial(format!("rotation::{s}::finish_before_set_is_refused"), env, move |env| finish_before_set(env, strategy)));
-        t.push(trial(format!("rotation::{s}::rotate_immediately_false_runs_only_test"), env, move |env| rotate_immediately_false(env, strategy)));
-        t.push(trial(format!("rotation::{s}::local_store_in_process_rotation"), env, move |env| local_store_rotation(env, strategy)));
+        t.push(trial(
+            format!("rotation::{s}::set_done_finish_never_ran_completed_by_rerun"),
+            env,
+            move |env| finish_never_ran(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::bad_events_change_nothing"),
+            env,
+            move |env| bad_events(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::bad_secrets_change_nothing"),
+            env,
+            move |env| bad_secrets(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::awkward_username"),
+            env,
+            move |env| awkward_username(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::every_printable_character_in_passwords"),
+            env,
+            move |env| every_printable(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::finish_before_set_is_refused"),
+            env,
+            move |env| finish_before_set(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::rotate_immediately_false_runs_only_test"),
+            env,
+            move |env| rotate_immediately_false(env, strategy),
+        ));
+        t.push(trial(
+            format!("rotation::{s}::local_store_in_process_rotation"),
+            env,
+            move |env| local_store_rotation(env, strategy),
+        ));
     }
-    t.push(trial("rotation::alternating_users::memberships_and_attributes_resynced", env, resync));
-    t.push(trial("rotation::alternating_users::master_on_read_replica_source_accepted", env, replica_accepted));
-    t.push(trial("rotation::alternating_users::rds_managed_master_secret", env, rds_managed_master));
-    t.push(trial("rotation::alternating_users::clone_name_too_long_refused", env, clone_name_too_long));
-    t.push(trial("rotation::single_user::lost_current_password_falls_back_to_previous", env, falls_back_to_previous));
+    t.push(trial(
+        "rotation::alternating_users::memberships_and_attributes_resynced",
+        env,
+        resync,
+    ));
+    t.push(trial(
+        "rotation::alternating_users::master_on_read_replica_source_accepted",
+        env,
+        replica_accepted,
+    ));
+    t.push(trial(
+        "rotation::alternating_users::rds_managed_master_secret",
+        env,
+        rds_managed_master,
+    ));
+    t.push(trial(
+        "rotation::alternating_users::clone_name_too_long_refused",
+        env,
+        clone_name_too_long,
+    ));
+    t.push(trial(
+        "rotation::single_user::lost_current_password_falls_back_to_previous",
+        env,
+        falls_back_to_previous,
+    ));
     t.push(trial("tls::verified_with_test_ca", env, tls_verified));
-    t.push(trial("tls::wrong_ca_refused_when_required_or_absent", env, tls_wrong_ca));
+    t.push(trial(
+        "tls::wrong_ca_refused_when_required_or_absent",
+        env,
+        tls_wrong_ca,
+    ));
     t
 }
 
@@ -72,12 +142,18 @@ async fn fixture(env: &TestEnv, strategy: Strategy, user: &str, extra: Value) ->
             create_role(&admin, &master, &master_pw, "CREATEROLE").await;
             create_role(&admin, user, &password, "CONNECTION LIMIT 7").await;
             admin
-                .batch_execute(&format!("GRANT {} TO {} WITH ADMIN OPTION", ident(user), ident(&master)))
+                .batch_execute(&format!(
+                    "GRANT {} TO {} WITH ADMIN OPTION",
+                    ident(user),
+                    ident(&master)
+                ))
                 .await
                 .expect("grant user to master");
             let master_value = env.pg_secret(&master, master_pw.expose(), json!({}));
             leaks::remember(&master_value);
-            let master_arn = moto.create_secret(&unique("rotor/master"), &master_value).await;
+            let master_arn = moto
+                .create_secret(&unique("rotor/master"), &master_value)
+                .await;
             extra["masterarn"] = json!(master_arn);
         }
     }
@@ -85,7 +161,14 @@ async fn fixture(env: &TestEnv, strategy: Strategy, user: &str, extra: Value) ->
     let value = env.pg_secret(user, password.expose(), extra);
     leaks::remember(&value);
     let arn = moto.create_secret(&unique("rotor/test"), &value).await;
-    Fixture { env: env.clone(), moto, admin, arn, user: user.to_string(), strategy }
+    Fixture {
+        env: env.clone(),
+        moto,
+        admin,
+        arn,
+        user: user.to_string(),
+        strategy,
+    }
 }
 
 fn ident(name: &str) -> String {
@@ -141,9 +224,19 @@ impl Fixture {
     }
 
     async fn secret(&self, version: &str) -> DbSecret {
-        let value = self.moto.value(&self.arn, version).await.expect("version value");
+        let value = self
+            .moto
+            .value(&self.arn, version)
+            .await
+            .expect("version value");
         leaks::remember(&value);
-        DbSecret::parse(&SecretString::new(value), &self.arn, version, Require::Connection).expect("parse")
+        DbSecret::parse(
+            &SecretString::new(value),
+            &self.arn,
+            version,
+            Require::Connection,
+        )
+        .expect("parse")
     }
 
     async fn remember_values(&self) {
@@ -157,7 +250,10 @@ impl Fixture {
         match self.env.engine().connect(secret, "test").await {
             Ok(_) => true,
             Err(Error::LoginRefused { .. }) => false,
-            Err(e) => panic!("login as {} failed for another reason: {e}", secret.username),
+            Err(e) => panic!(
+                "login as {} failed for another reason: {e}",
+                secret.username
+            ),
         }
     }
 
@@ -175,21 +271,46 @@ impl Fixture {
 /// user) or still accepted as AWSPREVIOUS (alternating).
 async fn assert_rotated(f: &Fixture, old: &str, new: &str) {
     let labels = f.labels().await;
-    assert_eq!(labels.get(new).map(Vec::as_slice), Some(&["AWSCURRENT".to_string()][..]), "{labels:?}");
-    assert_eq!(labels.get(old).map(Vec::as_slice), Some(&["AWSPREVIOUS".to_string()][..]), "{labels:?}");
-    assert_eq!(labels.len(), 2, "only AWSCURRENT and AWSPREVIOUS remain: {labels:?}");
+    assert_eq!(
+        labels.get(new).map(Vec::as_slice),
+        Some(&["AWSCURRENT".to_string()][..]),
+        "{labels:?}"
+    );
+    assert_eq!(
+        labels.get(old).map(Vec::as_slice),
+        Some(&["AWSPREVIOUS".to_string()][..]),
+        "{labels:?}"
+    );
+    assert_eq!(
+        labels.len(),
+        2,
+        "only AWSCURRENT and AWSPREVIOUS remain: {labels:?}"
+    );
     let new_secret = f.secret(new).await;
     let old_secret = f.secret(old).await;
-    assert_eq!(new_secret.other_fields().get("team"), Some(&json!("payments")), "unknown keys survive");
-    assert!(f.logs_in(&new_secret).await, "the new credentials must log in");
+    assert_eq!(
+        new_secret.other_fields().get("team"),
+        Some(&json!("payments")),
+        "unknown keys survive"
+    );
+    assert!(
+        f.logs_in(&new_secret).await,
+        "the new credentials must log in"
+    );
     match f.strategy {
         Strategy::SingleUser => {
             assert_eq!(new_secret.username, old_secret.username);
-            assert!(!f.logs_in(&old_secret).await, "the old password must be refused");
+            assert!(
+                !f.logs_in(&old_secret).await,
+                "the old password must be refused"
+            );
         }
         Strategy::AlternatingUsers => {
             assert_ne!(new_secret.username, old_secret.username);
-            assert!(f.logs_in(&old_secret).await, "AWSPREVIOUS (the other user) still logs in");
+            assert!(
+                f.logs_in(&old_secret).await,
+                "AWSPREVIOUS (the other user) still logs in"
+            );
         }
     }
 }
@@ -210,7 +331,10 @@ async fn full_rotation_twice(env: TestEnv, strategy: Strategy) {
         // original password of the base user no longer works.
         let now = f.secret(&new2).await;
         assert_eq!(now.username, original.username);
-        assert!(!f.logs_in(&original).await, "the original password must be refused");
+        assert!(
+            !f.logs_in(&original).await,
+            "the original password must be refused"
+        );
     }
 }
 
@@ -222,7 +346,10 @@ async fn every_step_twice(env: TestEnv, strategy: Strategy) {
     f.rotate(&rotator).await;
     let token = f.moto.start_rotation(&f.arn).await;
     for step in Step::ALL {
-        let first = f.step(&rotator, step, &token).await.unwrap_or_else(|e| panic!("{step}: {e}"));
+        let first = f
+            .step(&rotator, step, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
         let labels = f.labels().await;
         let versions = f.moto.all_values(&f.arn).await.len();
         let verifiers = f.verifiers().await;
@@ -230,12 +357,26 @@ async fn every_step_twice(env: TestEnv, strategy: Strategy) {
         // from the same warm process, changes nothing.
         let fresh = f.rotator();
         for rotator in [&fresh, &rotator] {
-            let second = f.step(rotator, step, &token).await.unwrap_or_else(|e| panic!("{step} again: {e}"));
-            assert!(!second.changed(), "{step} repeated did something: {second:?} (first: {first:?})");
+            let second = f
+                .step(rotator, step, &token)
+                .await
+                .unwrap_or_else(|e| panic!("{step} again: {e}"));
+            assert!(
+                !second.changed(),
+                "{step} repeated did something: {second:?} (first: {first:?})"
+            );
         }
         assert_eq!(f.labels().await, labels, "{step} repeated moved labels");
-        assert_eq!(f.moto.all_values(&f.arn).await.len(), versions, "{step} repeated added a version");
-        assert_eq!(f.verifiers().await, verifiers, "{step} repeated wrote a new verifier");
+        assert_eq!(
+            f.moto.all_values(&f.arn).await.len(),
+            versions,
+            "{step} repeated added a version"
+        );
+        assert_eq!(
+            f.verifiers().await,
+            verifiers,
+            "{step} repeated wrote a new verifier"
+        );
     }
     f.remember_values().await;
 }
@@ -246,11 +387,13 @@ async fn interrupted(env: TestEnv, strategy: Strategy, crash_after: usize) {
     let token = f.moto.start_rotation(&f.arn).await;
     {
         let first_process = f.rotator();
-        f.steps(&first_process, &token, &Step::ALL[..crash_after]).await;
+        f.steps(&first_process, &token, &Step::ALL[..crash_after])
+            .await;
     } // the process dies here
     // Secrets Manager retries the last step in a new process, then goes on.
     let second_process = f.rotator();
-    f.steps(&second_process, &token, &Step::ALL[crash_after - 1..]).await;
+    f.steps(&second_process, &token, &Step::ALL[crash_after - 1..])
+        .await;
     f.remember_values().await;
     assert_rotated(&f, &old, &token).await;
 }
@@ -265,7 +408,15 @@ async fn finish_never_ran(env: TestEnv, strategy: Strategy) {
     assert!(report.resumed, "the unfinished rotation must be resumed");
     assert_eq!(report.token, token);
     let outcomes: Vec<_> = report.steps.iter().map(|s| s.outcome).collect();
-    assert_eq!(outcomes, [Outcome::AlreadyCreated, Outcome::AlreadySet, Outcome::Tested, Outcome::Finished]);
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::AlreadyCreated,
+            Outcome::AlreadySet,
+            Outcome::Tested,
+            Outcome::Finished
+        ]
+    );
     f.remember_values().await;
     assert_rotated(&f, &old, &token).await;
 }
@@ -275,33 +426,70 @@ async fn bad_events(env: TestEnv, strategy: Strategy) {
     let rotator = f.rotator();
     let (previous, current) = f.rotate(&rotator).await;
     let token = f.moto.start_rotation(&f.arn).await;
-    f.step(&rotator, Step::CreateSecret, &token).await.expect("create");
+    f.step(&rotator, Step::CreateSecret, &token)
+        .await
+        .expect("create");
     let labels = f.labels().await;
     let verifiers = f.verifiers().await;
     let cases: Vec<(RotationEvent, &str, &str)> = vec![
-        (f.event("setSecret", "00000000-0000-0000-0000-000000000000"), "UnknownToken", "has no stage for rotation"),
-        (f.event("setSecret", &previous), "NotPending", "not set as AWSPENDING"),
+        (
+            f.event("setSecret", "00000000-0000-0000-0000-000000000000"),
+            "UnknownToken",
+            "has no stage for rotation",
+        ),
+        (
+            f.event("setSecret", &previous),
+            "NotPending",
+            "not set as AWSPENDING",
+        ),
         (f.event("fooSecret", &token), "UnknownStep", "invalid step"),
     ];
     for (event, kind, text) in cases {
         let err = rotator.handle(&event).await.expect_err(kind);
         assert_eq!(err.kind(), kind, "{err}");
         let msg = err.to_string();
-        assert!(msg.contains(text) && msg.contains(&f.arn), "message must name the secret and the problem: {msg}");
+        assert!(
+            msg.contains(text) && msg.contains(&f.arn),
+            "message must name the secret and the problem: {msg}"
+        );
     }
     // The token already AWSCURRENT: success without doing anything.
-    assert_eq!(f.step(&rotator, Step::SetSecret, &current).await.expect("current"), Outcome::AlreadyCurrent);
+    assert_eq!(
+        f.step(&rotator, Step::SetSecret, &current)
+            .await
+            .expect("current"),
+        Outcome::AlreadyCurrent
+    );
     // Malformed payloads never reach the store.
-    for payload in [json!({"Step": "createSecret"}), json!({"Step": "createSecret", "SecretId": "", "ClientRequestToken": "t"}), json!([1])] {
-        assert_eq!(RotationEvent::from_json(&payload).expect_err("bad payload").kind(), "BadEvent");
+    for payload in [
+        json!({"Step": "createSecret"}),
+        json!({"Step": "createSecret", "SecretId": "", "ClientRequestToken": "t"}),
+        json!([1]),
+    ] {
+        assert_eq!(
+            RotationEvent::from_json(&payload)
+                .expect_err("bad payload")
+                .kind(),
+            "BadEvent"
+        );
     }
     // Rotation explicitly disabled.
     f.moto.set_rotation_enabled_false(&f.arn).await;
-    let err = f.step(&rotator, Step::SetSecret, &token).await.expect_err("disabled");
+    let err = f
+        .step(&rotator, Step::SetSecret, &token)
+        .await
+        .expect_err("disabled");
     assert_eq!(err.kind(), "RotationDisabled", "{err}");
-    assert!(err.to_string().contains("not enabled for rotation"), "{err}");
+    assert!(
+        err.to_string().contains("not enabled for rotation"),
+        "{err}"
+    );
     assert_eq!(f.labels().await, labels, "bad events moved labels");
-    assert_eq!(f.verifiers().await, verifiers, "bad events changed the database");
+    assert_eq!(
+        f.verifiers().await,
+        verifiers,
+        "bad events changed the database"
+    );
     f.remember_values().await;
 }
 
@@ -311,7 +499,12 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
     let user = unique("rotor_badsecret");
     let password = new_password();
     create_role(&admin, &user, &password, "").await;
-    let base = serde_json::from_str::<Value>(&env.pg_secret(&user, password.expose(), json!({"masterarn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope"}))).expect("json");
+    let base = serde_json::from_str::<Value>(&env.pg_secret(
+        &user,
+        password.expose(),
+        json!({"masterarn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope"}),
+    ))
+    .expect("json");
     let without = |key: &str| {
         let mut v = base.clone();
         v.as_object_mut().expect("object").remove(key);
@@ -323,11 +516,26 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
         v.to_string()
     };
     let mut cases = vec![
-        ("malformed JSON", format!("{{\"engine\":\"postgres\",\"password\":\"{}\"", password.expose()), "not valid JSON"),
+        (
+            "malformed JSON",
+            format!(
+                "{{\"engine\":\"postgres\",\"password\":\"{}\"",
+                password.expose()
+            ),
+            "not valid JSON",
+        ),
         ("missing host", without("host"), "\"host\""),
         ("missing username", without("username"), "\"username\""),
-        ("missing password", without("password"), "\"password\" is missing"),
-        ("wrong engine", with("engine", json!("mysql")), "engine \"mysql\" is not handled"),
+        (
+            "missing password",
+            without("password"),
+            "\"password\" is missing",
+        ),
+        (
+            "wrong engine",
+            with("engine", json!("mysql")),
+            "engine \"mysql\" is not handled",
+        ),
     ];
     if strategy == Strategy::AlternatingUsers {
         cases.push(("missing masterarn", without("masterarn"), "masterarn"));
@@ -339,38 +547,90 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
         let labels = moto.labels(&arn).await;
         let before = verifier(&admin, &user).await;
         let rotator = env.rotator(strategy);
-        let event = RotationEvent { step: "createSecret".into(), secret_id: arn.clone(), token: token.clone(), rotation_token: None };
+        let event = RotationEvent {
+            step: "createSecret".into(),
+            secret_id: arn.clone(),
+            token: token.clone(),
+            rotation_token: None,
+        };
         let err = rotator.handle(&event).await.expect_err(what);
         assert_eq!(err.kind(), "BadSecret", "{what}: {err}");
         let msg = err.to_string();
         assert!(msg.contains(expected), "{what}: {msg}");
-        assert!(!msg.contains(password.expose()), "{what}: the error quotes the password");
+        assert!(
+            !msg.contains(password.expose()),
+            "{what}: the error quotes the password"
+        );
         assert_eq!(moto.labels(&arn).await, labels, "{what}: labels changed");
-        assert!(moto.value(&arn, &token).await.is_none(), "{what}: a pending value was stored");
-        assert_eq!(verifier(&admin, &user).await, before, "{what}: the database changed");
+        assert!(
+            moto.value(&arn, &token).await.is_none(),
+            "{what}: a pending value was stored"
+        );
+        assert_eq!(
+            verifier(&admin, &user).await,
+            before,
+            "{what}: the database changed"
+        );
     }
     if strategy == Strategy::AlternatingUsers {
         // A master secret on another host (and not its read replica's source).
         let f = fixture(&env, strategy, &unique("rotor_otherhost"), json!({})).await;
         let current = f.secret(&f.current_version().await).await;
         let master_arn = current.masterarn.clone().expect("masterarn");
-        let master_value = f.moto.value(&master_arn, &f.moto.labels(&master_arn).await.into_keys().next().expect("v")).await.expect("master");
+        let master_value = f
+            .moto
+            .value(
+                &master_arn,
+                &f.moto
+                    .labels(&master_arn)
+                    .await
+                    .into_keys()
+                    .next()
+                    .expect("v"),
+            )
+            .await
+            .expect("master");
         let mut master: Value = serde_json::from_str(&master_value).expect("json");
         master["host"] = json!("localhost");
-        let other_master = f.moto.create_secret(&unique("rotor/master-elsewhere"), &master.to_string()).await;
-        let mut value: Value = serde_json::from_str(&f.moto.value(&f.arn, &f.current_version().await).await.expect("v")).expect("json");
+        let other_master = f
+            .moto
+            .create_secret(&unique("rotor/master-elsewhere"), &master.to_string())
+            .await;
+        let mut value: Value = serde_json::from_str(
+            &f.moto
+                .value(&f.arn, &f.current_version().await)
+                .await
+                .expect("v"),
+        )
+        .expect("json");
         value["masterarn"] = json!(other_master);
-        let arn = f.moto.create_secret(&unique("rotor/bad-master"), &value.to_string()).await;
+        let arn = f
+            .moto
+            .create_secret(&unique("rotor/bad-master"), &value.to_string())
+            .await;
         let token = f.moto.start_rotation(&arn).await;
         let rotator = env.rotator(strategy);
-        let ev = |step: &str| RotationEvent { step: step.into(), secret_id: arn.clone(), token: token.clone(), rotation_token: None };
+        let ev = |step: &str| RotationEvent {
+            step: step.into(),
+            secret_id: arn.clone(),
+            token: token.clone(),
+            rotation_token: None,
+        };
         rotator.handle(&ev("createSecret")).await.expect("create");
         let labels = f.moto.labels(&arn).await;
-        let err = rotator.handle(&ev("setSecret")).await.expect_err("master elsewhere");
+        let err = rotator
+            .handle(&ev("setSecret"))
+            .await
+            .expect_err("master elsewhere");
         assert_eq!(err.kind(), "BadSecret", "{err}");
         assert!(err.to_string().contains("is not the same host as"), "{err}");
         assert_eq!(f.moto.labels(&arn).await, labels);
-        assert!(verifier(&f.admin, &format!("{}_clone", f.user)).await.is_none(), "no clone may be created");
+        assert!(
+            verifier(&f.admin, &format!("{}_clone", f.user))
+                .await
+                .is_none(),
+            "no clone may be created"
+        );
         for v in f.moto.all_values(&arn).await {
             leaks::remember(&v);
         }
@@ -379,7 +639,10 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
 
 async fn awkward_username(env: TestEnv, strategy: Strategy) {
     // Quotes, spaces, capitals, a backslash; 50 bytes (the clone adds 6).
-    let mut user = format!("We\"ird Us'er\\{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let mut user = format!(
+        "We\"ird Us'er\\{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let limit = match strategy {
         Strategy::SingleUser => 63,
         Strategy::AlternatingUsers => 63 - "_clone".len(),
@@ -398,9 +661,16 @@ async fn awkward_username(env: TestEnv, strategy: Strategy) {
 
 async fn every_printable(env: TestEnv, strategy: Strategy) {
     let f = fixture(&env, strategy, &unique("rotor_printable"), json!({})).await;
-    let policy = PasswordPolicy { length: 300, ..PasswordPolicy::with_default_exclusions("") };
+    let policy = PasswordPolicy {
+        length: 300,
+        ..PasswordPolicy::with_default_exclusions("")
+    };
     let alphabet = policy.alphabet().expect("alphabet");
-    assert_eq!(alphabet.len(), 94, "every printable ASCII character but space");
+    assert_eq!(
+        alphabet.len(),
+        94,
+        "every printable ASCII character but space"
+    );
     let rotator = Rotator::new(
         Arc::new(SecretsManagerStore::new(env.sm_client())),
         Arc::new(env.engine()),
@@ -411,7 +681,10 @@ async fn every_printable(env: TestEnv, strategy: Strategy) {
         let (old, new) = f.rotate(&rotator).await;
         assert_rotated(&f, &old, &new).await;
         let pw = f.secret(&new).await.password;
-        assert!(pw.expose().contains(['\'', '"', '\\', ':', '/', '@', '$']), "a password with quotes, backslash and URL characters");
+        assert!(
+            pw.expose().contains(['\'', '"', '\\', ':', '/', '@', '$']),
+            "a password with quotes, backslash and URL characters"
+        );
     }
 }
 
@@ -423,14 +696,25 @@ async fn finish_before_set(env: TestEnv, strategy: Strategy) {
     }
     let old = f.current_version().await;
     let token = f.moto.start_rotation(&f.arn).await;
-    f.step(&rotator, Step::CreateSecret, &token).await.expect("create");
+    f.step(&rotator, Step::CreateSecret, &token)
+        .await
+        .expect("create");
     let labels = f.labels().await;
     // A person runs finishSecret by hand before setSecret.
-    let err = f.step(&f.rotator(), Step::FinishSecret, &token).await.expect_err("must refuse");
+    let err = f
+        .step(&f.rotator(), Step::FinishSecret, &token)
+        .await
+        .expect_err("must refuse");
     assert_eq!(err.kind(), "LoginRefused", "{err}");
-    assert!(err.to_string().contains("refusing to move AWSCURRENT"), "{err}");
+    assert!(
+        err.to_string().contains("refusing to move AWSCURRENT"),
+        "{err}"
+    );
     assert_eq!(f.labels().await, labels, "AWSCURRENT must not move");
-    assert!(f.logs_in(&f.secret(&old).await).await, "AWSCURRENT still logs in");
+    assert!(
+        f.logs_in(&f.secret(&old).await).await,
+        "AWSCURRENT still logs in"
+    );
     // The rotation then completes normally.
     f.steps(&rotator, &token, &Step::ALL[1..]).await;
     f.remember_values().await;
@@ -444,10 +728,32 @@ async fn rotate_immediately_false(env: TestEnv, strategy: Strategy) {
     let current = f.current_version().await;
     let value = f.moto.value(&f.arn, &current).await.expect("value");
     let token = uuid::Uuid::new_v4().to_string();
-    f.moto.client.put_secret_value().secret_id(&f.arn).client_request_token(&token).secret_string(&value).version_stages("AWSPENDING").send().await.expect("put copy");
+    f.moto
+        .client
+        .put_secret_value()
+        .secret_id(&f.arn)
+        .client_request_token(&token)
+        .secret_string(&value)
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .expect("put copy");
     let verifiers = f.verifiers().await;
-    assert_eq!(f.step(&f.rotator(), Step::TestSecret, &token).await.expect("testSecret"), Outcome::Tested);
-    f.moto.client.update_secret_version_stage().secret_id(&f.arn).version_stage("AWSPENDING").remove_from_version_id(&token).send().await.expect("drop label");
+    assert_eq!(
+        f.step(&f.rotator(), Step::TestSecret, &token)
+            .await
+            .expect("testSecret"),
+        Outcome::Tested
+    );
+    f.moto
+        .client
+        .update_secret_version_stage()
+        .secret_id(&f.arn)
+        .version_stage("AWSPENDING")
+        .remove_from_version_id(&token)
+        .send()
+        .await
+        .expect("drop label");
     assert_eq!(f.current_version().await, current);
     assert_eq!(f.verifiers().await, verifiers);
 }
@@ -466,30 +772,61 @@ async fn local_store_rotation(env: TestEnv, strategy: Strategy) {
         let master = unique("rotor_lmaster");
         let master_pw = new_password();
         create_role(&admin, &master, &master_pw, "CREATEROLE").await;
-        admin.batch_execute(&format!("GRANT {} TO {} WITH ADMIN OPTION", ident(&user), ident(&master))).await.expect("grant");
+        admin
+            .batch_execute(&format!(
+                "GRANT {} TO {} WITH ADMIN OPTION",
+                ident(&user),
+                ident(&master)
+            ))
+            .await
+            .expect("grant");
         let value = env.pg_secret(&master, master_pw.expose(), json!({}));
         leaks::remember(&value);
-        extra["masterarn"] = json!(store.put_current("master", &SecretString::new(value)).expect("put"));
+        extra["masterarn"] = json!(
+            store
+                .put_current("master", &SecretString::new(value))
+                .expect("put")
+        );
     }
     let value = env.pg_secret(&user, password.expose(), extra);
     leaks::remember(&value);
-    let arn = store.put_current("app", &SecretString::new(value)).expect("put");
-    let rotator = Rotator::new(store.clone(), Arc::new(env.engine()), strategy, PasswordPolicy::with_default_exclusions(":/@\"'\\"));
+    let arn = store
+        .put_current("app", &SecretString::new(value))
+        .expect("put");
+    let rotator = Rotator::new(
+        store.clone(),
+        Arc::new(env.engine()),
+        strategy,
+        PasswordPolicy::with_default_exclusions(":/@\"'\\"),
+    );
     for _ in 0..2 {
         let report = rotator.rotate(&arn).await.expect("rotate");
         assert!(!report.resumed);
         let meta = store.describe(&arn).await.expect("describe");
         assert_eq!(meta.version_with("AWSCURRENT"), Some(report.token.as_str()));
-        let value = store.get(&arn, rotor::store::VersionRef::Id(&report.token)).await.expect("get").expect("value");
+        let value = store
+            .get(&arn, rotor::store::VersionRef::Id(&report.token))
+            .await
+            .expect("get")
+            .expect("value");
         leaks::remember(value.expose());
         let secret = DbSecret::parse(&value, &arn, "new", Require::Connection).expect("parse");
-        assert!(env.engine().connect(&secret, "test").await.is_ok(), "new credentials log in");
+        assert!(
+            env.engine().connect(&secret, "test").await.is_ok(),
+            "new credentials log in"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn resync(env: TestEnv) {
-    let f = fixture(&env, Strategy::AlternatingUsers, &unique("rotor_sync"), json!({})).await;
+    let f = fixture(
+        &env,
+        Strategy::AlternatingUsers,
+        &unique("rotor_sync"),
+        json!({}),
+    )
+    .await;
     let group = unique("rotor_group");
     let later_group = unique("rotor_later");
     f.admin.batch_execute(&format!("CREATE ROLE {g} NOLOGIN; CREATE ROLE {l} NOLOGIN; GRANT {g} TO {u}; ALTER ROLE {u} CREATEDB", g = ident(&group), l = ident(&later_group), u = ident(&f.user))).await.expect("setup");
@@ -500,19 +837,44 @@ async fn resync(env: TestEnv) {
         let admin = &f.admin;
         async move {
             let rows = admin.query("SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 ORDER BY 1", &[&user]).await.expect("memberships");
-            let attrs = admin.query_one("SELECT rolcreatedb, rolconnlimit FROM pg_roles WHERE rolname = $1", &[&user]).await.expect("attrs");
-            (rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(), attrs.get::<_, bool>(0), attrs.get::<_, i32>(1))
+            let attrs = admin
+                .query_one(
+                    "SELECT rolcreatedb, rolconnlimit FROM pg_roles WHERE rolname = $1",
+                    &[&user],
+                )
+                .await
+                .expect("attrs");
+            (
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>(),
+                attrs.get::<_, bool>(0),
+                attrs.get::<_, i32>(1),
+            )
         }
     };
     let (groups, createdb, limit) = roles(clone.clone()).await;
-    assert!(groups.contains(&f.user) && groups.contains(&group), "clone is granted the user and its groups: {groups:?}");
+    assert!(
+        groups.contains(&f.user) && groups.contains(&group),
+        "clone is granted the user and its groups: {groups:?}"
+    );
     assert!(createdb && limit == 7, "clone copies attributes");
     // Changes made to the current user (now the clone) reach the other user
     // at the next rotation.
-    f.admin.batch_execute(&format!("GRANT {l} TO {c}; ALTER ROLE {c} CONNECTION LIMIT 9 NOCREATEDB", l = ident(&later_group), c = ident(&clone))).await.expect("change clone");
+    f.admin
+        .batch_execute(&format!(
+            "GRANT {l} TO {c}; ALTER ROLE {c} CONNECTION LIMIT 9 NOCREATEDB",
+            l = ident(&later_group),
+            c = ident(&clone)
+        ))
+        .await
+        .expect("change clone");
     f.rotate(&rotator).await;
     let (groups, createdb, limit) = roles(f.user.clone()).await;
-    assert!(groups.contains(&later_group), "membership re-synced: {groups:?}");
+    assert!(
+        groups.contains(&later_group),
+        "membership re-synced: {groups:?}"
+    );
     assert!(!createdb && limit == 9, "attributes re-synced");
 }
 
@@ -522,48 +884,121 @@ async fn replica_accepted(env: TestEnv) {
     let rds = env.rds_client();
     let primary = unique("rotor-primary").replace('_', "-");
     let replica = unique("rotor-replica").replace('_', "-");
-    rds.create_db_instance().db_instance_identifier(&primary).engine("postgres").db_instance_class("db.t3.micro").master_username("admin").master_user_password("not-used-1234").allocated_storage(20).port(i32::from(env.pg_port)).send().await.expect("create primary");
-    rds.create_db_instance_read_replica().db_instance_identifier(&replica).source_db_instance_identifier(&primary).send().await.expect("create replica");
+    rds.create_db_instance()
+        .db_instance_identifier(&primary)
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .master_username("admin")
+        .master_user_password("not-used-1234")
+        .allocated_storage(20)
+        .port(i32::from(env.pg_port))
+        .send()
+        .await
+        .expect("create primary");
+    rds.create_db_instance_read_replica()
+        .db_instance_identifier(&replica)
+        .source_db_instance_identifier(&primary)
+        .send()
+        .await
+        .expect("create replica");
     let host_of = |id: String| {
         let rds = rds.clone();
         async move {
-            let out = rds.describe_db_instances().db_instance_identifier(&id).send().await.expect("describe");
-            out.db_instances.unwrap_or_default().remove(0).endpoint.and_then(|e| e.address).expect("address")
+            let out = rds
+                .describe_db_instances()
+                .db_instance_identifier(&id)
+                .send()
+                .await
+                .expect("describe");
+            out.db_instances
+                .unwrap_or_default()
+                .remove(0)
+                .endpoint
+                .and_then(|e| e.address)
+                .expect("address")
         }
     };
     let primary_host = host_of(primary.clone()).await;
     let replica_host = host_of(replica.clone()).await;
     assert_ne!(primary_host, replica_host);
-    let f = fixture(&env, Strategy::AlternatingUsers, &unique("rotor_replica"), json!({"ssl": false})).await;
+    let f = fixture(
+        &env,
+        Strategy::AlternatingUsers,
+        &unique("rotor_replica"),
+        json!({"ssl": false}),
+    )
+    .await;
     // Point the secret at the replica and the master at the primary.
     let current = f.secret(&f.current_version().await).await;
     let master_arn = current.masterarn.clone().expect("masterarn");
-    let mvalue = f.moto.value(&master_arn, &f.moto.labels(&master_arn).await.into_keys().next().expect("v")).await.expect("master");
+    let mvalue = f
+        .moto
+        .value(
+            &master_arn,
+            &f.moto
+                .labels(&master_arn)
+                .await
+                .into_keys()
+                .next()
+                .expect("v"),
+        )
+        .await
+        .expect("master");
     let mut master: Value = serde_json::from_str(&mvalue).expect("json");
     master["host"] = json!(primary_host);
     master["ssl"] = json!(false);
-    let master_arn = f.moto.create_secret(&unique("rotor/primary-master"), &master.to_string()).await;
-    let mut value: Value = serde_json::from_str(&f.moto.value(&f.arn, &f.current_version().await).await.expect("v")).expect("json");
+    let master_arn = f
+        .moto
+        .create_secret(&unique("rotor/primary-master"), &master.to_string())
+        .await;
+    let mut value: Value = serde_json::from_str(
+        &f.moto
+            .value(&f.arn, &f.current_version().await)
+            .await
+            .expect("v"),
+    )
+    .expect("json");
     value["host"] = json!(replica_host);
     value["masterarn"] = json!(master_arn);
-    let arn = f.moto.create_secret(&unique("rotor/on-replica"), &value.to_string()).await;
+    let arn = f
+        .moto
+        .create_secret(&unique("rotor/on-replica"), &value.to_string())
+        .await;
     let ip = "127.0.0.1".parse().expect("ip");
     let engine = PostgresEngine::new(ConnectOptions {
         tls: TlsSettings::with_ca_bundle(Some(env.ca.clone().into())),
         host_overrides: vec![(primary_host.clone(), ip), (replica_host.clone(), ip)],
         ..ConnectOptions::default()
     });
-    let rotator = Rotator::new(Arc::new(SecretsManagerStore::new(env.sm_client())), Arc::new(engine), Strategy::AlternatingUsers, PasswordPolicy::with_default_exclusions(":/@\"'\\"))
-        .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())));
+    let rotator = Rotator::new(
+        Arc::new(SecretsManagerStore::new(env.sm_client())),
+        Arc::new(engine),
+        Strategy::AlternatingUsers,
+        PasswordPolicy::with_default_exclusions(":/@\"'\\"),
+    )
+    .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())));
     let token = f.moto.start_rotation(&arn).await;
     for step in Step::ALL {
-        let ev = RotationEvent { step: step.as_str().into(), secret_id: arn.clone(), token: token.clone(), rotation_token: None };
-        rotator.handle(&ev).await.unwrap_or_else(|e| panic!("{step}: {e}"));
+        let ev = RotationEvent {
+            step: step.as_str().into(),
+            secret_id: arn.clone(),
+            token: token.clone(),
+            rotation_token: None,
+        };
+        rotator
+            .handle(&ev)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
     }
     for v in f.moto.all_values(&arn).await {
         leaks::remember(&v);
     }
-    assert!(verifier(&f.admin, &format!("{}_clone", f.user)).await.is_some(), "the clone was created through the primary");
+    assert!(
+        verifier(&f.admin, &format!("{}_clone", f.user))
+            .await
+            .is_some(),
+        "the clone was created through the primary"
+    );
 }
 
 async fn rds_managed_master(env: TestEnv) {
@@ -571,30 +1006,101 @@ async fn rds_managed_master(env: TestEnv) {
     // tag names the instance, whose endpoint comes from the RDS API.
     let rds = env.rds_client();
     let instance = unique("rotor-managed").replace('_', "-");
-    let created = rds.create_db_instance().db_instance_identifier(&instance).engine("postgres").db_instance_class("db.t3.micro").master_username("admin").master_user_password("not-used-1234").allocated_storage(20).port(i32::from(env.pg_port)).send().await.expect("create instance");
+    let created = rds
+        .create_db_instance()
+        .db_instance_identifier(&instance)
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .master_username("admin")
+        .master_user_password("not-used-1234")
+        .allocated_storage(20)
+        .port(i32::from(env.pg_port))
+        .send()
+        .await
+        .expect("create instance");
     let db = created.db_instance.expect("instance");
     let instance_arn = db.db_instance_arn.clone().expect("arn");
-    let out = rds.describe_db_instances().db_instance_identifier(&instance).send().await.expect("describe");
-    let host = out.db_instances.unwrap_or_default().remove(0).endpoint.and_then(|e| e.address).expect("address");
-    let f = fixture(&env, Strategy::AlternatingUsers, &unique("rotor_managed"), json!({"ssl": false})).await;
+    let out = rds
+        .describe_db_instances()
+        .db_instance_identifier(&instance)
+        .send()
+        .await
+        .expect("describe");
+    let host = out
+        .db_instances
+        .unwrap_or_default()
+        .remove(0)
+        .endpoint
+        .and_then(|e| e.address)
+        .expect("address");
+    let f = fixture(
+        &env,
+        Strategy::AlternatingUsers,
+        &unique("rotor_managed"),
+        json!({"ssl": false}),
+    )
+    .await;
     let current = f.secret(&f.current_version().await).await;
-    let mvalue = f.moto.value(current.masterarn.as_deref().expect("m"), &f.moto.labels(current.masterarn.as_deref().expect("m")).await.into_keys().next().expect("v")).await.expect("master");
+    let mvalue = f
+        .moto
+        .value(
+            current.masterarn.as_deref().expect("m"),
+            &f.moto
+                .labels(current.masterarn.as_deref().expect("m"))
+                .await
+                .into_keys()
+                .next()
+                .expect("v"),
+        )
+        .await
+        .expect("master");
     let m: Value = serde_json::from_str(&mvalue).expect("json");
     let managed = json!({"username": m["username"], "password": m["password"]}).to_string();
-    let managed_arn = f.moto.client.create_secret().name(unique("rds!db")).secret_string(&managed)
-        .tags(aws_sdk_secretsmanager::types::Tag::builder().key("aws:rds:primarydbinstancearn").value(&instance_arn).build())
-        .send().await.expect("create managed").arn.expect("arn");
-    let mut value: Value = serde_json::from_str(&f.moto.value(&f.arn, &f.current_version().await).await.expect("v")).expect("json");
+    let managed_arn = f
+        .moto
+        .client
+        .create_secret()
+        .name(unique("rds!db"))
+        .secret_string(&managed)
+        .tags(
+            aws_sdk_secretsmanager::types::Tag::builder()
+                .key("aws:rds:primarydbinstancearn")
+                .value(&instance_arn)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create managed")
+        .arn
+        .expect("arn");
+    let mut value: Value = serde_json::from_str(
+        &f.moto
+            .value(&f.arn, &f.current_version().await)
+            .await
+            .expect("v"),
+    )
+    .expect("json");
     value["host"] = json!(host);
     value["masterarn"] = json!(managed_arn);
-    let arn = f.moto.create_secret(&unique("rotor/managed-master"), &value.to_string()).await;
+    let arn = f
+        .moto
+        .create_secret(&unique("rotor/managed-master"), &value.to_string())
+        .await;
     let engine = PostgresEngine::new(ConnectOptions {
         host_overrides: vec![(host.clone(), "127.0.0.1".parse().expect("ip"))],
         ..ConnectOptions::default()
     });
-    let rotator = Rotator::new(Arc::new(SecretsManagerStore::new(env.sm_client())), Arc::new(engine), Strategy::AlternatingUsers, PasswordPolicy::with_default_exclusions(":/@\"'\\"))
-        .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())));
-    let report = rotator.rotate(&arn).await.expect("rotation with an RDS-managed master");
+    let rotator = Rotator::new(
+        Arc::new(SecretsManagerStore::new(env.sm_client())),
+        Arc::new(engine),
+        Strategy::AlternatingUsers,
+        PasswordPolicy::with_default_exclusions(":/@\"'\\"),
+    )
+    .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())));
+    let report = rotator
+        .rotate(&arn)
+        .await
+        .expect("rotation with an RDS-managed master");
     assert_eq!(report.steps[1].outcome, Outcome::UserCreated);
     for v in f.moto.all_values(&arn).await {
         leaks::remember(&v);
@@ -609,12 +1115,26 @@ async fn clone_name_too_long(env: TestEnv) {
     let f = fixture(&env, Strategy::AlternatingUsers, &user, json!({})).await;
     let token = f.moto.start_rotation(&f.arn).await;
     let labels = f.labels().await;
-    let err = f.step(&f.rotator(), Step::CreateSecret, &token).await.expect_err("too long");
+    let err = f
+        .step(&f.rotator(), Step::CreateSecret, &token)
+        .await
+        .expect_err("too long");
     assert_eq!(err.kind(), "BadSecret");
     assert!(err.to_string().contains("keeps at most 63"), "{err}");
     assert_eq!(f.labels().await, labels);
-    assert!(f.moto.value(&f.arn, &token).await.is_none(), "nothing stored");
-    let roles: i64 = f.admin.query_one("SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)", &[&user]).await.expect("count").get(0);
+    assert!(
+        f.moto.value(&f.arn, &token).await.is_none(),
+        "nothing stored"
+    );
+    let roles: i64 = f
+        .admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)",
+            &[&user],
+        )
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(roles, 1, "no clone (truncated or not) may exist");
     // 64 bytes in the secret itself: refused before any change too.
     let long = format!("{user}z");
@@ -622,22 +1142,45 @@ async fn clone_name_too_long(env: TestEnv) {
     let arn = f.moto.create_secret(&unique("rotor/long"), &value).await;
     let token = f.moto.start_rotation(&arn).await;
     let rotator = env.rotator(Strategy::SingleUser);
-    let err = rotator.handle(&RotationEvent { step: "createSecret".into(), secret_id: arn.clone(), token, rotation_token: None }).await.expect_err("64 bytes");
+    let err = rotator
+        .handle(&RotationEvent {
+            step: "createSecret".into(),
+            secret_id: arn.clone(),
+            token,
+            rotation_token: None,
+        })
+        .await
+        .expect_err("64 bytes");
     assert!(err.to_string().contains("64 bytes"), "{err}");
 }
 
 async fn falls_back_to_previous(env: TestEnv) {
-    let f = fixture(&env, Strategy::SingleUser, &unique("rotor_fallback"), json!({})).await;
+    let f = fixture(
+        &env,
+        Strategy::SingleUser,
+        &unique("rotor_fallback"),
+        json!({}),
+    )
+    .await;
     let rotator = f.rotator();
     let (previous, current) = f.rotate(&rotator).await;
     // Someone restores the previous password on the server (e.g. a snapshot
     // restore): AWSCURRENT no longer logs in, AWSPREVIOUS does.
     let prev = f.secret(&previous).await;
-    f.admin.batch_execute(&rotor::engine::postgres::alter_password_sql(&f.user, &prev.password)).await.expect("restore");
+    f.admin
+        .batch_execute(&rotor::engine::postgres::alter_password_sql(
+            &f.user,
+            &prev.password,
+        ))
+        .await
+        .expect("restore");
     assert!(!f.logs_in(&f.secret(&current).await).await);
     let (old, new) = f.rotate(&rotator).await;
     assert_eq!(old, current);
-    assert!(f.logs_in(&f.secret(&new).await).await, "rotation recovered through AWSPREVIOUS");
+    assert!(
+        f.logs_in(&f.secret(&new).await).await,
+        "rotation recovered through AWSPREVIOUS"
+    );
 }
 
 async fn tls_verified(env: TestEnv) {
@@ -651,15 +1194,26 @@ async fn tls_verified(env: TestEnv) {
         if !ssl.is_null() {
             extra["ssl"] = ssl.clone();
         }
-        let mut value: Value = serde_json::from_str(&env.pg_secret(&user, password.expose(), json!({}))).expect("json");
+        let mut value: Value =
+            serde_json::from_str(&env.pg_secret(&user, password.expose(), json!({})))
+                .expect("json");
         match ssl {
             Value::Null => {
                 value.as_object_mut().expect("object").remove("ssl");
             }
             other => value["ssl"] = other,
         }
-        let secret = DbSecret::parse(&SecretString::new(value.to_string()), "tls", "v", Require::Connection).expect("parse");
-        env.engine().connect(&secret, "test").await.unwrap_or_else(|e| panic!("verified TLS with the test CA ({:?}): {e}", secret.tls));
+        let secret = DbSecret::parse(
+            &SecretString::new(value.to_string()),
+            "tls",
+            "v",
+            Require::Connection,
+        )
+        .expect("parse");
+        env.engine()
+            .connect(&secret, "test")
+            .await
+            .unwrap_or_else(|e| panic!("verified TLS with the test CA ({:?}): {e}", secret.tls));
     }
     let row = admin.query_one("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = $1 AND s.ssl", &[&user]).await.expect("pg_stat_ssl");
     let _ = row.get::<_, i64>(0); // sessions may already be closed; the login above is the proof
@@ -673,24 +1227,46 @@ async fn tls_wrong_ca(env: TestEnv) {
     leaks::remember(password.expose());
     let engine = env.engine_with_ca(&env.wrong_ca);
     for (ssl, mode) in [(Some(true), TlsMode::Required), (None, TlsMode::Preferred)] {
-        let mut value: Value = serde_json::from_str(&env.pg_secret(&user, password.expose(), json!({}))).expect("json");
+        let mut value: Value =
+            serde_json::from_str(&env.pg_secret(&user, password.expose(), json!({})))
+                .expect("json");
         match ssl {
             Some(b) => value["ssl"] = json!(b),
             None => {
                 value.as_object_mut().expect("object").remove("ssl");
             }
         }
-        let secret = DbSecret::parse(&SecretString::new(value.to_string()), "tls", "v", Require::Connection).expect("parse");
+        let secret = DbSecret::parse(
+            &SecretString::new(value.to_string()),
+            "tls",
+            "v",
+            Require::Connection,
+        )
+        .expect("parse");
         assert_eq!(secret.tls, mode);
         let err = match engine.connect(&secret, "test").await {
-            Ok(_) => panic!("{mode:?}: a server with an unknown CA must be refused (no silent downgrade)"),
+            Ok(_) => panic!(
+                "{mode:?}: a server with an unknown CA must be refused (no silent downgrade)"
+            ),
             Err(e) => e,
         };
         assert_eq!(err.kind(), "Tls", "{mode:?}: {err}");
         let msg = err.to_string();
-        assert!(msg.contains("ROTOR_CA_BUNDLE") && msg.contains("\"ssl\": false"), "{msg}");
+        assert!(
+            msg.contains("ROTOR_CA_BUNDLE") && msg.contains("\"ssl\": false"),
+            "{msg}"
+        );
     }
     // ssl: false is plaintext, and the server (which allows it) accepts.
-    let secret = DbSecret::parse(&SecretString::new(env.pg_secret(&user, password.expose(), json!({"ssl": false}))), "tls", "v", Require::Connection).expect("parse");
-    engine.connect(&secret, "test").await.expect("plaintext when ssl is false");
+    let secret = DbSecret::parse(
+        &SecretString::new(env.pg_secret(&user, password.expose(), json!({"ssl": false}))),
+        "tls",
+        "v",
+        Require::Connection,
+    )
+    .expect("parse");
+    engine
+        .connect(&secret, "test")
+        .await
+        .expect("plaintext when ssl is false");
 }

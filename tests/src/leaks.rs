@@ -73,7 +73,11 @@ pub fn capture() {
 pub fn remember(value: &str) {
     let password = serde_json::from_str::<serde_json::Value>(value)
         .ok()
-        .and_then(|v| v.get("password").and_then(|p| p.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("password")
+                .and_then(|p| p.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| value.to_string());
     if let Ok(mut s) = state().lock() {
         s.secrets.push(password);
@@ -116,7 +120,9 @@ pub fn check(server_log: &str, min_log_lines: usize, min_secrets: usize) -> Resu
     }
     for needle in ["\"step succeeded\"", "\"step failed\"", "rotation_step"] {
         if !logs.contains(needle) {
-            return Err(format!("captured logs contain no {needle}: step spans or error paths were not captured"));
+            return Err(format!(
+                "captured logs contain no {needle}: step spans or error paths were not captured"
+            ));
         }
     }
     if secrets.len() < min_secrets {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use aws_sdk_secretsmanager::Client as SmClient;
 use aws_sdk_secretsmanager::types::RotationRulesType;
-use rotor::engine::{ConnectOptions, TlsSettings};
 use rotor::engine::postgres::PostgresEngine;
+use rotor::engine::{ConnectOptions, TlsSettings};
 use rotor::store::SecretsManagerStore;
 use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
@@ -65,7 +65,13 @@ impl TestEnv {
 
     /// Same, through another endpoint (a counting proxy in benchmarks).
     pub fn sm_client_at(&self, url: &str) -> SmClient {
-        let creds = aws_sdk_secretsmanager::config::Credentials::new("testing", "testing", None, None, "rotor-tests");
+        let creds = aws_sdk_secretsmanager::config::Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "rotor-tests",
+        );
         let config = aws_sdk_secretsmanager::Config::builder()
             .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
             .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
@@ -77,7 +83,8 @@ impl TestEnv {
     }
 
     pub fn rds_client(&self) -> aws_sdk_rds::Client {
-        let creds = aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "rotor-tests");
+        let creds =
+            aws_sdk_rds::config::Credentials::new("testing", "testing", None, None, "rotor-tests");
         let config = aws_sdk_rds::Config::builder()
             .behavior_version(aws_sdk_rds::config::BehaviorVersion::latest())
             .region(aws_sdk_rds::config::Region::new("us-east-1"))
@@ -149,7 +156,10 @@ impl TestEnv {
 
 /// A name no other test run used: `<prefix>_<8 hex>`.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// A password that the policy could generate, for seeding.
@@ -161,7 +171,12 @@ pub fn new_password() -> SecretString {
 
 /// Creates a login role with a password (set as a verifier, so the
 /// plaintext never reaches the server's statement log).
-pub async fn create_role(admin: &tokio_postgres::Client, name: &str, password: &SecretString, options: &str) {
+pub async fn create_role(
+    admin: &tokio_postgres::Client,
+    name: &str,
+    password: &SecretString,
+    options: &str,
+) {
     admin
         .batch_execute(&format!(
             "CREATE ROLE {} LOGIN {options}",
@@ -183,7 +198,10 @@ pub fn postgres_protocol_escape(name: &str) -> String {
 /// The stored verifier of a role (to prove "no new verifier written").
 pub async fn verifier(admin: &tokio_postgres::Client, role: &str) -> Option<String> {
     admin
-        .query_opt("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&role])
+        .query_opt(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
         .await
         .expect("read pg_authid")
         .and_then(|r| r.get(0))
@@ -226,14 +244,20 @@ impl MotoService {
             .rotate_secret()
             .secret_id(arn)
             .rotation_lambda_arn(&self.stub_lambda_arn)
-            .rotation_rules(RotationRulesType::builder().automatically_after_days(30).build())
+            .rotation_rules(
+                RotationRulesType::builder()
+                    .automatically_after_days(30)
+                    .build(),
+            )
             .send()
             .await
             .unwrap_or_else(|e| panic!("RotateSecret {arn}: {e:?}"));
         let after = self.labels(arn).await;
         after
             .iter()
-            .find(|(id, stages)| stages.iter().any(|s| s == "AWSPENDING") && !before.contains_key(*id))
+            .find(|(id, stages)| {
+                stages.iter().any(|s| s == "AWSPENDING") && !before.contains_key(*id)
+            })
             .map(|(id, _)| id.clone())
             .unwrap_or_else(|| panic!("RotateSecret staged no new AWSPENDING token: {after:?}"))
     }

@@ -18,10 +18,16 @@ use rotor::engine::Engine;
 use rotor::engine::postgres::PostgresEngine;
 use rotor::secret::Require;
 use rotor::store::{AWSCURRENT, LocalStore, SecretStore, SecretsManagerStore, VersionRef};
-use rotor::{DbSecret, Error, PasswordPolicy, Result, RotationEvent, Rotator, SecretString, Strategy};
+use rotor::{
+    DbSecret, Error, PasswordPolicy, Result, RotationEvent, Rotator, SecretString, Strategy,
+};
 
 #[derive(Parser)]
-#[command(name = "rotor", version, about = "Rotate database credentials kept in AWS Secrets Manager (or a local store)")]
+#[command(
+    name = "rotor",
+    version,
+    about = "Rotate database credentials kept in AWS Secrets Manager (or a local store)"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -67,7 +73,11 @@ enum Command {
     /// Run the main job end to end against a local PostgreSQL with the local store.
     Demo {
         /// Administrator login used to create the demo roles.
-        #[arg(long, env = "ROTOR_DEMO_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        #[arg(
+            long,
+            env = "ROTOR_DEMO_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
         database_url: String,
         /// Local store file to create (replaced if it exists).
         #[arg(long, default_value_os_t = std::env::temp_dir().join("rotor-demo-store.json"))]
@@ -132,7 +142,10 @@ fn main() -> ExitCode {
         LogFormat::Text => rotor::logging::init_text(),
         LogFormat::Json => rotor::logging::init_json_stderr(),
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rotor: cannot start the async runtime: {e}");
@@ -150,11 +163,18 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Rotate { secret_id, target, service } => {
+        Command::Rotate {
+            secret_id,
+            target,
+            service,
+        } => {
             if service {
                 let store = SecretsManagerStore::from_env().await;
                 let version = store.rotate_with_service(&secret_id).await?;
-                println!("Secrets Manager started rotating {secret_id}: version {}", version.unwrap_or_default());
+                println!(
+                    "Secrets Manager started rotating {secret_id}: version {}",
+                    version.unwrap_or_default()
+                );
                 return Ok(());
             }
             let rotator = rotator_for(&secret_id, &target).await?;
@@ -164,23 +184,51 @@ async fn run(command: Command) -> Result<()> {
                 report.secret_arn,
                 rotator.strategy(),
                 report.token,
-                if report.resumed { " (resumed an unfinished rotation)" } else { "" }
+                if report.resumed {
+                    " (resumed an unfinished rotation)"
+                } else {
+                    ""
+                }
             );
             for s in &report.steps {
-                println!("  {:<13} {:<16} {:>8.1} ms", s.step.as_str(), s.outcome.as_str(), s.millis);
+                println!(
+                    "  {:<13} {:<16} {:>8.1} ms",
+                    s.step.as_str(),
+                    s.outcome.as_str(),
+                    s.millis
+                );
             }
             Ok(())
         }
-        Command::Step { step, secret_id, token, target } => {
+        Command::Step {
+            step,
+            secret_id,
+            token,
+            target,
+        } => {
             let rotator = rotator_for(&secret_id, &target).await?;
-            let event = RotationEvent { step, secret_id, token, rotation_token: None };
+            let event = RotationEvent {
+                step,
+                secret_id,
+                token,
+                rotation_token: None,
+            };
             let outcome = rotator.handle(&event).await?;
             println!("{}: {}", event.step, outcome.as_str());
             Ok(())
         }
         Command::Secrets { action } => secrets(action).await,
-        Command::Demo { database_url, store, keep } => {
-            let report = rotor::demo::run(&rotor::demo::DemoOptions { database_url, store_path: store, keep }).await?;
+        Command::Demo {
+            database_url,
+            store,
+            keep,
+        } => {
+            let report = rotor::demo::run(&rotor::demo::DemoOptions {
+                database_url,
+                store_path: store,
+                keep,
+            })
+            .await?;
             print!("{report}");
             Ok(())
         }
@@ -196,7 +244,9 @@ async fn rotator_for(secret_id: &str, target: &Target) -> Result<Rotator> {
     let value = store
         .get(secret_id, VersionRef::Stage(AWSCURRENT))
         .await?
-        .ok_or_else(|| Error::NotFound { what: format!("AWSCURRENT version of {secret_id}") })?;
+        .ok_or_else(|| Error::NotFound {
+            what: format!("AWSCURRENT version of {secret_id}"),
+        })?;
     let current = DbSecret::parse(&value, secret_id, AWSCURRENT, Require::Connection)?;
     let engine: Arc<dyn Engine> = match current.engine.as_str() {
         "postgres" | "aurora-postgresql" => Arc::new(PostgresEngine::from_env()?),
@@ -204,7 +254,9 @@ async fn rotator_for(secret_id: &str, target: &Target) -> Result<Rotator> {
             return Err(Error::bad_secret(
                 secret_id,
                 AWSCURRENT,
-                format!("engine {other:?} is not supported by this build; supported: postgres, aurora-postgresql"),
+                format!(
+                    "engine {other:?} is not supported by this build; supported: postgres, aurora-postgresql"
+                ),
             ));
         }
     };
@@ -215,7 +267,8 @@ async fn rotator_for(secret_id: &str, target: &Target) -> Result<Rotator> {
         StrategyArg::Auto => Strategy::SingleUser,
     };
     let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
-    let mut rotator = Rotator::new(store, engine, strategy, policy).ignore_disabled(target.ignore_disabled);
+    let mut rotator =
+        Rotator::new(store, engine, strategy, policy).ignore_disabled(target.ignore_disabled);
     if strategy.uses_master() && target.local.is_none() {
         rotator = rotator.with_rds(Arc::new(rotor::rds::RdsApi::from_env().await));
     }
@@ -229,20 +282,26 @@ async fn secrets(action: SecretsAction) -> Result<()> {
                 Some(v) => v,
                 None => {
                     let mut v = String::new();
-                    std::io::stdin()
-                        .read_to_string(&mut v)
-                        .map_err(|e| Error::Config(format!("cannot read the value from stdin: {e}")))?;
+                    std::io::stdin().read_to_string(&mut v).map_err(|e| {
+                        Error::Config(format!("cannot read the value from stdin: {e}"))
+                    })?;
                     v
                 }
             };
             let value = SecretString::new(value.trim().to_string());
-            serde_json::from_str::<serde_json::Value>(value.expose())
-                .map_err(|e| Error::Config(format!("the value is not JSON ({e}); nothing stored")))?;
+            serde_json::from_str::<serde_json::Value>(value.expose()).map_err(|e| {
+                Error::Config(format!("the value is not JSON ({e}); nothing stored"))
+            })?;
             let arn = LocalStore::open(&local)?.put_current(&name, &value)?;
             println!("{arn}");
             Ok(())
         }
-        SecretsAction::Get { secret_id, stage, version_id, local } => {
+        SecretsAction::Get {
+            secret_id,
+            stage,
+            version_id,
+            local,
+        } => {
             let store = LocalStore::open(&local)?;
             let version = match &version_id {
                 Some(id) => VersionRef::Id(id),
@@ -251,7 +310,9 @@ async fn secrets(action: SecretsAction) -> Result<()> {
             let value = store
                 .get(&secret_id, version)
                 .await?
-                .ok_or_else(|| Error::NotFound { what: format!("{version} of {secret_id}") })?;
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("{version} of {secret_id}"),
+                })?;
             // Printing the value is what the user asked for.
             println!("{}", value.expose());
             Ok(())

@@ -67,8 +67,11 @@ pub trait Session: Send {
 
     /// Whether the stored credential of `user` is `password`, checked without
     /// logging in; `None` when this login may not read stored credentials.
-    async fn password_matches(&mut self, user: &str, password: &SecretString)
-    -> Result<Option<bool>>;
+    async fn password_matches(
+        &mut self,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<Option<bool>>;
 
     /// Makes `alternate` a login user that holds what `template` holds:
     /// creates it with `password` when missing, then aligns memberships and

@@ -186,7 +186,10 @@ where
     type TlsConnect = TrackedConnect<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
     type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
 
-    fn make_tls_connect(&mut self, domain: &str) -> std::result::Result<Self::TlsConnect, Self::Error> {
+    fn make_tls_connect(
+        &mut self,
+        domain: &str,
+    ) -> std::result::Result<Self::TlsConnect, Self::Error> {
         Ok(TrackedConnect {
             inner: self.inner.make_tls_connect(domain)?,
             used: self.used.clone(),
@@ -239,7 +242,11 @@ impl RoleAttributes {
         let mut out = Vec::new();
         let mut flag = |have: bool, want: bool, name: &str| {
             if have != want {
-                out.push(if want { name.to_string() } else { format!("NO{name}") });
+                out.push(if want {
+                    name.to_string()
+                } else {
+                    format!("NO{name}")
+                });
             }
         };
         flag(self.createdb, want.createdb, "CREATEDB");
@@ -333,7 +340,10 @@ impl Session for PgSession {
     ) -> Result<Option<bool>> {
         match self
             .client
-            .query_opt("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&user])
+            .query_opt(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&user],
+            )
             .await
         {
             Ok(None) => Ok(Some(false)),
@@ -416,11 +426,15 @@ impl Session for PgSession {
             return Ok(AlternateSync::default());
         }
         let endpoint = self.endpoint.clone();
-        let tx = self.client.transaction().await.map_err(|e| Error::Database {
-            endpoint: endpoint.clone(),
-            action: "begin a transaction".into(),
-            detail: e.to_string(),
-        })?;
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| Error::Database {
+                endpoint: endpoint.clone(),
+                action: "begin a transaction".into(),
+                detail: e.to_string(),
+            })?;
         for sql in &statements {
             tx.batch_execute(sql).await.map_err(|e| Error::Database {
                 endpoint: endpoint.clone(),
@@ -442,13 +456,11 @@ impl Session for PgSession {
                         .map_or_else(|| e.to_string(), |d| d.message().to_string()),
                 })?;
         }
-        tx.commit()
-            .await
-            .map_err(|e| Error::Database {
-                endpoint: endpoint.clone(),
-                action: "commit".into(),
-                detail: e.to_string(),
-            })?;
+        tx.commit().await.map_err(|e| Error::Database {
+            endpoint: endpoint.clone(),
+            action: "commit".into(),
+            detail: e.to_string(),
+        })?;
         Ok(AlternateSync {
             created,
             changes: statements,
@@ -517,7 +529,10 @@ mod tests {
         assert!(scram_verifier_matches(&v, pw.expose()));
         assert!(!scram_verifier_matches(&v, "wrong"));
         assert!(!scram_verifier_matches("md5abc", pw.expose()));
-        assert!(!scram_verifier_matches("SCRAM-SHA-256$x:y$z:w", pw.expose()));
+        assert!(!scram_verifier_matches(
+            "SCRAM-SHA-256$x:y$z:w",
+            pw.expose()
+        ));
     }
 
     #[test]
@@ -546,6 +561,9 @@ mod tests {
             inherit: false,
             ..base.clone()
         };
-        assert_eq!(base.diff(&want), ["CREATEDB", "NOINHERIT", "CONNECTION LIMIT 5"]);
+        assert_eq!(
+            base.diff(&want),
+            ["CREATEDB", "NOINHERIT", "CONNECTION LIMIT 5"]
+        );
     }
 }

@@ -73,7 +73,10 @@ impl TlsSettings {
             }
             for cert in certs {
                 roots.add(cert).map_err(|e| {
-                    format!("ROTOR_CA_BUNDLE={}: unusable certificate ({e})", path.display())
+                    format!(
+                        "ROTOR_CA_BUNDLE={}: unusable certificate ({e})",
+                        path.display()
+                    )
                 })?;
             }
         } else if added == 0 {

@@ -136,7 +136,9 @@ impl LocalStore {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::io(
                     path.display(),
-                    format!("not a Rotor local store ({e}); move it away or point --local elsewhere"),
+                    format!(
+                        "not a Rotor local store ({e}); move it away or point --local elsewhere"
+                    ),
                 )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Document::default(),
@@ -163,12 +165,9 @@ impl LocalStore {
                     what: format!("secret {id} in the local store"),
                 })?
         };
-        let secret = doc
-            .secrets
-            .get_mut(&name)
-            .ok_or_else(|| Error::NotFound {
-                what: format!("secret {id}"),
-            })?;
+        let secret = doc.secrets.get_mut(&name).ok_or_else(|| Error::NotFound {
+            what: format!("secret {id}"),
+        })?;
         Ok((name, secret))
     }
 
@@ -181,10 +180,13 @@ impl LocalStore {
             )));
         }
         self.with_document(true, |doc| {
-            let secret = doc.secrets.entry(name.to_string()).or_insert_with(|| StoredSecret {
-                arn: format!("arn:rotor:local:000000000000:secret:{name}"),
-                ..Default::default()
-            });
+            let secret = doc
+                .secrets
+                .entry(name.to_string())
+                .or_insert_with(|| StoredSecret {
+                    arn: format!("arn:rotor:local:000000000000:secret:{name}"),
+                    ..Default::default()
+                });
             let id = uuid::Uuid::new_v4().to_string();
             secret.versions.insert(
                 id.clone(),
@@ -259,7 +261,6 @@ impl LocalStore {
                 .collect())
         })
     }
-
 }
 
 fn labelled(s: &StoredSecret) -> BTreeMap<String, Vec<String>> {
@@ -351,7 +352,7 @@ fn prune(secret: &mut StoredSecret) {
         .filter(|(_, v)| v.stages.is_empty())
         .map(|(id, v)| (id.clone(), v.created))
         .collect();
-    deprecated.sort_by(|a, b| b.1.cmp(&a.1));
+    deprecated.sort_by_key(|d| std::cmp::Reverse(d.1));
     for (id, _) in deprecated.into_iter().skip(DEPRECATED_VERSIONS_KEPT) {
         secret.versions.remove(&id);
     }
@@ -418,9 +419,10 @@ impl SecretStore for LocalStore {
             let (_, s) = Self::find(doc, secret_id)?;
             let found = match version {
                 VersionRef::Id(id) => s.versions.get(id),
-                VersionRef::Stage(stage) => {
-                    s.versions.values().find(|v| v.stages.iter().any(|x| x == stage))
-                }
+                VersionRef::Stage(stage) => s
+                    .versions
+                    .values()
+                    .find(|v| v.stages.iter().any(|x| x == stage)),
             };
             Ok(found.and_then(|v| v.value.clone()).map(SecretString::new))
         })
@@ -479,10 +481,13 @@ impl SecretStore for LocalStore {
     async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>> {
         self.with_document(false, |doc| {
             let (_, s) = Self::find(doc, secret_id)?;
-            let mut v: Vec<(&String, &StoredVersion)> =
-                s.versions.iter().filter(|(_, v)| v.value.is_some()).collect();
+            let mut v: Vec<(&String, &StoredVersion)> = s
+                .versions
+                .iter()
+                .filter(|(_, v)| v.value.is_some())
+                .collect();
             // Newest first; ties (same second) keep a stable order.
-            v.sort_by(|a, b| b.1.created.cmp(&a.1.created));
+            v.sort_by_key(|(_, v)| std::cmp::Reverse(v.created));
             Ok(v.into_iter().map(|(id, _)| id.clone()).collect())
         })
     }

@@ -20,11 +20,7 @@ pub struct SecretsManagerStore {
 }
 
 /// Maps an SDK error to Rotor's, keeping the service's error code.
-pub(crate) fn store_error<E, R>(
-    operation: &'static str,
-    secret: &str,
-    err: SdkError<E, R>,
-) -> Error
+pub(crate) fn store_error<E, R>(operation: &'static str, secret: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -35,7 +31,10 @@ where
             let code = e.code().unwrap_or("Unknown");
             let retryable = matches!(
                 code,
-                "ThrottlingException" | "InternalServiceError" | "ServiceUnavailable" | "RequestTimeout"
+                "ThrottlingException"
+                    | "InternalServiceError"
+                    | "ServiceUnavailable"
+                    | "RequestTimeout"
             );
             (
                 format!("{code}: {}", e.message().unwrap_or("no message")),
@@ -220,7 +219,7 @@ impl SecretStore for SecretsManagerStore {
             .into_iter()
             .filter_map(|v| Some((v.created_date.map(|d| d.secs()).unwrap_or(0), v.version_id?)))
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         Ok(versions.into_iter().map(|(_, id)| id).collect())
     }
 }
