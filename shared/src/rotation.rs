@@ -755,3 +755,320 @@ impl Rotator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Staging decisions and event validation, with the in-memory local store
+    //! and an engine that keeps passwords in a map.
+
+    use std::collections::HashMap;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::engine::{AlternateSync, Role};
+    use crate::store::LocalStore;
+
+    #[derive(Default)]
+    struct FakeDb {
+        users: Mutex<HashMap<String, String>>,
+        logins: Mutex<usize>,
+        writes: Mutex<usize>,
+    }
+
+    struct FakeEngine(Arc<FakeDb>);
+    struct FakeSession(Arc<FakeDb>);
+
+    #[async_trait]
+    impl Engine for FakeEngine {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn accepts(&self, engine: &str) -> bool {
+            engine == "postgres"
+        }
+        fn engines(&self) -> &'static [&'static str] {
+            &["postgres"]
+        }
+        fn default_port(&self) -> u16 {
+            5432
+        }
+        fn max_username_bytes(&self) -> usize {
+            63
+        }
+        fn default_excluded_characters(&self) -> &'static str {
+            ""
+        }
+        async fn connect(&self, s: &DbSecret, which: Role) -> Result<Box<dyn Session>> {
+            *self.0.logins.lock().unwrap() += 1;
+            let ok = self
+                .0
+                .users
+                .lock()
+                .unwrap()
+                .get(&s.username)
+                .map(String::as_str)
+                == Some(s.password.expose());
+            if ok {
+                Ok(Box::new(FakeSession(self.0.clone())))
+            } else {
+                Err(Error::LoginRefused {
+                    user: s.username.clone(),
+                    endpoint: "fake".into(),
+                    which,
+                    detail: "refused".into(),
+                })
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Session for FakeSession {
+        async fn check(&mut self) -> Result<()> {
+            Ok(())
+        }
+        async fn set_own_password(&mut self, user: &str, p: &SecretString) -> Result<()> {
+            self.set_password(user, p).await
+        }
+        async fn set_password(&mut self, user: &str, p: &SecretString) -> Result<()> {
+            *self.0.writes.lock().unwrap() += 1;
+            self.0
+                .users
+                .lock()
+                .unwrap()
+                .insert(user.into(), p.expose().into());
+            Ok(())
+        }
+        async fn password_matches(&mut self, user: &str, p: &SecretString) -> Result<Option<bool>> {
+            Ok(Some(
+                self.0.users.lock().unwrap().get(user).map(String::as_str) == Some(p.expose()),
+            ))
+        }
+        async fn sync_alternate_user(
+            &mut self,
+            _template: &str,
+            alternate: &str,
+            p: &SecretString,
+        ) -> Result<AlternateSync> {
+            if self.0.users.lock().unwrap().contains_key(alternate) {
+                return Ok(AlternateSync::default());
+            }
+            self.set_password(alternate, p).await?;
+            Ok(AlternateSync {
+                created: true,
+                changes: vec![format!("CREATE ROLE {alternate}")],
+            })
+        }
+    }
+
+    struct Setup {
+        store: Arc<LocalStore>,
+        db: Arc<FakeDb>,
+        arn: String,
+    }
+
+    fn setup(strategy: Strategy) -> Setup {
+        let store = Arc::new(LocalStore::in_memory());
+        let db = Arc::new(FakeDb::default());
+        db.users.lock().unwrap().insert("app".into(), "pw0".into());
+        db.users
+            .lock()
+            .unwrap()
+            .insert("master".into(), "mpw".into());
+        let master = store
+            .put_current(
+                "master",
+                &SecretString::new(
+                    r#"{"engine":"postgres","host":"db","username":"master","password":"mpw"}"#,
+                ),
+            )
+            .unwrap();
+        let extra = if strategy.uses_master() {
+            format!(r#","masterarn":"{master}""#)
+        } else {
+            String::new()
+        };
+        let arn = store
+            .put_current(
+                "app",
+                &SecretString::new(format!(
+                    r#"{{"engine":"postgres","host":"db","username":"app","password":"pw0","x":1{extra}}}"#
+                )),
+            )
+            .unwrap();
+        Setup { store, db, arn }
+    }
+
+    fn rotator(s: &Setup, strategy: Strategy) -> Rotator {
+        Rotator::new(
+            s.store.clone(),
+            Arc::new(FakeEngine(s.db.clone())),
+            strategy,
+            PasswordPolicy::with_default_exclusions(""),
+        )
+    }
+
+    fn event(s: &Setup, step: &str, token: &str) -> RotationEvent {
+        RotationEvent {
+            step: step.into(),
+            secret_id: s.arn.clone(),
+            token: token.into(),
+            rotation_token: None,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn validation_order_matches_aws() {
+        rt().block_on(async {
+            let s = setup(Strategy::SingleUser);
+            let r = rotator(&s, Strategy::SingleUser);
+            let meta = s.store.describe(&s.arn).await.unwrap();
+            let current = meta.version_with(AWSCURRENT).unwrap().to_string();
+            // Unknown token is checked before the step name.
+            let e = r.handle(&event(&s, "bogus", "nope")).await.unwrap_err();
+            assert_eq!(e.kind(), "UnknownToken");
+            // A current token succeeds without doing anything, whatever the step.
+            assert_eq!(
+                r.handle(&event(&s, "bogus", &current)).await.unwrap(),
+                Outcome::AlreadyCurrent
+            );
+            let token = s.store.start_rotation(&s.arn).unwrap();
+            let e = r.handle(&event(&s, "bogus", &token)).await.unwrap_err();
+            assert_eq!(e.kind(), "UnknownStep");
+            // Disabled rotation is checked first of all.
+            s.store.set_rotation_enabled(&s.arn, Some(false)).unwrap();
+            let e = r.handle(&event(&s, "bogus", "nope")).await.unwrap_err();
+            assert_eq!(e.kind(), "RotationDisabled");
+            assert!(e.to_string().contains(&s.arn));
+        });
+    }
+
+    #[test]
+    fn single_user_rotation_moves_labels_and_keeps_unknown_keys() {
+        rt().block_on(async {
+            let s = setup(Strategy::SingleUser);
+            let r = rotator(&s, Strategy::SingleUser);
+            let before = s.store.describe(&s.arn).await.unwrap();
+            let old = before.version_with(AWSCURRENT).unwrap().to_string();
+            let report = r.rotate(&s.arn).await.unwrap();
+            let after = s.store.describe(&s.arn).await.unwrap();
+            assert_eq!(after.version_with(AWSCURRENT), Some(report.token.as_str()));
+            assert_eq!(after.version_with(AWSPREVIOUS), Some(old.as_str()));
+            assert_eq!(after.version_with(AWSPENDING), None);
+            let new = s
+                .store
+                .get(&s.arn, VersionRef::Id(&report.token))
+                .await
+                .unwrap()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(new.expose()).unwrap();
+            assert_eq!(v["x"], 1);
+            assert_eq!(
+                s.db.users.lock().unwrap()["app"],
+                v["password"].as_str().unwrap()
+            );
+            // Warm process: setSecret and testSecret log in once each; finish reuses the test.
+            assert_eq!(*s.db.logins.lock().unwrap(), 2);
+        });
+    }
+
+    #[test]
+    fn alternating_users_take_turns() {
+        rt().block_on(async {
+            let s = setup(Strategy::AlternatingUsers);
+            let r = rotator(&s, Strategy::AlternatingUsers);
+            let first = r.rotate(&s.arn).await.unwrap();
+            assert_eq!(first.steps[1].outcome, Outcome::UserCreated);
+            let v = s
+                .store
+                .get(&s.arn, VersionRef::Stage(AWSCURRENT))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(v.expose().contains("\"app_clone\""));
+            // The old user keeps its password: AWSPREVIOUS still logs in.
+            assert_eq!(s.db.users.lock().unwrap()["app"], "pw0");
+            let second = r.rotate(&s.arn).await.unwrap();
+            assert_eq!(second.steps[1].outcome, Outcome::PasswordSet);
+            let v = s
+                .store
+                .get(&s.arn, VersionRef::Stage(AWSCURRENT))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(v.expose().contains("\"app\""));
+            assert_ne!(s.db.users.lock().unwrap()["app"], "pw0");
+        });
+    }
+
+    #[test]
+    fn repeated_steps_change_nothing_and_finish_refuses_unset_credentials() {
+        rt().block_on(async {
+            let s = setup(Strategy::SingleUser);
+            let r = rotator(&s, Strategy::SingleUser);
+            let token = s.store.start_rotation(&s.arn).unwrap();
+            assert_eq!(
+                r.handle(&event(&s, "createSecret", &token)).await.unwrap(),
+                Outcome::Created
+            );
+            assert_eq!(
+                r.handle(&event(&s, "createSecret", &token)).await.unwrap(),
+                Outcome::AlreadyCreated
+            );
+            // finishSecret by hand before setSecret: refused, labels unchanged.
+            let labels = s.store.describe(&s.arn).await.unwrap().versions;
+            let e = rotator(&s, Strategy::SingleUser)
+                .handle(&event(&s, "finishSecret", &token))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), "LoginRefused");
+            assert_eq!(s.store.describe(&s.arn).await.unwrap().versions, labels);
+            assert_eq!(
+                r.handle(&event(&s, "setSecret", &token)).await.unwrap(),
+                Outcome::PasswordSet
+            );
+            let writes = *s.db.writes.lock().unwrap();
+            assert_eq!(
+                r.handle(&event(&s, "setSecret", &token)).await.unwrap(),
+                Outcome::AlreadySet
+            );
+            assert_eq!(
+                *s.db.writes.lock().unwrap(),
+                writes,
+                "no second password write"
+            );
+            for step in ["testSecret", "testSecret", "finishSecret"] {
+                r.handle(&event(&s, step, &token)).await.unwrap();
+            }
+            assert_eq!(
+                r.handle(&event(&s, "finishSecret", &token)).await.unwrap(),
+                Outcome::AlreadyCurrent
+            );
+        });
+    }
+
+    #[test]
+    fn single_user_refuses_a_pending_version_for_another_user_or_host() {
+        rt().block_on(async {
+            let s = setup(Strategy::SingleUser);
+            let r = rotator(&s, Strategy::SingleUser);
+            for (field, value) in [("username", "other"), ("host", "elsewhere")] {
+                let token = uuid::Uuid::new_v4().to_string();
+                let mut pending = serde_json::json!({"engine":"postgres","host":"db","username":"app","password":"new"});
+                pending[field] = value.into();
+                let pending = pending.to_string();
+                s.store.put_pending(&s.arn, &token, &SecretString::new(pending), None).await.unwrap();
+                let e = r.handle(&event(&s, "setSecret", &token)).await.unwrap_err();
+                assert_eq!(e.kind(), "BadSecret", "{field}: {e}");
+                assert_eq!(s.db.users.lock().unwrap()["app"], "pw0");
+            }
+        });
+    }
+}

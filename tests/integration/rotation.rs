@@ -113,6 +113,16 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         env,
         tls_wrong_ca,
     ));
+    t.push(trial(
+        "tls::absent_falls_back_to_plaintext_only_when_server_has_no_tls",
+        env,
+        tls_absent_falls_back_only_without_server_tls,
+    ));
+    t.push(trial(
+        "demo::proves_rotations_by_logins_on_a_password_checking_server",
+        env,
+        demo_on_password_checking_server,
+    ));
     t
 }
 
@@ -1269,4 +1279,128 @@ async fn tls_wrong_ca(env: TestEnv) {
         .connect(&secret, "test")
         .await
         .expect("plaintext when ssl is false");
+}
+
+/// A server that answers the TLS request with "no" and then accepts any
+/// login: enough of the protocol to see what the client does without TLS.
+async fn no_tls_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                if sock.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                if sock.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                if body == [0x04, 0xd2, 0x16, 0x2f] {
+                    // SSLRequest: no TLS here. Then the startup message.
+                    let _ = sock.write_all(b"N").await;
+                    if sock.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut startup =
+                        vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+                    if sock.read_exact(&mut startup).await.is_err() {
+                        return;
+                    }
+                }
+                let mut reply = Vec::new();
+                reply.extend_from_slice(b"R\0\0\0\x08\0\0\0\0"); // AuthenticationOk
+                reply.extend_from_slice(b"Z\0\0\0\x05I"); // ReadyForQuery
+                let _ = sock.write_all(&reply).await;
+                let mut sink = [0u8; 512];
+                while matches!(sock.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+async fn tls_absent_falls_back_only_without_server_tls(env: TestEnv) {
+    let port = no_tls_server().await;
+    let secret = |ssl: Value| {
+        let mut v = json!({"engine": "postgres", "host": "127.0.0.1", "port": port, "username": "u", "password": "irrelevant-pw-123", "dbname": "d"});
+        if !ssl.is_null() {
+            v["ssl"] = ssl;
+        }
+        DbSecret::parse(
+            &SecretString::new(v.to_string()),
+            "fallback",
+            "v",
+            Require::Connection,
+        )
+        .expect("parse")
+    };
+    let engine = env.engine();
+    let warnings = leaks::lines_with("server offers no TLS");
+    engine
+        .connect(&secret(Value::Null), "test")
+        .await
+        .expect("ssl absent: plaintext when the server offers no TLS");
+    assert!(
+        leaks::lines_with("server offers no TLS") > warnings,
+        "the plaintext fallback is logged as a warning"
+    );
+    let err = match engine.connect(&secret(json!(true)), "test").await {
+        Ok(_) => panic!("ssl: true must never fall back to plaintext"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), "Tls", "{err}");
+}
+
+async fn demo_on_password_checking_server(env: TestEnv) {
+    let store = std::env::temp_dir()
+        .join(unique("rotor-demo"))
+        .with_extension("json");
+    let url = format!(
+        "postgres://{}:{}@{}:{}/{}",
+        env.superuser, env.superpass, env.pg_host, env.pg_port, env.pg_db
+    );
+    let report = rotor::demo::run(&rotor::demo::DemoOptions {
+        database_url: url,
+        store_path: store.clone(),
+        keep: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("demo: {e}"));
+    let text = std::fs::read_to_string(&store).expect("demo store");
+    remember_store_values(&text);
+    let _ = std::fs::remove_file(&store);
+    assert!(report.contains("checks passwords"), "{report}");
+    assert!(report.contains("all proofs passed"), "{report}");
+    assert_eq!(
+        report.matches("old password refused: yes").count(),
+        2,
+        "{report}"
+    );
+}
+
+/// Every `value` in a local store file, for the leak check.
+fn remember_store_values(text: &str) {
+    fn walk(v: &Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("value", Value::String(s)) => leaks::remember(s),
+                        _ => walk(v),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&serde_json::from_str(text).expect("store json"));
 }
