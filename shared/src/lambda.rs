@@ -54,7 +54,8 @@ async fn build(
     let engine = make_engine()?;
     let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
     let store = Arc::new(SecretsManagerStore::from_env().await);
-    let rotator = Rotator::new(store, engine, strategy, policy);
+    let rotator = Rotator::new(store, engine, strategy, policy)
+        .with_username_limit(crate::rotation::username_limit_from_env()?);
     #[cfg(feature = "rds")]
     let rotator = if strategy.uses_master() {
         rotator.with_rds(Arc::new(crate::rds::RdsApi::from_env().await))

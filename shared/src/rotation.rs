@@ -144,7 +144,21 @@ pub struct Rotator {
     policy: PasswordPolicy,
     rds: Option<Arc<dyn RdsLookup>>,
     ignore_disabled: bool,
+    username_limit: Option<usize>,
     memory: Mutex<ProcessMemory>,
+}
+
+/// `USERNAME_CHARACTER_LIMIT`, when set.
+pub fn username_limit_from_env() -> Result<Option<usize>> {
+    match std::env::var("USERNAME_CHARACTER_LIMIT") {
+        Err(_) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+            Error::Config(format!(
+                "USERNAME_CHARACTER_LIMIT={v:?} is not a whole number; unset it to use the server's own limit"
+            ))
+        }),
+    }
 }
 
 impl Rotator {
@@ -161,6 +175,7 @@ impl Rotator {
             policy,
             rds: None,
             ignore_disabled: false,
+            username_limit: None,
             memory: Mutex::new(ProcessMemory::default()),
         }
     }
@@ -168,6 +183,14 @@ impl Rotator {
     /// Lets alternating rotation resolve RDS-managed master secrets and replicas.
     pub fn with_rds(mut self, rds: Arc<dyn RdsLookup>) -> Self {
         self.rds = Some(rds);
+        self
+    }
+
+    /// `USERNAME_CHARACTER_LIMIT`: new usernames longer than this are refused
+    /// in createSecret, before anything changes. Unset: the engine's and the
+    /// connected server's own limits apply.
+    pub fn with_username_limit(mut self, limit: Option<usize>) -> Self {
+        self.username_limit = limit;
         self
     }
 
@@ -370,6 +393,18 @@ impl Rotator {
     }
 
     fn check_username(&self, arn: &str, label: &str, username: &str) -> Result<()> {
+        if let Some(limit) = self.username_limit
+            && username.chars().count() > limit
+        {
+            return Err(Error::bad_secret(
+                arn,
+                label,
+                format!(
+                    "username {username:?} is {} characters; USERNAME_CHARACTER_LIMIT is {limit} — choose a shorter username or raise the limit",
+                    username.chars().count()
+                ),
+            ));
+        }
         let limit = self.engine.max_username_bytes();
         if username.len() > limit {
             return Err(Error::bad_secret(
@@ -560,6 +595,19 @@ impl Rotator {
             ));
         }
         let mut session = self.engine.connect(&master, "master").await?;
+        if let Some(limit) = session.username_limit()
+            && pending.username.chars().count() > limit
+        {
+            return Err(Error::bad_secret(
+                &meta.arn,
+                AWSPENDING,
+                format!(
+                    "username {:?} is {} characters; the server keeps at most {limit} — choose a shorter username or set USERNAME_CHARACTER_LIMIT",
+                    pending.username,
+                    pending.username.chars().count()
+                ),
+            ));
+        }
         let sync = session
             .sync_alternate_user(&current.username, &pending.username, &pending.password)
             .await?;

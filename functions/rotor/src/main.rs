@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rotor::engine::Engine;
+use rotor::engine::mysql::MysqlEngine;
 use rotor::engine::postgres::PostgresEngine;
 use rotor::secret::Require;
 use rotor::store::{AWSCURRENT, LocalStore, SecretStore, SecretsManagerStore, VersionRef};
@@ -250,12 +251,13 @@ async fn rotator_for(secret_id: &str, target: &Target) -> Result<Rotator> {
     let current = DbSecret::parse(&value, secret_id, AWSCURRENT, Require::Connection)?;
     let engine: Arc<dyn Engine> = match current.engine.as_str() {
         "postgres" | "aurora-postgresql" => Arc::new(PostgresEngine::from_env()?),
+        "mysql" | "aurora-mysql" | "mariadb" => Arc::new(MysqlEngine::from_env()?),
         other => {
             return Err(Error::bad_secret(
                 secret_id,
                 AWSCURRENT,
                 format!(
-                    "engine {other:?} is not supported by this build; supported: postgres, aurora-postgresql"
+                    "engine {other:?} is not supported; supported: postgres, aurora-postgresql, mysql, aurora-mysql, mariadb"
                 ),
             ));
         }

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::secret::{DbSecret, SecretString};
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod tls;
@@ -72,6 +74,12 @@ pub trait Session: Send {
         user: &str,
         password: &SecretString,
     ) -> Result<Option<bool>>;
+
+    /// The longest username the connected server keeps, when it differs
+    /// from [`Engine::max_username_bytes`] (MySQL: depends on the version).
+    fn username_limit(&self) -> Option<usize> {
+        None
+    }
 
     /// Makes `alternate` a login user that holds what `template` holds:
     /// creates it with `password` when missing, then aligns memberships and

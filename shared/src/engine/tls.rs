@@ -44,6 +44,11 @@ impl TlsSettings {
         }
     }
 
+    /// The PEM bundle named by `ROTOR_CA_BUNDLE`, if any.
+    pub fn ca_bundle(&self) -> Option<&std::path::Path> {
+        self.ca_bundle.as_deref()
+    }
+
     /// The rustls client configuration, built once.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
         self.config
