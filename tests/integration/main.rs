@@ -42,7 +42,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let pg_log_start = std::fs::metadata(&env.pg_log).map(|m| m.len()).unwrap_or(0);
+    let maria_log = rotor_tests::MariaDbEnv::from_env()
+        .map(|m| m.log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log_start = |path: &str| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let pg_log_start = log_start(&env.pg_log);
+    let maria_log_start = log_start(&maria_log);
     let mut trials = Vec::new();
     trials.extend(stores::trials(&env));
     trials.extend(rotation::trials(&env));
@@ -60,18 +65,29 @@ fn main() {
         ..Arguments::default()
     };
     let leak = Trial::test("leak_check::no_password_in_logs_or_server_log", move || {
-        let text = std::fs::read(&env.pg_log).map_err(|e| format!("read {}: {e}", env.pg_log))?;
-        let start = (pg_log_start as usize).min(text.len());
-        let server_log = String::from_utf8_lossy(&text[start..]);
-        if !server_log.contains("ALTER ROLE") {
+        let read_from = |path: &str, start: u64| -> Result<String, String> {
+            let text = std::fs::read(path).map_err(|e| format!("read {path}: {e}"))?;
+            let start = (start as usize).min(text.len());
+            Ok(String::from_utf8_lossy(&text[start..]).into_owned())
+        };
+        let pg = read_from(&env.pg_log, pg_log_start)?;
+        let maria = read_from(&maria_log, maria_log_start)?;
+        if !pg.contains("ALTER ROLE") {
             return Err(
-                "the server log shows no ALTER ROLE: log_statement=all is not capturing".into(),
+                "the PostgreSQL log shows no ALTER ROLE: log_statement=all is not capturing".into(),
             );
         }
+        if !maria.contains("SET PASSWORD FOR") {
+            return Err(
+                "the MariaDB general log shows no SET PASSWORD: general_log is not capturing"
+                    .into(),
+            );
+        }
+        let server_log = format!("{pg}\n{maria}");
         let report = leaks::check(&server_log, 200, 40)?;
         println!(
-            "leak check: {} Rotor log lines, {} server log lines, {} passwords and canaries checked",
-            report.log_lines, report.pg_log_lines, report.secrets_checked
+            "leak check: {} Rotor log lines, {} server log lines (PostgreSQL and MariaDB), {} passwords and canaries checked",
+            report.log_lines, report.server_log_lines, report.secrets_checked
         );
         Ok(())
     });

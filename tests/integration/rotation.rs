@@ -13,7 +13,7 @@ use rotor::store::{LocalStore, SecretStore, SecretsManagerStore};
 use rotor::{
     DbSecret, Error, Outcome, PasswordPolicy, RotationEvent, Rotator, SecretString, Step, Strategy,
 };
-use rotor_tests::{MotoService, TestEnv, create_role, leaks, new_password, unique, verifier};
+use rotor_tests::{Admin, Kind, MotoService, TestDb, TestEnv, leaks, new_password, unique};
 use serde_json::{Value, json};
 
 use crate::trial;
@@ -22,99 +22,92 @@ const STRATEGIES: [Strategy; 2] = [Strategy::SingleUser, Strategy::AlternatingUs
 
 pub fn trials(env: &TestEnv) -> Vec<Trial> {
     let mut t = Vec::new();
-    for strategy in STRATEGIES {
-        let s = strategy.name().replace('-', "_");
-        t.push(trial(
-            format!("rotation::{s}::full_rotation_twice"),
-            env,
-            move |env| full_rotation_twice(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::every_step_twice_changes_nothing"),
-            env,
-            move |env| every_step_twice(env, strategy),
-        ));
-        for crash_after in 1..=3 {
-            t.push(trial(
-                format!("rotation::{s}::interrupted_after_step_{crash_after}_then_resumed"),
-                env,
-                move |env| interrupted(env, strategy, crash_after),
-            ));
+    for kind in Kind::ALL {
+        let k = kind.name();
+        // The conformance suite: every scenario for every engine and strategy.
+        for strategy in STRATEGIES {
+            let s = strategy.name().replace('-', "_");
+            let mut add = |name: &str, f: fn(TestDb, Strategy) -> Scenario| {
+                t.push(trial(
+                    format!("rotation::{k}::{s}::{name}"),
+                    env,
+                    move |env| f(TestDb::new(kind, &env), strategy),
+                ));
+            };
+            add("full_rotation_twice", |d, s| {
+                Box::pin(full_rotation_twice(d, s))
+            });
+            add("every_step_twice_changes_nothing", |d, s| {
+                Box::pin(every_step_twice(d, s))
+            });
+            add("interrupted_after_step_1_then_resumed", |d, s| {
+                Box::pin(interrupted(d, s, 1))
+            });
+            add("interrupted_after_step_2_then_resumed", |d, s| {
+                Box::pin(interrupted(d, s, 2))
+            });
+            add("interrupted_after_step_3_then_resumed", |d, s| {
+                Box::pin(interrupted(d, s, 3))
+            });
+            add("set_done_finish_never_ran_completed_by_rerun", |d, s| {
+                Box::pin(finish_never_ran(d, s))
+            });
+            add("bad_events_change_nothing", |d, s| {
+                Box::pin(bad_events(d, s))
+            });
+            add("bad_secrets_change_nothing", |d, s| {
+                Box::pin(bad_secrets(d, s))
+            });
+            add("awkward_username", |d, s| Box::pin(awkward_username(d, s)));
+            add("every_printable_character_in_passwords", |d, s| {
+                Box::pin(every_printable(d, s))
+            });
+            add("finish_before_set_is_refused", |d, s| {
+                Box::pin(finish_before_set(d, s))
+            });
+            add("rotate_immediately_false_runs_only_test", |d, s| {
+                Box::pin(rotate_immediately_false(d, s))
+            });
+            add("local_store_in_process_rotation", |d, s| {
+                Box::pin(local_store_rotation(d, s))
+            });
         }
-        t.push(trial(
-            format!("rotation::{s}::set_done_finish_never_ran_completed_by_rerun"),
-            env,
-            move |env| finish_never_ran(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::bad_events_change_nothing"),
-            env,
-            move |env| bad_events(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::bad_secrets_change_nothing"),
-            env,
-            move |env| bad_secrets(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::awkward_username"),
-            env,
-            move |env| awkward_username(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::every_printable_character_in_passwords"),
-            env,
-            move |env| every_printable(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::finish_before_set_is_refused"),
-            env,
-            move |env| finish_before_set(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::rotate_immediately_false_runs_only_test"),
-            env,
-            move |env| rotate_immediately_false(env, strategy),
-        ));
-        t.push(trial(
-            format!("rotation::{s}::local_store_in_process_rotation"),
-            env,
-            move |env| local_store_rotation(env, strategy),
-        ));
+        let mut add = |name: &str, f: fn(TestDb) -> Scenario| {
+            t.push(trial(format!("{name}::{k}"), env, move |env| {
+                f(TestDb::new(kind, &env))
+            }));
+        };
+        add(
+            "rotation::alternating_users::clone_name_too_long_refused",
+            |d| Box::pin(clone_name_too_long(d)),
+        );
+        add(
+            "rotation::single_user::lost_current_password_falls_back_to_previous",
+            |d| Box::pin(falls_back_to_previous(d)),
+        );
+        add("tls::verified_with_test_ca", |d| Box::pin(tls_verified(d)));
+        add("tls::wrong_ca_refused_when_required_or_absent", |d| {
+            Box::pin(tls_wrong_ca(d))
+        });
     }
+    // What only one engine has.
     t.push(trial(
-        "rotation::alternating_users::memberships_and_attributes_resynced",
+        "rotation::postgres::alternating_users::memberships_and_attributes_resynced",
         env,
         resync,
     ));
     t.push(trial(
-        "rotation::alternating_users::master_on_read_replica_source_accepted",
+        "rotation::postgres::alternating_users::master_on_read_replica_source_accepted",
         env,
         replica_accepted,
     ));
     t.push(trial(
-        "rotation::alternating_users::rds_managed_master_secret",
+        "rotation::postgres::alternating_users::rds_managed_master_secret",
         env,
         rds_managed_master,
     ));
     t.push(trial(
-        "rotation::alternating_users::clone_name_too_long_refused",
-        env,
-        clone_name_too_long,
-    ));
-    t.push(trial(
-        "rotation::single_user::lost_current_password_falls_back_to_previous",
-        env,
-        falls_back_to_previous,
-    ));
-    t.push(trial("tls::verified_with_test_ca", env, tls_verified));
-    t.push(trial(
-        "tls::wrong_ca_refused_when_required_or_absent",
-        env,
-        tls_wrong_ca,
-    ));
-    t.push(trial(
-        "tls::absent_falls_back_to_plaintext_only_when_server_has_no_tls",
+        "tls::postgres::absent_falls_back_to_plaintext_only_when_server_has_no_tls",
         env,
         tls_absent_falls_back_only_without_server_tls,
     ));
@@ -123,43 +116,52 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         env,
         demo_on_password_checking_server,
     ));
+    t.push(trial(
+        "rotation::mariadb::alternating_users::grants_require_and_limits_replayed_and_resynced",
+        env,
+        mysql_grants_resynced,
+    ));
+    t.push(trial(
+        "rotation::mariadb::alternating_users::username_character_limit_honoured",
+        env,
+        mysql_username_limit,
+    ));
+    t.push(trial(
+        "tls::mysql::absent_falls_back_to_plaintext_only_when_server_has_no_tls",
+        env,
+        mysql_tls_fallback,
+    ));
     t
 }
+
+type Scenario = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 // ---- fixtures --------------------------------------------------------------
 
 /// A secret under rotation and what the test needs to check it.
 struct Fixture {
-    env: TestEnv,
+    db: TestDb,
     moto: MotoService,
-    admin: tokio_postgres::Client,
+    admin: Admin,
     arn: String,
     /// Base username (single user: the user; alternating: `<base>`, with `<base>_clone`).
     user: String,
     strategy: Strategy,
 }
 
-async fn fixture(env: &TestEnv, strategy: Strategy, user: &str, extra: Value) -> Fixture {
-    let moto = MotoService::new(env);
-    let admin = env.admin().await;
+async fn fixture(db: &TestDb, strategy: Strategy, user: &str, extra: Value) -> Fixture {
+    let moto = MotoService::new(&db.env);
+    let admin = db.admin().await;
     let password = new_password();
     let mut extra = extra;
     match strategy {
-        Strategy::SingleUser => create_role(&admin, user, &password, "").await,
+        Strategy::SingleUser => admin.create_user(user, &password).await,
         Strategy::AlternatingUsers => {
             let master = unique("rotor_master");
             let master_pw = new_password();
-            create_role(&admin, &master, &master_pw, "CREATEROLE").await;
-            create_role(&admin, user, &password, "CONNECTION LIMIT 7").await;
-            admin
-                .batch_execute(&format!(
-                    "GRANT {} TO {} WITH ADMIN OPTION",
-                    ident(user),
-                    ident(&master)
-                ))
-                .await
-                .expect("grant user to master");
-            let master_value = env.pg_secret(&master, master_pw.expose(), json!({}));
+            admin.create_user(user, &password).await;
+            admin.create_master(&master, &master_pw, user).await;
+            let master_value = db.secret(&master, master_pw.expose(), json!({}));
             leaks::remember(&master_value);
             let master_arn = moto
                 .create_secret(&unique("rotor/master"), &master_value)
@@ -168,11 +170,11 @@ async fn fixture(env: &TestEnv, strategy: Strategy, user: &str, extra: Value) ->
         }
     }
     extra["team"] = json!("payments"); // an unknown key that must survive
-    let value = env.pg_secret(user, password.expose(), extra);
+    let value = db.secret(user, password.expose(), extra);
     leaks::remember(&value);
     let arn = moto.create_secret(&unique("rotor/test"), &value).await;
     Fixture {
-        env: env.clone(),
+        db: db.clone(),
         moto,
         admin,
         arn,
@@ -187,7 +189,7 @@ fn ident(name: &str) -> String {
 
 impl Fixture {
     fn rotator(&self) -> Rotator {
-        self.env.rotator(self.strategy)
+        self.db.rotator(self.strategy)
     }
 
     fn event(&self, step: &str, token: &str) -> RotationEvent {
@@ -257,7 +259,7 @@ impl Fixture {
 
     /// Whether `secret` logs in (over verified TLS).
     async fn logs_in(&self, secret: &DbSecret) -> bool {
-        match self.env.engine().connect(secret, "test").await {
+        match self.db.engine().connect(secret, "test").await {
             Ok(_) => true,
             Err(Error::LoginRefused { .. }) => false,
             Err(e) => panic!(
@@ -270,8 +272,10 @@ impl Fixture {
     /// Verifiers of both users of this fixture (to prove nothing changed).
     async fn verifiers(&self) -> (Option<String>, Option<String>) {
         (
-            verifier(&self.admin, &self.user).await,
-            verifier(&self.admin, &format!("{}_clone", self.user)).await,
+            self.admin.stored_credential(&self.user).await,
+            self.admin
+                .stored_credential(&format!("{}_clone", self.user))
+                .await,
         )
     }
 }
@@ -327,8 +331,8 @@ async fn assert_rotated(f: &Fixture, old: &str, new: &str) {
 
 // ---- scenarios -------------------------------------------------------------
 
-async fn full_rotation_twice(env: TestEnv, strategy: Strategy) {
-    let f = fixture(&env, strategy, &unique("rotor_full"), json!({})).await;
+async fn full_rotation_twice(db: TestDb, strategy: Strategy) {
+    let f = fixture(&db, strategy, &unique("rotor_full"), json!({})).await;
     let rotator = f.rotator();
     let original = f.secret(&f.current_version().await).await;
     let (old1, new1) = f.rotate(&rotator).await;
@@ -348,8 +352,8 @@ async fn full_rotation_twice(env: TestEnv, strategy: Strategy) {
     }
 }
 
-async fn every_step_twice(env: TestEnv, strategy: Strategy) {
-    let f = fixture(&env, strategy, &unique("rotor_twice"), json!({})).await;
+async fn every_step_twice(db: TestDb, strategy: Strategy) {
+    let f = fixture(&db, strategy, &unique("rotor_twice"), json!({})).await;
     // Rotate once first so that alternating users have both users (the
     // second run of setSecret must then not rewrite an existing verifier).
     let rotator = f.rotator();
@@ -391,8 +395,8 @@ async fn every_step_twice(env: TestEnv, strategy: Strategy) {
     f.remember_values().await;
 }
 
-async fn interrupted(env: TestEnv, strategy: Strategy, crash_after: usize) {
-    let f = fixture(&env, strategy, &unique("rotor_crash"), json!({})).await;
+async fn interrupted(db: TestDb, strategy: Strategy, crash_after: usize) {
+    let f = fixture(&db, strategy, &unique("rotor_crash"), json!({})).await;
     let old = f.current_version().await;
     let token = f.moto.start_rotation(&f.arn).await;
     {
@@ -408,8 +412,8 @@ async fn interrupted(env: TestEnv, strategy: Strategy, crash_after: usize) {
     assert_rotated(&f, &old, &token).await;
 }
 
-async fn finish_never_ran(env: TestEnv, strategy: Strategy) {
-    let f = fixture(&env, strategy, &unique("rotor_unfinished"), json!({})).await;
+async fn finish_never_ran(db: TestDb, strategy: Strategy) {
+    let f = fixture(&db, strategy, &unique("rotor_unfinished"), json!({})).await;
     let old = f.current_version().await;
     let token = f.moto.start_rotation(&f.arn).await;
     f.steps(&f.rotator(), &token, &Step::ALL[..2]).await;
@@ -431,8 +435,8 @@ async fn finish_never_ran(env: TestEnv, strategy: Strategy) {
     assert_rotated(&f, &old, &token).await;
 }
 
-async fn bad_events(env: TestEnv, strategy: Strategy) {
-    let f = fixture(&env, strategy, &unique("rotor_badevent"), json!({})).await;
+async fn bad_events(db: TestDb, strategy: Strategy) {
+    let f = fixture(&db, strategy, &unique("rotor_badevent"), json!({})).await;
     let rotator = f.rotator();
     let (previous, current) = f.rotate(&rotator).await;
     let token = f.moto.start_rotation(&f.arn).await;
@@ -503,13 +507,13 @@ async fn bad_events(env: TestEnv, strategy: Strategy) {
     f.remember_values().await;
 }
 
-async fn bad_secrets(env: TestEnv, strategy: Strategy) {
-    let moto = MotoService::new(&env);
-    let admin = env.admin().await;
+async fn bad_secrets(db: TestDb, strategy: Strategy) {
+    let moto = MotoService::new(&db.env);
+    let admin = db.admin().await;
     let user = unique("rotor_badsecret");
     let password = new_password();
-    create_role(&admin, &user, &password, "").await;
-    let base = serde_json::from_str::<Value>(&env.pg_secret(
+    admin.create_user(&user, &password).await;
+    let base = serde_json::from_str::<Value>(&db.secret(
         &user,
         password.expose(),
         json!({"masterarn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:nope"}),
@@ -525,11 +529,18 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
         v[key] = value;
         v.to_string()
     };
+    let wrong_engine = if db.kind == Kind::Postgres {
+        "mysql"
+    } else {
+        "postgres"
+    };
+    let wrong_message = format!("engine \"{wrong_engine}\" is not handled");
     let mut cases = vec![
         (
             "malformed JSON",
             format!(
-                "{{\"engine\":\"postgres\",\"password\":\"{}\"",
+                "{{\"engine\":\"{}\",\"password\":\"{}\"",
+                db.engine_key(),
                 password.expose()
             ),
             "not valid JSON",
@@ -543,8 +554,8 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
         ),
         (
             "wrong engine",
-            with("engine", json!("mysql")),
-            "engine \"mysql\" is not handled",
+            with("engine", json!(wrong_engine)),
+            &wrong_message,
         ),
     ];
     if strategy == Strategy::AlternatingUsers {
@@ -555,8 +566,8 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
         let arn = moto.create_secret(&unique("rotor/bad"), &value).await;
         let token = moto.start_rotation(&arn).await;
         let labels = moto.labels(&arn).await;
-        let before = verifier(&admin, &user).await;
-        let rotator = env.rotator(strategy);
+        let before = admin.stored_credential(&user).await;
+        let rotator = db.rotator(strategy);
         let event = RotationEvent {
             step: "createSecret".into(),
             secret_id: arn.clone(),
@@ -577,14 +588,14 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
             "{what}: a pending value was stored"
         );
         assert_eq!(
-            verifier(&admin, &user).await,
+            admin.stored_credential(&user).await,
             before,
             "{what}: the database changed"
         );
     }
     if strategy == Strategy::AlternatingUsers {
         // A master secret on another host (and not its read replica's source).
-        let f = fixture(&env, strategy, &unique("rotor_otherhost"), json!({})).await;
+        let f = fixture(&db, strategy, &unique("rotor_otherhost"), json!({})).await;
         let current = f.secret(&f.current_version().await).await;
         let master_arn = current.masterarn.clone().expect("masterarn");
         let master_value = f
@@ -619,7 +630,7 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
             .create_secret(&unique("rotor/bad-master"), &value.to_string())
             .await;
         let token = f.moto.start_rotation(&arn).await;
-        let rotator = env.rotator(strategy);
+        let rotator = db.rotator(strategy);
         let ev = |step: &str| RotationEvent {
             step: step.into(),
             secret_id: arn.clone(),
@@ -636,7 +647,8 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
         assert!(err.to_string().contains("is not the same host as"), "{err}");
         assert_eq!(f.moto.labels(&arn).await, labels);
         assert!(
-            verifier(&f.admin, &format!("{}_clone", f.user))
+            f.admin
+                .stored_credential(&format!("{}_clone", f.user))
                 .await
                 .is_none(),
             "no clone may be created"
@@ -647,21 +659,22 @@ async fn bad_secrets(env: TestEnv, strategy: Strategy) {
     }
 }
 
-async fn awkward_username(env: TestEnv, strategy: Strategy) {
+async fn awkward_username(db: TestDb, strategy: Strategy) {
     // Quotes, spaces, capitals, a backslash; 50 bytes (the clone adds 6).
     let mut user = format!(
-        "We\"ird Us'er\\{}",
+        "We\"ird Us'er\\`{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let max = if db.kind == Kind::Postgres { 63 } else { 80 };
     let limit = match strategy {
-        Strategy::SingleUser => 63,
-        Strategy::AlternatingUsers => 63 - "_clone".len(),
+        Strategy::SingleUser => max,
+        Strategy::AlternatingUsers => max - "_clone".len(),
     };
     while user.len() < limit {
         user.push('X');
     }
     assert_eq!(user.len(), limit);
-    let f = fixture(&env, strategy, &user, json!({})).await;
+    let f = fixture(&db, strategy, &user, json!({})).await;
     let rotator = f.rotator();
     let (old, new) = f.rotate(&rotator).await;
     assert_rotated(&f, &old, &new).await;
@@ -669,8 +682,8 @@ async fn awkward_username(env: TestEnv, strategy: Strategy) {
     assert_rotated(&f, &old, &new).await;
 }
 
-async fn every_printable(env: TestEnv, strategy: Strategy) {
-    let f = fixture(&env, strategy, &unique("rotor_printable"), json!({})).await;
+async fn every_printable(db: TestDb, strategy: Strategy) {
+    let f = fixture(&db, strategy, &unique("rotor_printable"), json!({})).await;
     let policy = PasswordPolicy {
         length: 300,
         ..PasswordPolicy::with_default_exclusions("")
@@ -681,12 +694,7 @@ async fn every_printable(env: TestEnv, strategy: Strategy) {
         94,
         "every printable ASCII character but space"
     );
-    let rotator = Rotator::new(
-        Arc::new(SecretsManagerStore::new(env.sm_client())),
-        Arc::new(env.engine()),
-        strategy,
-        policy,
-    );
+    let rotator = db.rotator_with(db.engine(), strategy, policy);
     for _ in 0..2 {
         let (old, new) = f.rotate(&rotator).await;
         assert_rotated(&f, &old, &new).await;
@@ -698,8 +706,8 @@ async fn every_printable(env: TestEnv, strategy: Strategy) {
     }
 }
 
-async fn finish_before_set(env: TestEnv, strategy: Strategy) {
-    let f = fixture(&env, strategy, &unique("rotor_handfinish"), json!({})).await;
+async fn finish_before_set(db: TestDb, strategy: Strategy) {
+    let f = fixture(&db, strategy, &unique("rotor_handfinish"), json!({})).await;
     let rotator = f.rotator();
     if strategy == Strategy::AlternatingUsers {
         f.rotate(&rotator).await; // both users exist from now on
@@ -731,10 +739,10 @@ async fn finish_before_set(env: TestEnv, strategy: Strategy) {
     assert_rotated(&f, &old, &token).await;
 }
 
-async fn rotate_immediately_false(env: TestEnv, strategy: Strategy) {
+async fn rotate_immediately_false(db: TestDb, strategy: Strategy) {
     // With RotateImmediately=false the service runs only testSecret, on a
     // temporary AWSPENDING copy of the current value, then drops the label.
-    let f = fixture(&env, strategy, &unique("rotor_notnow"), json!({})).await;
+    let f = fixture(&db, strategy, &unique("rotor_notnow"), json!({})).await;
     let current = f.current_version().await;
     let value = f.moto.value(&f.arn, &current).await.expect("value");
     let token = uuid::Uuid::new_v4().to_string();
@@ -768,29 +776,21 @@ async fn rotate_immediately_false(env: TestEnv, strategy: Strategy) {
     assert_eq!(f.verifiers().await, verifiers);
 }
 
-async fn local_store_rotation(env: TestEnv, strategy: Strategy) {
+async fn local_store_rotation(db: TestDb, strategy: Strategy) {
     // The same rotation through the embedded local store, as the CLI runs it.
-    let admin = env.admin().await;
+    let admin = db.admin().await;
     let dir = std::env::temp_dir().join(unique("rotor-local"));
     std::fs::create_dir_all(&dir).expect("dir");
     let store = Arc::new(LocalStore::open(dir.join("store.json")).expect("open"));
     let user = unique("rotor_local");
     let password = new_password();
-    create_role(&admin, &user, &password, "").await;
+    admin.create_user(&user, &password).await;
     let mut extra = json!({});
     if strategy == Strategy::AlternatingUsers {
         let master = unique("rotor_lmaster");
         let master_pw = new_password();
-        create_role(&admin, &master, &master_pw, "CREATEROLE").await;
-        admin
-            .batch_execute(&format!(
-                "GRANT {} TO {} WITH ADMIN OPTION",
-                ident(&user),
-                ident(&master)
-            ))
-            .await
-            .expect("grant");
-        let value = env.pg_secret(&master, master_pw.expose(), json!({}));
+        admin.create_master(&master, &master_pw, &user).await;
+        let value = db.secret(&master, master_pw.expose(), json!({}));
         leaks::remember(&value);
         extra["masterarn"] = json!(
             store
@@ -798,17 +798,12 @@ async fn local_store_rotation(env: TestEnv, strategy: Strategy) {
                 .expect("put")
         );
     }
-    let value = env.pg_secret(&user, password.expose(), extra);
+    let value = db.secret(&user, password.expose(), extra);
     leaks::remember(&value);
     let arn = store
         .put_current("app", &SecretString::new(value))
         .expect("put");
-    let rotator = Rotator::new(
-        store.clone(),
-        Arc::new(env.engine()),
-        strategy,
-        PasswordPolicy::with_default_exclusions(":/@\"'\\"),
-    );
+    let rotator = Rotator::new(store.clone(), db.engine(), strategy, db.policy());
     for _ in 0..2 {
         let report = rotator.rotate(&arn).await.expect("rotate");
         assert!(!report.resumed);
@@ -822,7 +817,7 @@ async fn local_store_rotation(env: TestEnv, strategy: Strategy) {
         leaks::remember(value.expose());
         let secret = DbSecret::parse(&value, &arn, "new", Require::Connection).expect("parse");
         assert!(
-            env.engine().connect(&secret, "test").await.is_ok(),
+            db.engine().connect(&secret, "test").await.is_ok(),
             "new credentials log in"
         );
     }
@@ -830,8 +825,9 @@ async fn local_store_rotation(env: TestEnv, strategy: Strategy) {
 }
 
 async fn resync(env: TestEnv) {
+    let db = TestDb::new(Kind::Postgres, &env);
     let f = fixture(
-        &env,
+        &db,
         Strategy::AlternatingUsers,
         &unique("rotor_sync"),
         json!({}),
@@ -839,12 +835,12 @@ async fn resync(env: TestEnv) {
     .await;
     let group = unique("rotor_group");
     let later_group = unique("rotor_later");
-    f.admin.batch_execute(&format!("CREATE ROLE {g} NOLOGIN; CREATE ROLE {l} NOLOGIN; GRANT {g} TO {u}; ALTER ROLE {u} CREATEDB", g = ident(&group), l = ident(&later_group), u = ident(&f.user))).await.expect("setup");
+    f.admin.pg().batch_execute(&format!("CREATE ROLE {g} NOLOGIN; CREATE ROLE {l} NOLOGIN; GRANT {g} TO {u}; ALTER ROLE {u} CREATEDB CONNECTION LIMIT 7", g = ident(&group), l = ident(&later_group), u = ident(&f.user))).await.expect("setup");
     let rotator = f.rotator();
     f.rotate(&rotator).await;
     let clone = format!("{}_clone", f.user);
     let roles = |user: String| {
-        let admin = &f.admin;
+        let admin = f.admin.pg();
         async move {
             let rows = admin.query("SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 ORDER BY 1", &[&user]).await.expect("memberships");
             let attrs = admin
@@ -872,6 +868,7 @@ async fn resync(env: TestEnv) {
     // Changes made to the current user (now the clone) reach the other user
     // at the next rotation.
     f.admin
+        .pg()
         .batch_execute(&format!(
             "GRANT {l} TO {c}; ALTER ROLE {c} CONNECTION LIMIT 9 NOCREATEDB",
             l = ident(&later_group),
@@ -889,6 +886,7 @@ async fn resync(env: TestEnv) {
 }
 
 async fn replica_accepted(env: TestEnv) {
+    let db = TestDb::new(Kind::Postgres, &env);
     // moto's RDS: a primary and its read replica. Their endpoints do not
     // resolve, so the engine maps them to the test server.
     let rds = env.rds_client();
@@ -932,7 +930,7 @@ async fn replica_accepted(env: TestEnv) {
     let replica_host = host_of(replica.clone()).await;
     assert_ne!(primary_host, replica_host);
     let f = fixture(
-        &env,
+        &db,
         Strategy::AlternatingUsers,
         &unique("rotor_replica"),
         json!({"ssl": false}),
@@ -1004,7 +1002,8 @@ async fn replica_accepted(env: TestEnv) {
         leaks::remember(&v);
     }
     assert!(
-        verifier(&f.admin, &format!("{}_clone", f.user))
+        f.admin
+            .stored_credential(&format!("{}_clone", f.user))
             .await
             .is_some(),
         "the clone was created through the primary"
@@ -1012,6 +1011,7 @@ async fn replica_accepted(env: TestEnv) {
 }
 
 async fn rds_managed_master(env: TestEnv) {
+    let db = TestDb::new(Kind::Postgres, &env);
     // An RDS-managed master secret holds only username and password; its
     // tag names the instance, whose endpoint comes from the RDS API.
     let rds = env.rds_client();
@@ -1028,8 +1028,8 @@ async fn rds_managed_master(env: TestEnv) {
         .send()
         .await
         .expect("create instance");
-    let db = created.db_instance.expect("instance");
-    let instance_arn = db.db_instance_arn.clone().expect("arn");
+    let instance_info = created.db_instance.expect("instance");
+    let instance_arn = instance_info.db_instance_arn.clone().expect("arn");
     let out = rds
         .describe_db_instances()
         .db_instance_identifier(&instance)
@@ -1044,7 +1044,7 @@ async fn rds_managed_master(env: TestEnv) {
         .and_then(|e| e.address)
         .expect("address");
     let f = fixture(
-        &env,
+        &db,
         Strategy::AlternatingUsers,
         &unique("rotor_managed"),
         json!({"ssl": false}),
@@ -1117,12 +1117,13 @@ async fn rds_managed_master(env: TestEnv) {
     }
 }
 
-async fn clone_name_too_long(env: TestEnv) {
+async fn clone_name_too_long(db: TestDb) {
+    let max = db.engine().max_username_bytes();
     let mut user = unique("rotor_long");
-    while user.len() < 63 {
+    while user.len() < max {
         user.push('y');
     }
-    let f = fixture(&env, Strategy::AlternatingUsers, &user, json!({})).await;
+    let f = fixture(&db, Strategy::AlternatingUsers, &user, json!({})).await;
     let token = f.moto.start_rotation(&f.arn).await;
     let labels = f.labels().await;
     let err = f
@@ -1130,28 +1131,23 @@ async fn clone_name_too_long(env: TestEnv) {
         .await
         .expect_err("too long");
     assert_eq!(err.kind(), "BadSecret");
-    assert!(err.to_string().contains("keeps at most 63"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("keeps at most {max}")),
+        "{err}"
+    );
     assert_eq!(f.labels().await, labels);
     assert!(
         f.moto.value(&f.arn, &token).await.is_none(),
         "nothing stored"
     );
-    let roles: i64 = f
-        .admin
-        .query_one(
-            "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)",
-            &[&user],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let roles = f.admin.users_starting_with(&user).await;
     assert_eq!(roles, 1, "no clone (truncated or not) may exist");
-    // 64 bytes in the secret itself: refused before any change too.
+    // One byte too many in the secret itself: refused before any change too.
     let long = format!("{user}z");
-    let value = env.pg_secret(&long, "irrelevant-password-1", json!({}));
+    let value = db.secret(&long, "irrelevant-password-1", json!({}));
     let arn = f.moto.create_secret(&unique("rotor/long"), &value).await;
     let token = f.moto.start_rotation(&arn).await;
-    let rotator = env.rotator(Strategy::SingleUser);
+    let rotator = db.rotator(Strategy::SingleUser);
     let err = rotator
         .handle(&RotationEvent {
             step: "createSecret".into(),
@@ -1160,13 +1156,16 @@ async fn clone_name_too_long(env: TestEnv) {
             rotation_token: None,
         })
         .await
-        .expect_err("64 bytes");
-    assert!(err.to_string().contains("64 bytes"), "{err}");
+        .expect_err("one byte too many");
+    assert!(
+        err.to_string().contains(&format!("{} bytes", max + 1)),
+        "{err}"
+    );
 }
 
-async fn falls_back_to_previous(env: TestEnv) {
+async fn falls_back_to_previous(db: TestDb) {
     let f = fixture(
-        &env,
+        &db,
         Strategy::SingleUser,
         &unique("rotor_fallback"),
         json!({}),
@@ -1177,13 +1176,7 @@ async fn falls_back_to_previous(env: TestEnv) {
     // Someone restores the previous password on the server (e.g. a snapshot
     // restore): AWSCURRENT no longer logs in, AWSPREVIOUS does.
     let prev = f.secret(&previous).await;
-    f.admin
-        .batch_execute(&rotor::engine::postgres::alter_password_sql(
-            &f.user,
-            &prev.password,
-        ))
-        .await
-        .expect("restore");
+    f.admin.set_password(&f.user, &prev.password).await;
     assert!(!f.logs_in(&f.secret(&current).await).await);
     let (old, new) = f.rotate(&rotator).await;
     assert_eq!(old, current);
@@ -1193,11 +1186,11 @@ async fn falls_back_to_previous(env: TestEnv) {
     );
 }
 
-async fn tls_verified(env: TestEnv) {
-    let admin = env.admin().await;
+async fn tls_verified(db: TestDb) {
+    let admin = db.admin().await;
     let user = unique("rotor_tls");
     let password = new_password();
-    create_role(&admin, &user, &password, "").await;
+    admin.create_user(&user, &password).await;
     leaks::remember(password.expose());
     for ssl in [json!(true), json!("true"), Value::Null] {
         let mut extra = json!({});
@@ -1205,8 +1198,7 @@ async fn tls_verified(env: TestEnv) {
             extra["ssl"] = ssl.clone();
         }
         let mut value: Value =
-            serde_json::from_str(&env.pg_secret(&user, password.expose(), json!({})))
-                .expect("json");
+            serde_json::from_str(&db.secret(&user, password.expose(), json!({}))).expect("json");
         match ssl {
             Value::Null => {
                 value.as_object_mut().expect("object").remove("ssl");
@@ -1220,26 +1212,23 @@ async fn tls_verified(env: TestEnv) {
             Require::Connection,
         )
         .expect("parse");
-        env.engine()
+        db.engine()
             .connect(&secret, "test")
             .await
             .unwrap_or_else(|e| panic!("verified TLS with the test CA ({:?}): {e}", secret.tls));
     }
-    let row = admin.query_one("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = $1 AND s.ssl", &[&user]).await.expect("pg_stat_ssl");
-    let _ = row.get::<_, i64>(0); // sessions may already be closed; the login above is the proof
 }
 
-async fn tls_wrong_ca(env: TestEnv) {
-    let admin = env.admin().await;
+async fn tls_wrong_ca(db: TestDb) {
+    let admin = db.admin().await;
     let user = unique("rotor_wrongca");
     let password = new_password();
-    create_role(&admin, &user, &password, "").await;
+    admin.create_user(&user, &password).await;
     leaks::remember(password.expose());
-    let engine = env.engine_with_ca(&env.wrong_ca);
+    let engine = db.engine_with_ca(&db.env.wrong_ca);
     for (ssl, mode) in [(Some(true), TlsMode::Required), (None, TlsMode::Preferred)] {
         let mut value: Value =
-            serde_json::from_str(&env.pg_secret(&user, password.expose(), json!({})))
-                .expect("json");
+            serde_json::from_str(&db.secret(&user, password.expose(), json!({}))).expect("json");
         match ssl {
             Some(b) => value["ssl"] = json!(b),
             None => {
@@ -1269,7 +1258,7 @@ async fn tls_wrong_ca(env: TestEnv) {
     }
     // ssl: false is plaintext, and the server (which allows it) accepts.
     let secret = DbSecret::parse(
-        &SecretString::new(env.pg_secret(&user, password.expose(), json!({"ssl": false}))),
+        &SecretString::new(db.secret(&user, password.expose(), json!({"ssl": false}))),
         "tls",
         "v",
         Require::Connection,
@@ -1403,4 +1392,137 @@ fn remember_store_values(text: &str) {
         }
     }
     walk(&serde_json::from_str(text).expect("store json"));
+}
+
+async fn mysql_grants_resynced(env: TestEnv) {
+    let db = TestDb::new(Kind::MariaDb, &env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_grants"),
+        json!({}),
+    )
+    .await;
+    let who = rotor_tests::mysql_account(&f.user);
+    f.admin
+        .exec(&format!(
+            "GRANT INSERT, DELETE ON rotor_test.* TO {who} WITH GRANT OPTION"
+        ))
+        .await;
+    f.admin
+        .exec(&format!(
+            "ALTER USER {who} REQUIRE SSL WITH MAX_USER_CONNECTIONS 5"
+        ))
+        .await;
+    let rotator = f.rotator();
+    let (old, new) = f.rotate(&rotator).await;
+    assert_rotated(&f, &old, &new).await;
+    let clone = format!("{}_clone", f.user);
+    let grants = f
+        .admin
+        .rows(&format!(
+            "SHOW GRANTS FOR {}",
+            rotor_tests::mysql_account(&clone)
+        ))
+        .await
+        .join("\n");
+    assert!(
+        grants.contains("INSERT, DELETE ON `rotor_test`.*") && grants.contains("WITH GRANT OPTION"),
+        "grants replayed with GRANT OPTION: {grants}"
+    );
+    assert!(
+        grants.contains("REQUIRE SSL"),
+        "REQUIRE SSL replayed: {grants}"
+    );
+    assert!(
+        grants.contains("MAX_USER_CONNECTIONS 5"),
+        "limits replayed: {grants}"
+    );
+    assert_eq!(
+        leaks::lines_with("IDENTIFIED BY PASSWORD '*"),
+        0,
+        "no password hash from SHOW GRANTS reaches Rotor's logs"
+    );
+    // The second rotation (where AWS's function fails with error 1045) and a
+    // grant added to the current user meanwhile, re-synced to the other one.
+    f.admin
+        .exec(&format!(
+            "GRANT UPDATE ON rotor_test.* TO {}",
+            rotor_tests::mysql_account(&clone)
+        ))
+        .await;
+    let (old, new) = f.rotate(&rotator).await;
+    assert_rotated(&f, &old, &new).await;
+    let grants = f
+        .admin
+        .rows(&format!("SHOW GRANTS FOR {who}"))
+        .await
+        .join("\n");
+    assert!(
+        grants.contains("UPDATE"),
+        "grant re-synced to the base user: {grants}"
+    );
+    let (old, new) = f.rotate(&rotator).await;
+    assert_rotated(&f, &old, &new).await;
+}
+
+async fn mysql_username_limit(env: TestEnv) {
+    let db = TestDb::new(Kind::MariaDb, &env);
+    let f = fixture(&db, Strategy::AlternatingUsers, &unique("rl"), json!({})).await;
+    assert!(f.user.len() <= 16 && f.user.len() + 6 > 16);
+    let rotator = f.rotator().with_username_limit(Some(16));
+    let token = f.moto.start_rotation(&f.arn).await;
+    let labels = f.labels().await;
+    let err = f
+        .step(&rotator, Step::CreateSecret, &token)
+        .await
+        .expect_err("clone name too long");
+    assert_eq!(err.kind(), "BadSecret");
+    assert!(
+        err.to_string().contains("USERNAME_CHARACTER_LIMIT is 16"),
+        "{err}"
+    );
+    assert_eq!(f.labels().await, labels);
+    assert!(f.moto.value(&f.arn, &token).await.is_none());
+    // Unset, the server's own limit (80 on MariaDB) applies and the rotation goes through.
+    f.steps(&f.rotator(), &token, &Step::ALL).await;
+    f.remember_values().await;
+}
+
+async fn mysql_tls_fallback(env: TestEnv) {
+    // The machine's own MariaDB (127.0.0.1:3306) runs without TLS.
+    let db = TestDb::new(Kind::MariaDb, &env);
+    let secret = |ssl: Value| {
+        let mut v = json!({"engine": "mariadb", "host": "127.0.0.1", "port": 3306, "username": "rotor_nobody", "password": "wrong-password-123"});
+        if !ssl.is_null() {
+            v["ssl"] = ssl;
+        }
+        DbSecret::parse(
+            &SecretString::new(v.to_string()),
+            "fallback",
+            "v",
+            Require::Connection,
+        )
+        .expect("parse")
+    };
+    let engine = db.engine();
+    let warnings = leaks::lines_with("server offers no TLS");
+    let err = match engine.connect(&secret(Value::Null), "test").await {
+        Ok(_) => panic!("a wrong password must be refused"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.kind(),
+        "LoginRefused",
+        "fell back to plaintext, then the login was refused: {err}"
+    );
+    assert!(
+        leaks::lines_with("server offers no TLS") > warnings,
+        "the fallback is logged"
+    );
+    let err = match engine.connect(&secret(json!(true)), "test").await {
+        Ok(_) => panic!("ssl: true must never fall back"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), "Tls", "{err}");
 }

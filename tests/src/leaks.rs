@@ -100,7 +100,7 @@ pub fn lines_with(needle: &str) -> usize {
 /// What the check found.
 pub struct Report {
     pub log_lines: usize,
-    pub pg_log_lines: usize,
+    pub server_log_lines: usize,
     pub secrets_checked: usize,
 }
 
@@ -144,7 +144,7 @@ pub fn check(server_log: &str, min_log_lines: usize, min_secrets: usize) -> Resu
     }
     Ok(Report {
         log_lines,
-        pg_log_lines: server_log.lines().count(),
+        server_log_lines: server_log.lines().count(),
         secrets_checked: secrets.len(),
     })
 }

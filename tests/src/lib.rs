@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use aws_sdk_secretsmanager::Client as SmClient;
 use aws_sdk_secretsmanager::types::RotationRulesType;
+use rotor::engine::mysql::MysqlEngine;
 use rotor::engine::postgres::PostgresEngine;
-use rotor::engine::{ConnectOptions, TlsSettings};
+use rotor::engine::{ConnectOptions, Engine, TlsSettings};
 use rotor::store::SecretsManagerStore;
 use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
@@ -178,21 +179,13 @@ pub async fn create_role(
     options: &str,
 ) {
     admin
-        .batch_execute(&format!(
-            "CREATE ROLE {} LOGIN {options}",
-            postgres_protocol_escape(name)
-        ))
+        .batch_execute(&format!("CREATE ROLE {} LOGIN {options}", pg_ident(name)))
         .await
         .unwrap_or_else(|e| panic!("create role {name}: {e}"));
     admin
         .batch_execute(&rotor::engine::postgres::alter_password_sql(name, password))
         .await
         .unwrap_or_else(|e| panic!("set password of {name}: {e}"));
-}
-
-/// Quotes an identifier as PostgreSQL does.
-pub fn postgres_protocol_escape(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The stored verifier of a role (to prove "no new verifier written").
@@ -323,5 +316,362 @@ impl MotoService {
             .send()
             .await
             .unwrap_or_else(|e| panic!("CancelRotateSecret {arn}: {e:?}"));
+    }
+}
+
+/// The database servers the conformance suite runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    MariaDb,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Postgres, Kind::MariaDb];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Postgres => "postgres",
+            Kind::MariaDb => "mariadb",
+        }
+    }
+}
+
+/// Settings of the test MariaDB (`scripts/test-env`).
+#[derive(Clone, Debug)]
+pub struct MariaDbEnv {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub pass: String,
+    pub db: String,
+    pub log: String,
+}
+
+impl MariaDbEnv {
+    pub fn from_env() -> Result<MariaDbEnv, String> {
+        Ok(MariaDbEnv {
+            host: var("ROTOR_TEST_MARIADB_HOST")?,
+            port: var("ROTOR_TEST_MARIADB_PORT")?
+                .parse()
+                .map_err(|_| "ROTOR_TEST_MARIADB_PORT is not a port".to_string())?,
+            user: var("ROTOR_TEST_MARIADB_USER")?,
+            pass: var("ROTOR_TEST_MARIADB_PASS")?,
+            db: var("ROTOR_TEST_MARIADB_DB")?,
+            log: var("ROTOR_TEST_MARIADB_LOG")?,
+        })
+    }
+}
+
+/// One test database server, whatever its kind.
+#[derive(Clone)]
+pub struct TestDb {
+    pub kind: Kind,
+    pub env: TestEnv,
+    pub maria: Option<MariaDbEnv>,
+}
+
+impl TestDb {
+    pub fn new(kind: Kind, env: &TestEnv) -> TestDb {
+        let maria = match kind {
+            Kind::Postgres => None,
+            Kind::MariaDb => Some(MariaDbEnv::from_env().unwrap_or_else(|e| panic!("{e}"))),
+        };
+        TestDb {
+            kind,
+            env: env.clone(),
+            maria,
+        }
+    }
+
+    fn maria(&self) -> &MariaDbEnv {
+        self.maria.as_ref().expect("MariaDB settings")
+    }
+
+    pub fn host(&self) -> &str {
+        match self.kind {
+            Kind::Postgres => &self.env.pg_host,
+            Kind::MariaDb => &self.maria().host,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self.kind {
+            Kind::Postgres => self.env.pg_port,
+            Kind::MariaDb => self.maria().port,
+        }
+    }
+
+    pub fn dbname(&self) -> &str {
+        match self.kind {
+            Kind::Postgres => &self.env.pg_db,
+            Kind::MariaDb => &self.maria().db,
+        }
+    }
+
+    /// The server's own statement log (PostgreSQL's log, MariaDB's general log).
+    pub fn statement_log(&self) -> &str {
+        match self.kind {
+            Kind::Postgres => &self.env.pg_log,
+            Kind::MariaDb => &self.maria().log,
+        }
+    }
+
+    /// The `engine` value of secrets for this server.
+    pub fn engine_key(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    pub fn engine_with(&self, options: ConnectOptions) -> Arc<dyn Engine> {
+        match self.kind {
+            Kind::Postgres => Arc::new(PostgresEngine::new(options)),
+            Kind::MariaDb => Arc::new(MysqlEngine::new(options)),
+        }
+    }
+
+    pub fn engine_with_ca(&self, ca: &str) -> Arc<dyn Engine> {
+        self.engine_with(ConnectOptions {
+            tls: TlsSettings::with_ca_bundle(Some(ca.into())),
+            ..ConnectOptions::default()
+        })
+    }
+
+    pub fn engine(&self) -> Arc<dyn Engine> {
+        self.engine_with_ca(&self.env.ca)
+    }
+
+    pub fn policy(&self) -> PasswordPolicy {
+        PasswordPolicy::with_default_exclusions(self.engine().default_excluded_characters())
+    }
+
+    /// A rotator over moto with `engine`.
+    pub fn rotator_with(
+        &self,
+        engine: Arc<dyn Engine>,
+        strategy: Strategy,
+        policy: PasswordPolicy,
+    ) -> Rotator {
+        Rotator::new(
+            Arc::new(SecretsManagerStore::new(self.env.sm_client())),
+            engine,
+            strategy,
+            policy,
+        )
+        .with_rds(Arc::new(rotor::rds::RdsApi::new(self.env.rds_client())))
+    }
+
+    pub fn rotator(&self, strategy: Strategy) -> Rotator {
+        self.rotator_with(self.engine(), strategy, self.policy())
+    }
+
+    /// A secret value for a user of this server (verified TLS by default).
+    pub fn secret(&self, user: &str, password: &str, extra: Value) -> String {
+        let mut doc = json!({
+            "engine": self.engine_key(),
+            "host": self.host(),
+            "port": self.port(),
+            "username": user,
+            "password": password,
+            "dbname": self.dbname(),
+            "ssl": true,
+        });
+        if let (Value::Object(d), Value::Object(e)) = (&mut doc, extra) {
+            d.extend(e);
+        }
+        doc.to_string()
+    }
+
+    pub async fn admin(&self) -> Admin {
+        match self.kind {
+            Kind::Postgres => Admin::Pg(self.env.admin().await),
+            Kind::MariaDb => {
+                let m = self.maria();
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname(m.host.clone())
+                    .tcp_port(m.port)
+                    .user(Some(m.user.clone()))
+                    .pass(Some(m.pass.clone()))
+                    .db_name(Some(m.db.clone()))
+                    .prefer_socket(Some(false));
+                let conn = mysql_async::Conn::new(opts)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot log in to the test MariaDB as root: {e}"));
+                Admin::My(tokio::sync::Mutex::new(conn))
+            }
+        }
+    }
+}
+
+/// An administrator session on a test server.
+pub enum Admin {
+    Pg(tokio_postgres::Client),
+    My(tokio::sync::Mutex<mysql_async::Conn>),
+}
+
+impl Admin {
+    pub async fn exec(&self, sql: &str) {
+        match self {
+            Admin::Pg(c) => c
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Admin::My(c) => {
+                use mysql_async::prelude::Queryable;
+                c.lock()
+                    .await
+                    .query_drop(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+
+    /// A login user with `password` (sent as a verifier/hash, never plaintext).
+    pub async fn create_user(&self, name: &str, password: &SecretString) {
+        match self {
+            Admin::Pg(c) => create_role(c, name, password, "").await,
+            Admin::My(_) => {
+                self.exec(&format!(
+                    "CREATE USER {} IDENTIFIED BY PASSWORD '{}'",
+                    mysql_account(name),
+                    rotor::engine::mysql::native_password_hash(password.expose())
+                ))
+                .await;
+                self.exec(&format!(
+                    "GRANT SELECT ON rotor_test.* TO {}",
+                    mysql_account(name)
+                ))
+                .await;
+            }
+        }
+    }
+
+    /// A master user that may create and manage `managed`'s alternate.
+    pub async fn create_master(&self, name: &str, password: &SecretString, managed: &str) {
+        match self {
+            Admin::Pg(c) => {
+                create_role(c, name, password, "CREATEROLE").await;
+                self.exec(&format!(
+                    "GRANT {} TO {} WITH ADMIN OPTION",
+                    pg_ident(managed),
+                    pg_ident(name)
+                ))
+                .await;
+            }
+            Admin::My(_) => {
+                self.create_user(name, password).await;
+                self.exec(&format!(
+                    "GRANT ALL PRIVILEGES ON *.* TO {} WITH GRANT OPTION",
+                    mysql_account(name)
+                ))
+                .await;
+            }
+        }
+    }
+
+    /// The stored credential(s) of a user, to prove "nothing written".
+    pub async fn stored_credential(&self, user: &str) -> Option<String> {
+        match self {
+            Admin::Pg(c) => verifier(c, user).await,
+            Admin::My(c) => {
+                use mysql_async::prelude::Queryable;
+                let rows: Vec<String> = c
+                    .lock()
+                    .await
+                    .exec("SELECT CONCAT(Host, ':', authentication_string) FROM mysql.user WHERE User = ? ORDER BY Host", (user,))
+                    .await
+                    .expect("read mysql.user");
+                (!rows.is_empty()).then(|| rows.join(","))
+            }
+        }
+    }
+
+    /// How many users' names start with `prefix`.
+    pub async fn users_starting_with(&self, prefix: &str) -> i64 {
+        match self {
+            Admin::Pg(c) => c
+                .query_one(
+                    "SELECT count(*) FROM pg_roles WHERE starts_with(rolname, $1)",
+                    &[&prefix],
+                )
+                .await
+                .expect("count")
+                .get(0),
+            Admin::My(c) => {
+                use mysql_async::prelude::Queryable;
+                let n: Option<i64> = c
+                    .lock()
+                    .await
+                    .exec_first(
+                        "SELECT COUNT(*) FROM mysql.user WHERE LEFT(User, CHAR_LENGTH(?)) = ?",
+                        (prefix, prefix),
+                    )
+                    .await
+                    .expect("count");
+                n.unwrap_or(0)
+            }
+        }
+    }
+
+    /// Text rows of a query (MariaDB: SHOW GRANTS and friends).
+    pub async fn rows(&self, sql: &str) -> Vec<String> {
+        match self {
+            Admin::Pg(c) => c
+                .simple_query(sql)
+                .await
+                .expect("query")
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .collect(),
+            Admin::My(c) => {
+                use mysql_async::prelude::Queryable;
+                c.lock()
+                    .await
+                    .query::<String, _>(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+}
+
+/// `'name'@'%'` for MariaDB, quoted.
+pub fn mysql_account(name: &str) -> String {
+    rotor::engine::mysql::account(name, "%")
+}
+
+/// `"name"` for PostgreSQL, quoted.
+pub fn pg_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Admin {
+    /// The PostgreSQL client (PostgreSQL-only scenarios).
+    pub fn pg(&self) -> &tokio_postgres::Client {
+        match self {
+            Admin::Pg(c) => c,
+            Admin::My(_) => panic!("a PostgreSQL-only scenario got a MariaDB admin"),
+        }
+    }
+
+    /// Sets a user's password behind Rotor's back (as a restore would).
+    pub async fn set_password(&self, user: &str, password: &SecretString) {
+        match self {
+            Admin::Pg(c) => c
+                .batch_execute(&rotor::engine::postgres::alter_password_sql(user, password))
+                .await
+                .expect("set password"),
+            Admin::My(_) => {
+                self.exec(&format!(
+                    "SET PASSWORD FOR {} = '{}'",
+                    mysql_account(user),
+                    rotor::engine::mysql::native_password_hash(password.expose())
+                ))
+                .await
+            }
+        }
     }
 }
