@@ -416,6 +416,17 @@ impl Engine for MysqlEngine {
     }
 }
 
+/// One row of `mysql.user`: what an alternate account must mirror.
+#[derive(Clone, Debug)]
+struct Account {
+    host: String,
+    plugin: String,
+    ssl_type: String,
+    max_user_connections: u64,
+}
+
+type AccountRow = (String, Option<String>, Option<String>, Option<u64>);
+
 struct MySession {
     conn: Option<Conn>,
     endpoint: Arc<str>,
@@ -493,11 +504,11 @@ impl MySession {
             })
     }
 
-    /// (host, plugin, ssl_type, max_user_connections) of every account `user`.
-    async fn accounts(&mut self, user: &str) -> Result<Vec<(String, String, String, u64)>> {
+    /// Every account named `user`, one per host part.
+    async fn accounts(&mut self, user: &str) -> Result<Vec<Account>> {
         let fail = self.fail(format!("read mysql.user for {user:?}"));
         let conn = self.conn()?;
-        let rows: Vec<(String, Option<String>, Option<String>, Option<u64>)> = conn
+        let rows: Vec<AccountRow> = conn
             .exec(
                 "SELECT Host, plugin, CAST(ssl_type AS CHAR), max_user_connections FROM mysql.user WHERE User = ? ORDER BY Host",
                 (user,),
@@ -506,13 +517,11 @@ impl MySession {
             .map_err(&fail)?;
         Ok(rows
             .into_iter()
-            .map(|(h, p, s, m)| {
-                (
-                    h,
-                    p.unwrap_or_default(),
-                    s.unwrap_or_default(),
-                    m.unwrap_or(0),
-                )
+            .map(|(host, plugin, ssl_type, max)| Account {
+                host,
+                plugin: plugin.unwrap_or_default(),
+                ssl_type: ssl_type.unwrap_or_default(),
+                max_user_connections: max.unwrap_or(0),
             })
             .collect())
     }
@@ -547,7 +556,7 @@ impl Session for MySession {
                 detail: "no such account".into(),
             });
         }
-        for (host, plugin, _, _) in accounts {
+        for Account { host, plugin, .. } in accounts {
             let statement =
                 set_password_statement(self.version, user, &host, Some(&plugin), password.expose());
             self.run(
@@ -612,8 +621,14 @@ impl Session for MySession {
         }
         let existing = self.accounts(alternate).await?;
         let mut sync = AlternateSync::default();
-        for (host, _, ssl_type, max_conn) in wanted {
-            let have = existing.iter().find(|a| a.0 == host).cloned();
+        for Account {
+            host,
+            ssl_type,
+            max_user_connections: max_conn,
+            ..
+        } in wanted
+        {
+            let have = existing.iter().find(|a| a.host == host).cloned();
             if have.is_none() {
                 let statement =
                     create_user_statement(self.version, alternate, &host, password.expose());
@@ -625,7 +640,8 @@ impl Session for MySession {
                     account(alternate, &host)
                 ));
             }
-            let (have_ssl, have_max) = have.map_or((String::new(), 0), |a| (a.2, a.3));
+            let (have_ssl, have_max) =
+                have.map_or((String::new(), 0), |a| (a.ssl_type, a.max_user_connections));
             if have_ssl != ssl_type {
                 let require = match ssl_type.as_str() {
                     "ANY" => "SSL",
