@@ -53,7 +53,6 @@ pub enum Proof {
 
 struct Demo {
     admin: Client,
-    admin_config: Config,
     rotator_single: Rotator,
     rotator_multi: Rotator,
     store: Arc<LocalStore>,
@@ -83,22 +82,6 @@ pub async fn run(options: &DemoOptions) -> Result<String> {
             "--database-url is not a PostgreSQL URL ({e}); use postgres://user[:password]@host:port/db"
         ))
     })?;
-    let (admin, connection) =
-        admin_config
-            .connect(NoTls)
-            .await
-            .map_err(|e| Error::Unreachable {
-                endpoint: options
-                    .database_url
-                    .split('@')
-                    .next_back()
-                    .unwrap_or_default()
-                    .to_string(),
-                detail: format!(
-                    "{e}; is PostgreSQL running? pass --database-url for another server"
-                ),
-            })?;
-    tokio::spawn(connection);
     let host = match admin_config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".to_string(),
@@ -109,6 +92,23 @@ pub async fn run(options: &DemoOptions) -> Result<String> {
         admin_config.get_ssl_mode(),
         tokio_postgres::config::SslMode::Require
     );
+    // The error names host and port only: the URL may carry a password.
+    let unreachable = |e: tokio_postgres::Error| Error::Unreachable {
+        endpoint: format!("{host}:{port}"),
+        detail: format!("{e}; is PostgreSQL running? pass --database-url for another server"),
+    };
+    let admin = if ssl {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            (*crate::engine::TlsSettings::from_env().client_config()?).clone(),
+        );
+        let (admin, connection) = admin_config.connect(tls).await.map_err(unreachable)?;
+        tokio::spawn(connection);
+        admin
+    } else {
+        let (admin, connection) = admin_config.connect(NoTls).await.map_err(unreachable)?;
+        tokio::spawn(connection);
+        admin
+    };
     if std::fs::metadata(&options.store_path).is_ok() {
         std::fs::remove_file(&options.store_path)
             .map_err(|e| Error::io(options.store_path.display(), e))?;
@@ -130,7 +130,6 @@ pub async fn run(options: &DemoOptions) -> Result<String> {
             policy,
         ),
         admin,
-        admin_config,
         store,
         engine,
         proof: Proof::Logins,
@@ -375,7 +374,6 @@ impl Demo {
     }
 
     async fn verifier_matches(&self, user: &str, password: &SecretString) -> Result<bool> {
-        let _ = &self.admin_config;
         let row = self
             .admin
             .query_opt("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&user])

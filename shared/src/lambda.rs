@@ -40,7 +40,9 @@ pub async fn run_rotation(
     };
     let rotator = &rotator;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        let event = RotationEvent::from_json(&event.payload)?;
+        let event = RotationEvent::from_json(&event.payload).inspect_err(|e| {
+            tracing::error!(outcome = "failed", error_kind = e.kind(), retryable = false, error = %e, "step failed");
+        })?;
         let outcome = rotator.handle(&event).await?;
         Ok::<Value, Error>(json!({ "step": event.step, "outcome": outcome.as_str() }))
     }))
@@ -53,12 +55,13 @@ async fn build(
 ) -> crate::Result<Rotator> {
     let engine = make_engine()?;
     let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
-    let store = Arc::new(SecretsManagerStore::from_env().await);
+    let sdk_config = aws_config::load_from_env().await;
+    let store = Arc::new(SecretsManagerStore::from_sdk_config(&sdk_config));
     let rotator = Rotator::new(store, engine, strategy, policy)
         .with_username_limit(crate::rotation::username_limit_from_env()?);
     #[cfg(feature = "rds")]
     let rotator = if strategy.uses_master() {
-        rotator.with_rds(Arc::new(crate::rds::RdsApi::from_env().await))
+        rotator.with_rds(Arc::new(crate::rds::RdsApi::from_sdk_config(&sdk_config)))
     } else {
         rotator
     };

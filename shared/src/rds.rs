@@ -39,8 +39,12 @@ impl RdsApi {
     }
 
     pub async fn from_env() -> Self {
-        let config = aws_config::load_from_env().await;
-        let mut builder = aws_sdk_rds::config::Builder::from(&config);
+        Self::from_sdk_config(&aws_config::load_from_env().await)
+    }
+
+    /// A client from an already loaded SDK configuration.
+    pub fn from_sdk_config(config: &aws_config::SdkConfig) -> Self {
+        let mut builder = aws_sdk_rds::config::Builder::from(config);
         if let Ok(endpoint) = std::env::var("ROTOR_RDS_ENDPOINT")
             && !endpoint.trim().is_empty()
         {

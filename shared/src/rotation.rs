@@ -562,13 +562,17 @@ impl Rotator {
         current: &DbSecret,
         pending: &DbSecret,
     ) -> Result<Outcome> {
-        if pending.username == current.username {
+        // Only the one alternate user may be touched: a pending version that
+        // names any other role (written by someone who may write versions but
+        // not log in as master) must not make the master change it.
+        let expected = self.strategy.next_username(&current.username);
+        if pending.username != expected {
             return Err(Error::bad_secret(
                 &meta.arn,
                 AWSPENDING,
                 format!(
-                    "pending and current both name user {:?}; alternating rotation sets the password of the other user — restart the rotation",
-                    current.username
+                    "pending username {:?} is not {expected:?}, the alternate of current user {:?}; restart the rotation",
+                    pending.username, current.username
                 ),
             ));
         }
@@ -758,6 +762,28 @@ impl Rotator {
     }
 
     // ---- the whole rotation, in process ---------------------------------
+
+    /// Removes AWSPENDING from an unfinished rotation's version, so that the
+    /// next rotation starts afresh (`rotor rotate --restart`). Returns the
+    /// abandoned token. Safe for logins: AWSCURRENT and AWSPREVIOUS are not
+    /// touched, and a later single-user setSecret still finds a password that
+    /// works among recent unlabelled versions.
+    pub async fn abandon_unfinished(&self, secret_id: &str) -> Result<Option<String>> {
+        let meta = self.store.describe(secret_id).await?;
+        let current = meta.version_with(AWSCURRENT);
+        let Some(pending) = meta
+            .version_with(AWSPENDING)
+            .filter(|p| Some(*p) != current)
+            .map(str::to_string)
+        else {
+            return Ok(None);
+        };
+        self.store
+            .update_stage(&meta.arn, AWSPENDING, None, Some(&pending))
+            .await?;
+        tracing::warn!(secret_arn = %meta.arn, token = %pending, "abandoned the unfinished rotation");
+        Ok(Some(pending))
+    }
 
     /// Rotates a secret in this process, playing the service: resumes an
     /// unfinished rotation (AWSPENDING on a version that is not AWSCURRENT)

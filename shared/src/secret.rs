@@ -177,9 +177,15 @@ impl DbSecret {
             None | Some(Value::Null) => TlsMode::Preferred,
             Some(Value::Bool(true)) => TlsMode::Required,
             Some(Value::Bool(false)) => TlsMode::Disabled,
-            // AWS's functions: any string other than "true" (case-insensitive) is false.
             Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => TlsMode::Required,
-            Some(Value::String(_)) => TlsMode::Disabled,
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => TlsMode::Disabled,
+            // AWS's functions read any other string as false; Rotor refuses
+            // rather than silently turning TLS off for "yes" or "required".
+            Some(Value::String(s)) => {
+                return Err(bad(format!(
+                    "\"ssl\" is {s:?}; use true or false (or \"true\"/\"false\")"
+                )));
+            }
             Some(_) => {
                 return Err(bad(
                     "\"ssl\" must be true, false, \"true\" or \"false\"".into()
@@ -290,6 +296,7 @@ mod tests {
         );
         assert!(parse(&format!("{{{base},\"port\":70000}}")).is_err());
         assert!(parse(&format!("{{{base},\"ssl\":3}}")).is_err());
+        assert!(parse(&format!("{{{base},\"ssl\":\"yes\"}}")).is_err());
     }
 
     #[test]

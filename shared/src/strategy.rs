@@ -6,8 +6,9 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// The user changes its own password. Between setSecret and finishSecret
-    /// only the pending password logs in (the same window AWS's
-    /// single-user functions have; Rotor runs the remaining steps at once).
+    /// only the pending password logs in: the same window AWS's single-user
+    /// functions have, as long as Secrets Manager takes to invoke testSecret
+    /// and finishSecret (`rotor rotate` runs them at once).
     SingleUser,
     /// A master credential (`masterarn`) maintains `<user>` and
     /// `<user>_clone`; they take turns, so AWSCURRENT always logs in.

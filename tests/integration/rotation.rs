@@ -594,6 +594,49 @@ async fn bad_secrets(db: TestDb, strategy: Strategy) {
         );
     }
     if strategy == Strategy::AlternatingUsers {
+        // A pending version that names a role other than the alternate (put
+        // by someone who may write versions): the master must not touch it.
+        let f = fixture(&db, strategy, &unique("rotor_escalate"), json!({})).await;
+        let victim = unique("rotor_victim");
+        let victim_pw = new_password();
+        f.admin.create_user(&victim, &victim_pw).await;
+        let before = f.admin.stored_credential(&victim).await;
+        let token = f.moto.start_rotation(&f.arn).await;
+        let mut forged: Value = serde_json::from_str(
+            &f.moto
+                .value(&f.arn, &f.current_version().await)
+                .await
+                .expect("v"),
+        )
+        .expect("json");
+        forged["username"] = json!(victim);
+        forged["password"] = json!(new_password().expose());
+        leaks::remember(&forged.to_string());
+        f.moto
+            .client
+            .put_secret_value()
+            .secret_id(&f.arn)
+            .client_request_token(&token)
+            .secret_string(forged.to_string())
+            .version_stages("AWSPENDING")
+            .send()
+            .await
+            .expect("forge pending");
+        let err = f
+            .step(&f.rotator(), Step::SetSecret, &token)
+            .await
+            .expect_err("forged pending user");
+        assert_eq!(err.kind(), "BadSecret", "{err}");
+        assert!(
+            err.to_string().contains("is not the alternate") || err.to_string().contains("not \""),
+            "{err}"
+        );
+        assert_eq!(
+            f.admin.stored_credential(&victim).await,
+            before,
+            "the other role was changed"
+        );
+        leaks::remember(victim_pw.expose());
         // A master secret on another host (and not its read replica's source).
         let f = fixture(&db, strategy, &unique("rotor_otherhost"), json!({})).await;
         let current = f.secret(&f.current_version().await).await;

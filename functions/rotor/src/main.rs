@@ -54,6 +54,10 @@ enum Command {
         /// Ask Secrets Manager to rotate with the function configured on the secret (RotateSecret).
         #[arg(long, conflicts_with = "local")]
         service: bool,
+        /// Abandon an unfinished rotation (remove its AWSPENDING label) and start a new one,
+        /// instead of resuming it.
+        #[arg(long, conflicts_with = "service")]
+        restart: bool,
     },
     /// Run one rotation step, as a console test event would.
     Step {
@@ -130,6 +134,13 @@ enum SecretsAction {
         #[arg(long, value_name = "FILE")]
         local: PathBuf,
     },
+    /// Stage a fresh token as AWSPENDING with no value, as RotateSecret does before
+    /// createSecret; prints the token for `rotor step`.
+    StartRotation {
+        secret_id: String,
+        #[arg(long, value_name = "FILE")]
+        local: PathBuf,
+    },
     /// List secrets and their labelled versions.
     List {
         #[arg(long, value_name = "FILE")]
@@ -139,8 +150,14 @@ enum SecretsAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo prints its own report; step lines would only repeat it.
+    let level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     match cli.log_format {
-        LogFormat::Text => rotor::logging::init_text(),
+        LogFormat::Text => rotor::logging::init_text(level),
         LogFormat::Json => rotor::logging::init_json_stderr(),
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -168,6 +185,7 @@ async fn run(command: Command) -> Result<()> {
             secret_id,
             target,
             service,
+            restart,
         } => {
             if service {
                 let store = SecretsManagerStore::from_env().await;
@@ -179,6 +197,9 @@ async fn run(command: Command) -> Result<()> {
                 return Ok(());
             }
             let rotator = rotator_for(&secret_id, &target).await?;
+            if restart && let Some(token) = rotator.abandon_unfinished(&secret_id).await? {
+                println!("abandoned the unfinished rotation {token}");
+            }
             let report = rotator.rotate(&secret_id).await?;
             println!(
                 "rotated {} ({}) to version {}{}",
@@ -317,6 +338,10 @@ async fn secrets(action: SecretsAction) -> Result<()> {
                 })?;
             // Printing the value is what the user asked for.
             println!("{}", value.expose());
+            Ok(())
+        }
+        SecretsAction::StartRotation { secret_id, local } => {
+            println!("{}", LocalStore::open(&local)?.start_rotation(&secret_id)?);
             Ok(())
         }
         SecretsAction::List { local } => {

@@ -73,8 +73,12 @@ impl SecretsManagerStore {
     /// A client from the environment (credentials chain, region), with
     /// `SECRETS_MANAGER_ENDPOINT` applied.
     pub async fn from_env() -> Self {
-        let config = aws_config::load_from_env().await;
-        let mut builder = aws_sdk_secretsmanager::config::Builder::from(&config);
+        Self::from_sdk_config(&aws_config::load_from_env().await)
+    }
+
+    /// A client from an already loaded SDK configuration.
+    pub fn from_sdk_config(config: &aws_config::SdkConfig) -> Self {
+        let mut builder = aws_sdk_secretsmanager::config::Builder::from(config);
         if let Ok(endpoint) = std::env::var("SECRETS_MANAGER_ENDPOINT")
             && !endpoint.trim().is_empty()
         {
