@@ -105,6 +105,14 @@ pub enum Error {
     #[error("RDS: {0}")]
     Rds(String),
 
+    /// The caller may not do this (not in a role's allowed_principals).
+    #[error("refused: {0}")]
+    Forbidden(String),
+
+    /// A request is well-formed but asks for something the policy refuses.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+
     /// The environment or command line is inconsistent.
     #[error("configuration: {0}")]
     Config(String),
@@ -140,6 +148,8 @@ impl Error {
             Error::Database { .. } => "Database",
             Error::Store { .. } => "Store",
             Error::Rds(_) => "Rds",
+            Error::Forbidden(_) => "Forbidden",
+            Error::BadRequest(_) => "BadRequest",
             Error::Config(_) => "Config",
             Error::Io { .. } => "Io",
         }

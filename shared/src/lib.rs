@@ -18,8 +18,11 @@
 //! Secrets are [`SecretString`]s from the moment they are read: they never
 //! reach a log line, an error message or a `Debug` print.
 
+pub mod audit;
 #[cfg(feature = "postgres")]
 pub mod demo;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub mod dynamic;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -32,6 +35,7 @@ pub mod rotation;
 pub mod secret;
 pub mod store;
 pub mod strategy;
+pub mod time;
 
 pub use error::{Error, Result};
 pub use event::{RotationEvent, Step};

@@ -830,6 +830,62 @@ impl Rotator {
     }
 }
 
+/// A rotator for one secret: the engine its `engine` names, and the
+/// strategy given or, when `None`, alternating users if it has `masterarn`.
+pub async fn rotator_for_secret(
+    store: Arc<dyn SecretStore>,
+    options: &crate::engine::ConnectOptions,
+    secret_id: &str,
+    strategy: Option<Strategy>,
+    rds: Option<Arc<dyn RdsLookup>>,
+) -> Result<Rotator> {
+    let value = store
+        .get(secret_id, VersionRef::Stage(AWSCURRENT))
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            what: format!("AWSCURRENT version of {secret_id}"),
+        })?;
+    let current = DbSecret::parse(&value, secret_id, AWSCURRENT, Require::Connection)?;
+    let engine = crate::engine::for_engine_key(&current.engine, options).ok_or_else(|| {
+        Error::bad_secret(
+            secret_id,
+            AWSCURRENT,
+            format!(
+                "engine {:?} is not supported; supported: {}",
+                current.engine,
+                crate::engine::known_engine_keys().join(", ")
+            ),
+        )
+    })?;
+    let strategy = strategy.unwrap_or(if current.masterarn.is_some() {
+        Strategy::AlternatingUsers
+    } else {
+        Strategy::SingleUser
+    });
+    let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
+    let mut rotator = Rotator::new(store, engine, strategy, policy)
+        .with_username_limit(username_limit_from_env()?);
+    if let Some(rds) = rds {
+        rotator = rotator.with_rds(rds);
+    }
+    Ok(rotator)
+}
+
+impl Rotator {
+    /// The engine this rotator speaks to.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The master secret named by a current secret (alternating users).
+    pub async fn master_of(&self, current: &DbSecret) -> Result<DbSecret> {
+        let arn = current.masterarn.clone().ok_or_else(|| {
+            Error::bad_secret(&current.host, AWSCURRENT, "the secret has no masterarn")
+        })?;
+        self.master(&arn, current).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Staging decisions and event validation, with the in-memory local store
@@ -917,6 +973,22 @@ mod tests {
             Ok(Some(
                 self.0.users.lock().unwrap().get(user).map(String::as_str) == Some(p.expose()),
             ))
+        }
+        async fn create_dynamic_user(&mut self, _u: &crate::engine::DynamicUser) -> Result<()> {
+            Ok(())
+        }
+        async fn users_with_prefix(&mut self, _p: &str) -> Result<Vec<String>> {
+            Ok(vec![])
+        }
+        async fn end_sessions(&mut self, _u: &str, _b: Option<u64>) -> Result<u64> {
+            Ok(0)
+        }
+        async fn drop_user(
+            &mut self,
+            _u: &str,
+            _o: Option<&str>,
+        ) -> Result<crate::engine::DropReport> {
+            Ok(Default::default())
         }
         async fn sync_alternate_user(
             &mut self,

@@ -263,39 +263,24 @@ async fn rotator_for(secret_id: &str, target: &Target) -> Result<Rotator> {
         Some(path) => Arc::new(LocalStore::open(path)?),
         None => Arc::new(SecretsManagerStore::from_env().await),
     };
-    let value = store
-        .get(secret_id, VersionRef::Stage(AWSCURRENT))
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            what: format!("AWSCURRENT version of {secret_id}"),
-        })?;
-    let current = DbSecret::parse(&value, secret_id, AWSCURRENT, Require::Connection)?;
-    let engine: Arc<dyn Engine> = match current.engine.as_str() {
-        "postgres" | "aurora-postgresql" => Arc::new(PostgresEngine::from_env()?),
-        "mysql" | "aurora-mysql" | "mariadb" => Arc::new(MysqlEngine::from_env()?),
-        other => {
-            return Err(Error::bad_secret(
-                secret_id,
-                AWSCURRENT,
-                format!(
-                    "engine {other:?} is not supported; supported: postgres, aurora-postgresql, mysql, aurora-mysql, mariadb"
-                ),
-            ));
-        }
-    };
     let strategy = match target.strategy {
-        StrategyArg::SingleUser => Strategy::SingleUser,
-        StrategyArg::AlternatingUsers => Strategy::AlternatingUsers,
-        StrategyArg::Auto if current.masterarn.is_some() => Strategy::AlternatingUsers,
-        StrategyArg::Auto => Strategy::SingleUser,
+        StrategyArg::SingleUser => Some(Strategy::SingleUser),
+        StrategyArg::AlternatingUsers => Some(Strategy::AlternatingUsers),
+        StrategyArg::Auto => None,
     };
-    let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
-    let mut rotator =
-        Rotator::new(store, engine, strategy, policy).ignore_disabled(target.ignore_disabled);
-    if strategy.uses_master() && target.local.is_none() {
-        rotator = rotator.with_rds(Arc::new(rotor::rds::RdsApi::from_env().await));
-    }
-    Ok(rotator)
+    let rds: Option<Arc<dyn rotor::rds::RdsLookup>> = match target.local {
+        Some(_) => None,
+        None => Some(Arc::new(rotor::rds::RdsApi::from_env().await)),
+    };
+    let rotator = rotor::rotation::rotator_for_secret(
+        store,
+        &rotor::engine::ConnectOptions::from_env()?,
+        secret_id,
+        strategy,
+        rds,
+    )
+    .await?;
+    Ok(rotator.ignore_disabled(target.ignore_disabled))
 }
 
 async fn secrets(action: SecretsAction) -> Result<()> {

@@ -55,6 +55,31 @@ pub struct AlternateSync {
     pub changes: Vec<String>,
 }
 
+/// A dynamic user to create: a login that dies on its own.
+#[derive(Clone, Debug)]
+pub struct DynamicUser {
+    pub username: String,
+    pub password: SecretString,
+    /// Seconds since the Unix epoch; PostgreSQL enforces it (`VALID UNTIL`),
+    /// MySQL relies on the sweep.
+    pub expires_at: u64,
+    /// Group roles to grant.
+    pub member_of: Vec<String>,
+    /// `CONNECTION LIMIT` / `MAX_USER_CONNECTIONS`; `None`: unlimited.
+    pub max_connections: Option<u32>,
+}
+
+/// What dropping a user did (the revocation evidence).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DropReport {
+    /// The user existed before (false: already gone, nothing to do).
+    pub existed: bool,
+    /// Sessions that were open and were ended.
+    pub sessions_ended: u64,
+    /// Objects it owned were handed to the owner role first.
+    pub objects_reassigned: bool,
+}
+
 /// A logged-in connection.
 #[async_trait]
 pub trait Session: Send {
@@ -90,6 +115,21 @@ pub trait Session: Send {
         alternate: &str,
         password: &SecretString,
     ) -> Result<AlternateSync>;
+
+    /// Creates a dynamic user (fails if the name exists).
+    async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()>;
+
+    /// Login users whose names start with `prefix`.
+    async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Ends `user`'s sessions (only those started before `before`, seconds
+    /// since the epoch, when given). Returns how many were ended.
+    async fn end_sessions(&mut self, user: &str, before: Option<u64>) -> Result<u64>;
+
+    /// Ends the user's sessions, hands what it owns to `owner_role` (when
+    /// given and the engine has object ownership), and drops it. Dropping a
+    /// user that is already gone succeeds with `existed: false`.
+    async fn drop_user(&mut self, user: &str, owner_role: Option<&str>) -> Result<DropReport>;
 }
 
 /// `host:port` for messages.
@@ -166,4 +206,29 @@ pub fn parse_host_overrides(spec: &str) -> Result<Vec<(String, std::net::IpAddr)
             Ok((name.trim().to_string(), ip))
         })
         .collect()
+}
+
+/// The engine for a secret's `engine` value, with these connect options.
+pub fn for_engine_key(key: &str, options: &ConnectOptions) -> Option<std::sync::Arc<dyn Engine>> {
+    match key {
+        #[cfg(feature = "postgres")]
+        "postgres" | "aurora-postgresql" => Some(std::sync::Arc::new(
+            postgres::PostgresEngine::new(options.clone()),
+        )),
+        #[cfg(feature = "mysql")]
+        "mysql" | "aurora-mysql" | "mariadb" => Some(std::sync::Arc::new(mysql::MysqlEngine::new(
+            options.clone(),
+        ))),
+        _ => None,
+    }
+}
+
+/// Every `engine` value this build understands, for messages.
+pub fn known_engine_keys() -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    #[cfg(feature = "postgres")]
+    keys.extend(["postgres", "aurora-postgresql"]);
+    #[cfg(feature = "mysql")]
+    keys.extend(["mysql", "aurora-mysql", "mariadb"]);
+    keys
 }

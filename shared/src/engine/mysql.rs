@@ -18,7 +18,9 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, SslOpts};
 use sha1::{Digest, Sha1};
 
-use super::{AlternateSync, ConnectOptions, Engine, Role, Session, endpoint};
+use super::{
+    AlternateSync, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session, endpoint,
+};
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
 
@@ -677,6 +679,102 @@ impl Session for MySession {
             }
         }
         Ok(sync)
+    }
+
+    async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()> {
+        let statement =
+            create_user_statement(self.version, &user.username, "%", user.password.expose());
+        let statement = PasswordStatement {
+            sql: match user.max_connections {
+                Some(n) => format!("{} WITH MAX_USER_CONNECTIONS {n}", statement.sql),
+                None => statement.sql,
+            },
+            carries_plaintext: statement.carries_plaintext,
+        };
+        self.run(
+            &statement,
+            &format!("create dynamic user {:?}", user.username),
+        )
+        .await?;
+        let who = account(&user.username, "%");
+        for group in &user.member_of {
+            self.exec(&format!("GRANT {} TO {who}", quote_name(group)))
+                .await?;
+        }
+        if let Some(first) = user.member_of.first() {
+            // MariaDB keeps one default role; MySQL 8 may activate them all.
+            let sql = match self.version.flavor {
+                Flavor::MariaDb => format!("SET DEFAULT ROLE {} FOR {who}", quote_name(first)),
+                Flavor::MySql => format!("SET DEFAULT ROLE ALL TO {who}"),
+            };
+            self.exec(&sql).await?;
+        }
+        Ok(())
+    }
+
+    async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
+        let sql = match self.version.flavor {
+            Flavor::MariaDb => {
+                "SELECT DISTINCT User FROM mysql.user WHERE LEFT(User, CHAR_LENGTH(?)) = ? AND is_role <> 'Y' ORDER BY User"
+            }
+            Flavor::MySql => {
+                "SELECT DISTINCT User FROM mysql.user WHERE LEFT(User, CHAR_LENGTH(?)) = ? ORDER BY User"
+            }
+        };
+        let fail = self.fail("list dynamic users".into());
+        let conn = self.conn()?;
+        conn.exec(sql, (prefix, prefix)).await.map_err(&fail)
+    }
+
+    async fn end_sessions(&mut self, user: &str, _before: Option<u64>) -> Result<u64> {
+        // The process list has no connection start time: every session of
+        // the user ends (a revocation is an emergency; clients reconnect).
+        let fail = self.fail(format!("list the sessions of {user:?}"));
+        let conn = self.conn()?;
+        let ids: Vec<u64> = conn
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
+                (user,),
+            )
+            .await
+            .map_err(&fail)?;
+        let mut ended = 0;
+        for id in ids {
+            // A session that ended meanwhile is not an error.
+            if conn
+                .query_drop(format!("KILL CONNECTION {id}"))
+                .await
+                .is_ok()
+            {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    async fn drop_user(&mut self, user: &str, _owner_role: Option<&str>) -> Result<DropReport> {
+        let accounts = self.accounts(user).await?;
+        if accounts.is_empty() {
+            return Ok(DropReport::default());
+        }
+        for a in &accounts {
+            // No new logins while the sessions end.
+            self.exec(&format!(
+                "ALTER USER {} ACCOUNT LOCK",
+                account(user, &a.host)
+            ))
+            .await?;
+        }
+        let sessions_ended = self.end_sessions(user, None).await?;
+        for a in &accounts {
+            self.exec(&format!("DROP USER IF EXISTS {}", account(user, &a.host)))
+                .await?;
+        }
+        Ok(DropReport {
+            existed: true,
+            sessions_ended,
+            objects_reassigned: false,
+        })
     }
 }
 

@@ -22,7 +22,9 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Config, NoTls, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{AlternateSync, ConnectOptions, Engine, Role, Session, endpoint};
+use super::{
+    AlternateSync, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session, endpoint,
+};
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
 
@@ -464,6 +466,94 @@ impl Session for PgSession {
         Ok(AlternateSync {
             created,
             changes: statements,
+        })
+    }
+
+    async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()> {
+        let verifier =
+            postgres_protocol::password::scram_sha_256(user.password.expose().as_bytes());
+        let mut sql = format!(
+            "CREATE ROLE {} WITH LOGIN INHERIT PASSWORD {} VALID UNTIL {}",
+            escape_identifier(&user.username),
+            escape_literal(&verifier),
+            escape_literal(&crate::time::rfc3339(user.expires_at)),
+        );
+        if let Some(limit) = user.max_connections {
+            sql.push_str(&format!(" CONNECTION LIMIT {limit}"));
+        }
+        if !user.member_of.is_empty() {
+            let groups: Vec<String> = user
+                .member_of
+                .iter()
+                .map(|g| escape_identifier(g))
+                .collect();
+            sql.push_str(&format!(" IN ROLE {}", groups.join(", ")));
+        }
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(self.db_error(format!("create dynamic user {:?}", user.username)))
+    }
+
+    async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1",
+                &[&prefix],
+            )
+            .await
+            .map_err(self.db_error("list dynamic users"))?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn end_sessions(&mut self, user: &str, before: Option<u64>) -> Result<u64> {
+        let before = before.map(|b| b as f64);
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid() AND ($2::float8 IS NULL OR backend_start < to_timestamp($2::float8))",
+                &[&user, &before],
+            )
+            .await
+            .map_err(self.db_error(format!("end the sessions of {user:?}")))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    async fn drop_user(&mut self, user: &str, owner_role: Option<&str>) -> Result<DropReport> {
+        if self.attributes(user).await?.is_none() {
+            return Ok(DropReport::default());
+        }
+        let ident = escape_identifier(user);
+        // No new logins while the sessions end and the role goes.
+        self.client
+            .batch_execute(&format!("ALTER ROLE {ident} NOLOGIN"))
+            .await
+            .map_err(self.db_error(format!("lock {user:?}")))?;
+        let sessions_ended = self.end_sessions(user, None).await?;
+        let mut sql = String::from("BEGIN;");
+        if let Some(owner) = owner_role {
+            sql.push_str(&format!(
+                "REASSIGN OWNED BY {ident} TO {}; DROP OWNED BY {ident};",
+                escape_identifier(owner)
+            ));
+        }
+        sql.push_str(&format!("DROP ROLE IF EXISTS {ident}; COMMIT;"));
+        if let Err(e) = self.client.batch_execute(&sql).await {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(self.db_error(format!(
+                "drop {user:?}{}",
+                if owner_role.is_none() {
+                    " (it may own objects: set owner_role on its role)"
+                } else {
+                    ""
+                }
+            ))(e));
+        }
+        Ok(DropReport {
+            existed: true,
+            sessions_ended,
+            objects_reassigned: owner_role.is_some(),
         })
     }
 }

@@ -34,6 +34,12 @@ struct Document {
 struct StoredSecret {
     arn: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_rotated: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_changed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     rotation_enabled: Option<bool>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
@@ -185,8 +191,10 @@ impl LocalStore {
                 .entry(name.to_string())
                 .or_insert_with(|| StoredSecret {
                     arn: format!("arn:rotor:local:000000000000:secret:{name}"),
+                    created: Some(now()),
                     ..Default::default()
                 });
+            secret.last_changed = Some(now());
             let id = uuid::Uuid::new_v4().to_string();
             secret.versions.insert(
                 id.clone(),
@@ -410,6 +418,9 @@ impl SecretStore for LocalStore {
                 rotation_lambda_arn: None,
                 versions: labelled(s),
                 tags: s.tags.clone(),
+                last_rotated: s.last_rotated,
+                last_changed: s.last_changed,
+                created: s.created,
             })
         })
     }
@@ -474,8 +485,36 @@ impl SecretStore for LocalStore {
     ) -> Result<()> {
         self.with_document(true, |doc| {
             let (name, s) = Self::find(doc, secret_id)?;
-            move_stage(&name, s, stage, move_to, remove_from, false)
+            move_stage(&name, s, stage, move_to, remove_from, false)?;
+            s.last_changed = Some(now());
+            if stage == AWSCURRENT && move_to.is_some() {
+                s.last_rotated = Some(now());
+            }
+            Ok(())
         })
+    }
+
+    async fn list_secrets(&self, filter: &super::ListFilter) -> Result<Vec<super::SecretSummary>> {
+        self.with_document(false, |doc| {
+            Ok(doc
+                .secrets
+                .iter()
+                .filter(|(name, s)| filter.matches(name, &s.tags))
+                .map(|(name, s)| super::SecretSummary {
+                    arn: s.arn.clone(),
+                    name: name.clone(),
+                    tags: s.tags.clone(),
+                })
+                .collect())
+        })
+    }
+
+    async fn tag(&self, secret_id: &str, key: &str, value: &str) -> Result<()> {
+        self.set_tag(secret_id, key, value)
+    }
+
+    async fn request_rotation(&self, _secret_id: &str) -> Result<bool> {
+        Ok(false)
     }
 
     async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>> {

@@ -42,6 +42,11 @@ pub struct SecretMetadata {
     /// Version id → staging labels; versions without a label are left out.
     pub versions: BTreeMap<String, Vec<String>>,
     pub tags: BTreeMap<String, String>,
+    /// Seconds since the epoch of the last finished rotation, if any.
+    pub last_rotated: Option<u64>,
+    /// Seconds since the epoch of the last change of value or labels.
+    pub last_changed: Option<u64>,
+    pub created: Option<u64>,
 }
 
 impl SecretMetadata {
@@ -60,6 +65,32 @@ impl SecretMetadata {
 
     pub fn has_stage(&self, version: &str, stage: &str) -> bool {
         self.stages_of(version).iter().any(|s| s == stage)
+    }
+}
+
+/// One secret of a listing.
+#[derive(Clone, Debug, Default)]
+pub struct SecretSummary {
+    pub arn: String,
+    pub name: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Which secrets to list.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// Names starting with this.
+    pub name_prefix: Option<String>,
+    /// Secrets carrying a tag with this key.
+    pub tag_key: Option<String>,
+}
+
+impl ListFilter {
+    pub fn matches(&self, name: &str, tags: &BTreeMap<String, String>) -> bool {
+        self.name_prefix
+            .as_deref()
+            .is_none_or(|p| name.starts_with(p))
+            && self.tag_key.as_deref().is_none_or(|k| tags.contains_key(k))
     }
 }
 
@@ -113,4 +144,14 @@ pub trait SecretStore: Send + Sync {
     /// Every version id, labelled or not, newest first (recovery from an
     /// abandoned rotation looks at unlabelled ones).
     async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>>;
+
+    /// Secrets matching the filter (all pages).
+    async fn list_secrets(&self, filter: &ListFilter) -> Result<Vec<SecretSummary>>;
+
+    /// Sets one tag on a secret.
+    async fn tag(&self, secret_id: &str, key: &str, value: &str) -> Result<()>;
+
+    /// Asks the service to rotate with the secret's configured function
+    /// (RotateSecret). `Ok(false)` when this store has no such service.
+    async fn request_rotation(&self, secret_id: &str) -> Result<bool>;
 }

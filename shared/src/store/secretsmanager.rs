@@ -145,6 +145,9 @@ impl SecretStore for SecretsManagerStore {
                 .into_iter()
                 .filter_map(|t: Tag| Some((t.key?, t.value.unwrap_or_default())))
                 .collect(),
+            last_rotated: out.last_rotated_date.map(|d| d.secs().max(0) as u64),
+            last_changed: out.last_changed_date.map(|d| d.secs().max(0) as u64),
+            created: out.created_date.map(|d| d.secs().max(0) as u64),
         })
     }
 
@@ -206,6 +209,79 @@ impl SecretStore for SecretsManagerStore {
             .await
             .map_err(|e| store_error("UpdateSecretVersionStage", secret_id, e))?;
         Ok(())
+    }
+
+    async fn list_secrets(&self, filter: &super::ListFilter) -> Result<Vec<super::SecretSummary>> {
+        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        // Bounded: 10,000 pages of 100 is far beyond any account's quota.
+        for _ in 0..10_000 {
+            let mut request = self
+                .client
+                .list_secrets()
+                .max_results(100)
+                .set_next_token(next.take());
+            if let Some(prefix) = &filter.name_prefix {
+                request = request.filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::Name)
+                        .values(prefix)
+                        .build(),
+                );
+            }
+            if let Some(key) = &filter.tag_key {
+                request = request.filters(
+                    Filter::builder()
+                        .key(FilterNameStringType::TagKey)
+                        .values(key)
+                        .build(),
+                );
+            }
+            let page = request
+                .send()
+                .await
+                .map_err(|e| store_error("ListSecrets", "(all)", e))?;
+            for s in page.secret_list.unwrap_or_default() {
+                let name = s.name.unwrap_or_default();
+                let tags = s
+                    .tags
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|t| Some((t.key?, t.value.unwrap_or_default())))
+                    .collect();
+                // The service's Name filter matches prefixes of any word;
+                // keep exactly what the filter means.
+                if filter.matches(&name, &tags) {
+                    out.push(super::SecretSummary {
+                        arn: s.arn.unwrap_or_default(),
+                        name,
+                        tags,
+                    });
+                }
+            }
+            match page.next_token {
+                Some(t) if !t.is_empty() => next = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn tag(&self, secret_id: &str, key: &str, value: &str) -> Result<()> {
+        self.client
+            .tag_resource()
+            .secret_id(secret_id)
+            .tags(Tag::builder().key(key).value(value).build())
+            .send()
+            .await
+            .map_err(|e| store_error("TagResource", secret_id, e))?;
+        Ok(())
+    }
+
+    async fn request_rotation(&self, secret_id: &str) -> Result<bool> {
+        self.rotate_with_service(secret_id).await?;
+        Ok(true)
     }
 
     async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>> {

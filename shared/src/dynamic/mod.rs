@@ -1,0 +1,526 @@
+//! Dynamic credentials: logins minted on demand that die on their own, and
+//! revocation of any credential the moment an event says so.
+//!
+//! There is no lease table. The database is the source of truth: a dynamic
+//! user's *name* is its lease id and carries its role and expiry,
+//! `v_<prefix>_<expiry, base 36 seconds>_<random>` — at most 29 characters,
+//! within MySQL's 32 — so listing users with a role's prefix lists its leases,
+//! and the sweep needs nothing but the database to know what has expired.
+//! PostgreSQL enforces the expiry itself (`VALID UNTIL`); MySQL and MariaDB
+//! have no such clause, so the sweep removes their users on time.
+//!
+//! A *role* is a secret (in Secrets Manager or the local store, under the
+//! name prefix `ROTOR_ROLES_PREFIX`, default `rotor/roles/`) describing how to
+//! mint: structured fields, no SQL templates (see [`RoleDefinition`]).
+//! Objects a dynamic user creates are handed to the role's non-login
+//! `owner_role` when it is dropped, so tables outlive the logins that made them.
+
+pub mod issue;
+pub mod revoke;
+pub mod sweep;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::engine::{ConnectOptions, Engine, Session};
+use crate::error::{Error, Result};
+use crate::password::PasswordPolicy;
+use crate::secret::{DbSecret, Require, SecretString};
+use crate::store::{AWSCURRENT, ListFilter, SecretStore, VersionRef};
+
+/// Every dynamic user's name starts with this.
+pub const DYNAMIC_PREFIX: &str = "v_";
+/// Longest role prefix inside a username.
+pub const MAX_PREFIX: usize = 10;
+
+/// How to mint credentials for one role.
+#[derive(Clone, Debug)]
+pub struct RoleDefinition {
+    /// The secret's name (e.g. `rotor/roles/ci-deploy`) and ARN.
+    pub name: String,
+    pub arn: String,
+    pub engine: String,
+    /// The master secret whose login creates and drops users.
+    pub masterarn: String,
+    pub dbname: Option<String>,
+    /// Group roles granted to every user.
+    pub member_of: Vec<String>,
+    /// The non-login role that owns what the users create.
+    pub owner_role: Option<String>,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+    /// Connection limit per issued user.
+    pub max_connections: Option<u32>,
+    /// Lowercase letters and digits, unique per role: the lease id prefix.
+    pub username_prefix: String,
+    /// IAM ARNs (wildcards `*` and `?`) that may request credentials.
+    pub allowed_principals: Vec<String>,
+}
+
+fn string_list(doc: &Value, key: &str, bad: &dyn Fn(String) -> Error) -> Result<Vec<String>> {
+    match doc.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(bad(format!(
+                    "\"{key}\" must be a list of non-empty strings"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(bad(format!("\"{key}\" must be a list of strings"))),
+    }
+}
+
+fn duration_field(doc: &Value, key: &str, bad: &dyn Fn(String) -> Error) -> Result<Option<u64>> {
+    match doc.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| bad(format!("\"{key}\" must be a positive number of seconds"))),
+        Some(Value::String(s)) => crate::time::parse_duration(s)
+            .map(Some)
+            .map_err(|e| bad(format!("\"{key}\": {e}"))),
+        Some(_) => Err(bad(format!(
+            "\"{key}\" must be a duration like \"15m\" or seconds"
+        ))),
+    }
+}
+
+/// The short name of a role secret: the last path component, lowercased,
+/// letters and digits only, at most [`MAX_PREFIX`] characters.
+pub fn derived_prefix(name: &str) -> String {
+    name.rsplit('/')
+        .next()
+        .unwrap_or(name)
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .take(MAX_PREFIX)
+        .collect()
+}
+
+impl RoleDefinition {
+    pub fn parse(value: &SecretString, name: &str, arn: &str) -> Result<RoleDefinition> {
+        let bad = |reason: String| Error::bad_secret(arn, "role definition", reason);
+        let doc: Value = serde_json::from_str(value.expose())
+            .map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        if !doc.is_object() {
+            return Err(bad("not a JSON object".into()));
+        }
+        for forbidden in ["creation_statements", "revocation_statements", "sql"] {
+            if doc.get(forbidden).is_some() {
+                return Err(bad(format!(
+                    "\"{forbidden}\": raw SQL templates are not supported; use member_of and owner_role"
+                )));
+            }
+        }
+        let text = |key: &str| -> Result<Option<String>> {
+            match doc.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(_) => Err(bad(format!("\"{key}\" must be a non-empty string"))),
+            }
+        };
+        let engine = text("engine")?.ok_or_else(|| bad("the key \"engine\" is missing".into()))?;
+        if !crate::engine::known_engine_keys().contains(&engine.as_str()) {
+            return Err(bad(format!(
+                "engine {engine:?} is not supported; use one of {}",
+                crate::engine::known_engine_keys().join(", ")
+            )));
+        }
+        let masterarn = text("masterarn")?.ok_or_else(|| {
+            bad(
+                "the key \"masterarn\" is missing: name the master secret that creates users"
+                    .into(),
+            )
+        })?;
+        let default_ttl = duration_field(&doc, "default_ttl", &bad)?.unwrap_or(3600);
+        let max_ttl = duration_field(&doc, "max_ttl", &bad)?.unwrap_or(default_ttl.max(86_400));
+        if default_ttl > max_ttl {
+            return Err(bad(format!(
+                "default_ttl {} is longer than max_ttl {}",
+                crate::time::format_duration(default_ttl),
+                crate::time::format_duration(max_ttl)
+            )));
+        }
+        let max_connections = match doc.get("max_connections") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(
+                n.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        bad("\"max_connections\" must be a positive whole number".into())
+                    })?,
+            ),
+            Some(_) => return Err(bad("\"max_connections\" must be a number".into())),
+        };
+        let username_prefix = match text("username_prefix")? {
+            Some(p) => {
+                if p.is_empty()
+                    || p.len() > MAX_PREFIX
+                    || !p
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                {
+                    return Err(bad(format!(
+                        "\"username_prefix\" {p:?} must be 1–{MAX_PREFIX} lowercase letters or digits"
+                    )));
+                }
+                p
+            }
+            None => derived_prefix(name),
+        };
+        if username_prefix.is_empty() {
+            return Err(bad(
+                "cannot derive a username prefix from the name; set \"username_prefix\"".into(),
+            ));
+        }
+        let member_of = string_list(&doc, "member_of", &bad)?;
+        let allowed_principals = string_list(&doc, "allowed_principals", &bad)?;
+        Ok(RoleDefinition {
+            name: name.to_string(),
+            arn: arn.to_string(),
+            engine,
+            masterarn,
+            dbname: text("dbname")?,
+            member_of,
+            owner_role: text("owner_role")?,
+            default_ttl,
+            max_ttl,
+            max_connections,
+            username_prefix,
+            allowed_principals,
+        })
+    }
+
+    /// The prefix every user of this role carries.
+    pub fn user_prefix(&self) -> String {
+        format!("{DYNAMIC_PREFIX}{}_", self.username_prefix)
+    }
+}
+
+/// What a dynamic username says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub username: String,
+    /// The role's username prefix.
+    pub prefix: String,
+    /// Seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// `v_<prefix>_<expiry base 36>_<6 random base-36 characters>`.
+pub fn lease_username(prefix: &str, expires_at: u64) -> Result<String> {
+    let mut bytes = [0u8; 6];
+    rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut bytes)
+        .map_err(|e| Error::Config(format!("the OS random number generator failed: {e}")))?;
+    let random: String = bytes
+        .iter()
+        .map(|b| char::from_digit(u32::from(*b) % 36, 36).unwrap_or('0'))
+        .collect();
+    Ok(format!(
+        "{DYNAMIC_PREFIX}{prefix}_{}_{random}",
+        to_base36(expires_at)
+    ))
+}
+
+fn to_base36(mut n: u64) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.iter().rev().collect()
+}
+
+/// Reads a dynamic username; `None` for any other user.
+pub fn parse_lease(username: &str) -> Option<Lease> {
+    let rest = username.strip_prefix(DYNAMIC_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '_');
+    let random = parts.next()?;
+    let expiry = parts.next()?;
+    let prefix = parts.next()?;
+    if random.len() != 6 || prefix.is_empty() || expiry.is_empty() {
+        return None;
+    }
+    Some(Lease {
+        username: username.to_string(),
+        prefix: prefix.to_string(),
+        expires_at: u64::from_str_radix(expiry, 36).ok()?,
+    })
+}
+
+/// Whether `arn` matches one of `patterns` (`*` any run, `?` one character).
+/// An STS assumed-role ARN also matches patterns written for its IAM role.
+pub fn principal_allowed(arn: &str, patterns: &[String]) -> bool {
+    let mut candidates = vec![arn.to_string()];
+    // arn:aws:sts::123456789012:assumed-role/Name/session → arn:aws:iam::123456789012:role/Name
+    if let Some(rest) = arn.strip_prefix("arn:aws:sts::")
+        && let Some((account, path)) = rest.split_once(':')
+        && let Some(role) = path.strip_prefix("assumed-role/")
+        && let Some((name, _session)) = role.split_once('/')
+    {
+        candidates.push(format!("arn:aws:iam::{account}:role/{name}"));
+    }
+    patterns
+        .iter()
+        .any(|p| candidates.iter().any(|c| glob(p.as_bytes(), c.as_bytes())))
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+/// Who asked, as established by the caller's transport (never the body).
+#[derive(Clone, Debug, Serialize)]
+pub struct Caller {
+    pub arn: String,
+    /// `function-url`, `cli`, `event`, `schedule`.
+    pub via: &'static str,
+}
+
+/// Roles, master logins and engines: what every dynamic operation needs.
+pub struct Dynamic {
+    store: Arc<dyn SecretStore>,
+    options: ConnectOptions,
+    roles_prefix: String,
+}
+
+impl Dynamic {
+    pub fn new(store: Arc<dyn SecretStore>, options: ConnectOptions) -> Self {
+        Dynamic {
+            store,
+            options,
+            roles_prefix: std::env::var("ROTOR_ROLES_PREFIX")
+                .unwrap_or_else(|_| "rotor/roles/".into()),
+        }
+    }
+
+    pub fn with_roles_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.roles_prefix = prefix.into();
+        self
+    }
+
+    pub fn store(&self) -> &Arc<dyn SecretStore> {
+        &self.store
+    }
+
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
+    pub fn roles_prefix(&self) -> &str {
+        &self.roles_prefix
+    }
+
+    /// A role by ARN, full name or short name under the roles prefix.
+    pub async fn role(&self, id: &str) -> Result<RoleDefinition> {
+        let candidates = if id.starts_with("arn:") || id.starts_with(&self.roles_prefix) {
+            vec![id.to_string()]
+        } else {
+            vec![format!("{}{id}", self.roles_prefix), id.to_string()]
+        };
+        for candidate in &candidates {
+            let meta = match self.store.describe(candidate).await {
+                Ok(meta) => meta,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let value = self
+                .store
+                .get(&meta.arn, VersionRef::Stage(AWSCURRENT))
+                .await?
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("AWSCURRENT value of role {id}"),
+                })?;
+            return RoleDefinition::parse(&value, &meta.name, &meta.arn);
+        }
+        Err(Error::NotFound {
+            what: format!(
+                "role {id} (looked for secrets {})",
+                candidates.join(" and ")
+            ),
+        })
+    }
+
+    /// Every role under the prefix; definitions that do not parse are
+    /// returned as errors beside the good ones.
+    pub async fn roles(&self) -> Result<(Vec<RoleDefinition>, Vec<(String, Error)>)> {
+        let listed = self
+            .store
+            .list_secrets(&ListFilter {
+                name_prefix: Some(self.roles_prefix.clone()),
+                tag_key: None,
+            })
+            .await?;
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for s in listed {
+            let value = match self.store.get(&s.arn, VersionRef::Stage(AWSCURRENT)).await {
+                Ok(Some(v)) => v,
+                Ok(None) => continue,
+                Err(e) => {
+                    bad.push((s.name, e));
+                    continue;
+                }
+            };
+            match RoleDefinition::parse(&value, &s.name, &s.arn) {
+                Ok(r) => good.push(r),
+                Err(e) => bad.push((s.name, e)),
+            }
+        }
+        Ok((good, bad))
+    }
+
+    /// The engine for a role or secret's `engine` value.
+    pub fn engine(&self, key: &str) -> Result<Arc<dyn Engine>> {
+        crate::engine::for_engine_key(key, &self.options).ok_or_else(|| {
+            Error::Config(format!(
+                "engine {key:?} is not supported by this build; supported: {}",
+                crate::engine::known_engine_keys().join(", ")
+            ))
+        })
+    }
+
+    /// The master secret of a role, connected to the role's database.
+    pub async fn master_secret(&self, role: &RoleDefinition) -> Result<DbSecret> {
+        let value = self
+            .store
+            .get(&role.masterarn, VersionRef::Stage(AWSCURRENT))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("master secret {} of role {}", role.masterarn, role.name),
+            })?;
+        let master = DbSecret::parse(&value, &role.masterarn, AWSCURRENT, Require::Connection)?;
+        Ok(match &role.dbname {
+            Some(db) => master.with_dbname(Some(db.clone())),
+            None => master,
+        })
+    }
+
+    /// A master session for a role.
+    pub async fn master_session(
+        &self,
+        role: &RoleDefinition,
+    ) -> Result<(Box<dyn Session>, DbSecret)> {
+        let master = self.master_secret(role).await?;
+        let engine = self.engine(&role.engine)?;
+        let session = engine.connect(&master, "master").await?;
+        Ok((session, master))
+    }
+
+    /// A new password for a user of this engine.
+    pub fn password(&self, engine_key: &str) -> Result<SecretString> {
+        let engine = self.engine(engine_key)?;
+        PasswordPolicy::from_env(engine.default_excluded_characters())?.generate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_fit_mysql_and_round_trip() {
+        let name = lease_username("abcdefghij", 4_102_444_800).unwrap();
+        assert!(name.len() <= 32, "{name} is {} characters", name.len());
+        let lease = parse_lease(&name).unwrap();
+        assert_eq!(lease.prefix, "abcdefghij");
+        assert_eq!(lease.expires_at, 4_102_444_800);
+        assert!(parse_lease("app_user").is_none());
+        assert!(parse_lease("v_x_y").is_none());
+    }
+
+    #[test]
+    fn principals_match_with_wildcards_and_assumed_roles() {
+        let allowed = vec!["arn:aws:iam::123456789012:role/ci-*".to_string()];
+        assert!(principal_allowed(
+            "arn:aws:iam::123456789012:role/ci-deploy",
+            &allowed
+        ));
+        assert!(principal_allowed(
+            "arn:aws:sts::123456789012:assumed-role/ci-deploy/run-42",
+            &allowed
+        ));
+        assert!(!principal_allowed(
+            "arn:aws:sts::123456789012:assumed-role/admin/x",
+            &allowed
+        ));
+        assert!(!principal_allowed(
+            "arn:aws:iam::999999999999:role/ci-deploy",
+            &allowed
+        ));
+        assert!(!principal_allowed("anything", &[]));
+        assert!(glob(b"a?c*", b"abcdef"));
+        assert!(!glob(b"a?c", b"abcd"));
+    }
+
+    #[test]
+    fn role_definitions_are_checked() {
+        let parse = |json: &str| {
+            RoleDefinition::parse(&SecretString::new(json), "rotor/roles/ci-deploy", "arn:x")
+        };
+        let ok = parse(r#"{"engine":"postgres","masterarn":"m","default_ttl":"15m","max_ttl":"1h","member_of":["app_rw"],"owner_role":"app_owner","max_connections":2,"allowed_principals":["arn:aws:iam::1:role/ci"]}"#).unwrap();
+        assert_eq!(
+            (ok.default_ttl, ok.max_ttl, ok.username_prefix.as_str()),
+            (900, 3600, "cideploy")
+        );
+        for (json, needle) in [
+            (r#"{"engine":"oracle","masterarn":"m"}"#, "not supported"),
+            (r#"{"engine":"postgres"}"#, "masterarn"),
+            (
+                r#"{"engine":"postgres","masterarn":"m","default_ttl":"2h","max_ttl":"1h"}"#,
+                "longer than max_ttl",
+            ),
+            (
+                r#"{"engine":"postgres","masterarn":"m","default_ttl":"soon"}"#,
+                "not a duration",
+            ),
+            (
+                r#"{"engine":"postgres","masterarn":"m","username_prefix":"Bad_Prefix"}"#,
+                "lowercase",
+            ),
+            (
+                r#"{"engine":"postgres","masterarn":"m","creation_statements":"CREATE ROLE"}"#,
+                "raw SQL",
+            ),
+            (
+                r#"{"engine":"postgres","masterarn":"m","member_of":[1]}"#,
+                "member_of",
+            ),
+            ("[]", "not a JSON object"),
+        ] {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Revocation: a dynamic user is dropped at once with its sessions; a static
+//! secret is rotated immediately and its previous credential invalidated
+//! too (alternating users: the AWSPREVIOUS user gets a random password it
+//! will never learn, and its sessions end). Every result carries evidence.
+//!
+//! Events understood (`from_event`): Rotor's own custom event
+//! (`source` `rotor`, `detail-type` `Revoke Credential`), a GuardDuty RDS
+//! Protection login finding, and a CloudTrail event naming a secret. Events
+//! caused by Rotor's own roles (`ROTOR_IGNORE_PRINCIPALS`) are ignored, so
+//! Rotor's writes never trigger Rotor.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Caller, Dynamic, parse_lease, principal_allowed};
+use crate::audit::{AuditRecord, record};
+use crate::engine::DropReport;
+use crate::error::{Error, Result};
+use crate::rds::RdsLookup;
+use crate::secret::{DbSecret, Require};
+use crate::store::{AWSCURRENT, AWSPREVIOUS, ListFilter, VersionRef};
+use crate::strategy::Strategy;
+
+/// What to revoke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeTarget {
+    /// A static secret (name or ARN).
+    Secret(String),
+    /// A dynamic user (its name is its lease id).
+    User(String),
+    /// Every user of a role.
+    Role(String),
+    /// Every secret carrying this tag.
+    Tag { key: String, value: String },
+    /// A login a detector reported: a dynamic user, or the static secret
+    /// whose host starts with `instance` and whose username is `user`.
+    DbLogin { instance: String, user: String },
+}
+
+/// The evidence for one revoked credential.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Revoked {
+    pub target: String,
+    /// `dropped-user`, `already-gone`, `rotated`, `would-revoke`.
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop: Option<DropReport>,
+    /// Static secrets: the version now AWSCURRENT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<String>,
+    /// Static secrets: the password of the compromised login was changed.
+    pub password_changed: bool,
+    /// The previous credential was invalidated too (alternating users).
+    pub previous_invalidated: bool,
+    pub sessions_ended: u64,
+}
+
+/// A revocation's result: what was done and what failed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RevokeReport {
+    pub dry_run: bool,
+    pub revoked: Vec<Revoked>,
+    pub failures: Vec<(String, String)>,
+}
+
+impl RevokeReport {
+    fn fail(&mut self, target: &str, e: &Error) {
+        self.failures.push((target.to_string(), e.to_string()));
+    }
+}
+
+/// Parses an EventBridge event; `Ok(None)` when it is to be ignored
+/// (caused by one of `ignore` — Rotor's own roles — or not about credentials).
+pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarget, bool)>> {
+    let source = event
+        .get("source")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let detail_type = event
+        .get("detail-type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let detail = event.get("detail").cloned().unwrap_or(Value::Null);
+    let text = |v: &Value, path: &[&str]| -> Option<String> {
+        let mut cur = v;
+        for p in path {
+            cur = cur.get(p)?;
+        }
+        cur.as_str().filter(|s| !s.is_empty()).map(str::to_string)
+    };
+    match (source, detail_type) {
+        ("rotor", "Revoke Credential") => {
+            let dry_run = detail
+                .get("dry_run")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let target = if let Some(s) = text(&detail, &["secret"]) {
+                RevokeTarget::Secret(s)
+            } else if let Some(u) = text(&detail, &["user"]).or_else(|| text(&detail, &["lease"])) {
+                RevokeTarget::User(u)
+            } else if let Some(r) = text(&detail, &["role"]) {
+                RevokeTarget::Role(r)
+            } else if let (Some(key), Some(value)) = (
+                text(&detail, &["tag", "key"]),
+                text(&detail, &["tag", "value"]),
+            ) {
+                RevokeTarget::Tag { key, value }
+            } else {
+                return Err(Error::BadEvent(
+                    "a Revoke Credential event's detail names one of \"secret\", \"user\" (or \"lease\"), \"role\" or \"tag\": {\"key\", \"value\"}".into(),
+                ));
+            };
+            Ok(Some((target, dry_run)))
+        }
+        ("aws.guardduty", "GuardDuty Finding") => {
+            let resource = detail.get("resource").cloned().unwrap_or(Value::Null);
+            let instance = text(&resource, &["rdsDbInstanceDetails", "dbInstanceIdentifier"])
+                .or_else(|| text(&resource, &["rdsDbInstanceDetails", "dbClusterIdentifier"]));
+            let user = text(&resource, &["rdsDbUserDetails", "user"]);
+            match (instance, user) {
+                (Some(instance), Some(user)) => Ok(Some((RevokeTarget::DbLogin { instance, user }, false))),
+                _ => Err(Error::BadEvent(
+                    "the GuardDuty finding names no RDS instance and user (resource.rdsDbInstanceDetails / rdsDbUserDetails)".into(),
+                )),
+            }
+        }
+        (_, "AWS API Call via CloudTrail") => {
+            let actor = text(
+                &detail,
+                &["userIdentity", "sessionContext", "sessionIssuer", "arn"],
+            )
+            .or_else(|| text(&detail, &["userIdentity", "arn"]))
+            .unwrap_or_default();
+            if !actor.is_empty() && principal_allowed(&actor, ignore) {
+                return Ok(None);
+            }
+            let secret = text(&detail, &["requestParameters", "secretId"])
+                .or_else(|| text(&detail, &["responseElements", "arn"]))
+                .or_else(|| {
+                    detail
+                        .get("resources")
+                        .and_then(Value::as_array)
+                        .and_then(|r| r.iter().find_map(|x| text(x, &["ARN"])))
+                });
+            match secret {
+                Some(s) => Ok(Some((RevokeTarget::Secret(s), false))),
+                None => Err(Error::BadEvent(
+                    "the CloudTrail event names no secret (requestParameters.secretId)".into(),
+                )),
+            }
+        }
+        _ => Err(Error::BadEvent(format!(
+            "revoke-on-event does not handle events from {source:?} of type {detail_type:?}; send a \"Revoke Credential\" event (source \"rotor\"), a GuardDuty finding or a CloudTrail event"
+        ))),
+    }
+}
+
+/// `ROTOR_IGNORE_PRINCIPALS`: comma-separated ARN patterns of Rotor's roles.
+pub fn ignored_principals_from_env() -> Vec<String> {
+    std::env::var("ROTOR_IGNORE_PRINCIPALS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl Dynamic {
+    /// Revokes a target. Keeps going past one failure.
+    pub async fn revoke(
+        &self,
+        target: &RevokeTarget,
+        dry_run: bool,
+        caller: &Caller,
+        rds: Option<Arc<dyn RdsLookup>>,
+    ) -> Result<RevokeReport> {
+        let mut report = RevokeReport {
+            dry_run,
+            ..Default::default()
+        };
+        match target {
+            RevokeTarget::User(user) => {
+                self.revoke_user(user, dry_run, caller, &mut report).await;
+            }
+            RevokeTarget::Role(role) => {
+                let role = self.role(role).await?;
+                let (mut session, _) = self.master_session(&role).await?;
+                for user in session.users_with_prefix(&role.user_prefix()).await? {
+                    self.revoke_user(&user, dry_run, caller, &mut report).await;
+                }
+            }
+            RevokeTarget::Secret(secret) => {
+                self.revoke_secret(secret, dry_run, caller, rds.clone(), &mut report)
+                    .await;
+            }
+            RevokeTarget::Tag { key, value } => {
+                let listed = self
+                    .store()
+                    .list_secrets(&ListFilter {
+                        name_prefix: None,
+                        tag_key: Some(key.clone()),
+                    })
+                    .await?;
+                for s in listed
+                    .into_iter()
+                    .filter(|s| s.tags.get(key) == Some(value))
+                {
+                    if s.name.starts_with(self.roles_prefix()) {
+                        let r = RevokeTarget::Role(s.name.clone());
+                        let sub = Box::pin(self.revoke(&r, dry_run, caller, rds.clone())).await?;
+                        report.revoked.extend(sub.revoked);
+                        report.failures.extend(sub.failures);
+                    } else {
+                        self.revoke_secret(&s.arn, dry_run, caller, rds.clone(), &mut report)
+                            .await;
+                    }
+                }
+            }
+            RevokeTarget::DbLogin { instance, user } => {
+                if parse_lease(user).is_some() {
+                    self.revoke_user(user, dry_run, caller, &mut report).await;
+                } else {
+                    let secrets = self.secrets_for_login(instance, user).await?;
+                    if secrets.is_empty() {
+                        return Err(Error::NotFound {
+                            what: format!("a secret for user {user:?} on {instance}"),
+                        });
+                    }
+                    for arn in secrets {
+                        self.revoke_secret(&arn, dry_run, caller, rds.clone(), &mut report)
+                            .await;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Static secrets whose host starts with `<instance>.` (or is it) and
+    /// whose username is `user`.
+    async fn secrets_for_login(&self, instance: &str, user: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for s in self.store().list_secrets(&ListFilter::default()).await? {
+            let Ok(Some(value)) = self
+                .store()
+                .get(&s.arn, VersionRef::Stage(AWSCURRENT))
+                .await
+            else {
+                continue;
+            };
+            let Ok(secret) = DbSecret::parse(&value, &s.arn, AWSCURRENT, Require::Connection)
+            else {
+                continue;
+            };
+            let host_matches = secret.host == instance
+                || secret
+                    .host
+                    .strip_prefix(instance)
+                    .is_some_and(|rest| rest.starts_with('.'));
+            let base = secret
+                .username
+                .strip_suffix(crate::strategy::CLONE_SUFFIX)
+                .unwrap_or(&secret.username);
+            let user_base = user
+                .strip_suffix(crate::strategy::CLONE_SUFFIX)
+                .unwrap_or(user);
+            if host_matches && base == user_base {
+                out.push(s.arn);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn revoke_user(
+        &self,
+        user: &str,
+        dry_run: bool,
+        caller: &Caller,
+        report: &mut RevokeReport,
+    ) {
+        let result = async {
+            let lease = parse_lease(user).ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "{user:?} is not a dynamic user (v_<prefix>_<expiry>_<random>)"
+                ))
+            })?;
+            let (roles, _) = self.roles().await?;
+            let role = roles
+                .into_iter()
+                .find(|r| r.username_prefix == lease.prefix)
+                .ok_or_else(|| Error::NotFound {
+                    what: format!(
+                        "a role with username_prefix {:?} for user {user}",
+                        lease.prefix
+                    ),
+                })?;
+            if dry_run {
+                return Ok(Revoked {
+                    target: user.to_string(),
+                    action: "would-revoke".into(),
+                    ..Default::default()
+                });
+            }
+            let (mut session, _) = self.master_session(&role).await?;
+            let drop = session.drop_user(user, role.owner_role.as_deref()).await?;
+            Ok(Revoked {
+                target: user.to_string(),
+                action: if drop.existed {
+                    "dropped-user"
+                } else {
+                    "already-gone"
+                }
+                .into(),
+                sessions_ended: drop.sessions_ended,
+                drop: Some(drop),
+                ..Default::default()
+            })
+        }
+        .await;
+        self.audit_revocation(user, caller, &result);
+        match result {
+            Ok(r) => report.revoked.push(r),
+            Err(e) => report.fail(user, &e),
+        }
+    }
+
+    async fn revoke_secret(
+        &self,
+        secret: &str,
+        dry_run: bool,
+        caller: &Caller,
+        rds: Option<Arc<dyn RdsLookup>>,
+        report: &mut RevokeReport,
+    ) {
+        let result = self.rotate_and_invalidate(secret, dry_run, rds).await;
+        self.audit_revocation(secret, caller, &result);
+        match result {
+            Ok(r) => report.revoked.push(r),
+            Err(e) => report.fail(secret, &e),
+        }
+    }
+
+    fn audit_revocation(&self, target: &str, caller: &Caller, result: &Result<Revoked>) {
+        let (outcome, detail) = match result {
+            Ok(r) if r.action == "would-revoke" => ("dry-run", json!(r)),
+            Ok(r) => ("ok", json!(r)),
+            Err(e) => ("failed", json!({"error": e.to_string()})),
+        };
+        record(&AuditRecord {
+            action: "revoke",
+            actor: &caller.arn,
+            target,
+            outcome,
+            detail,
+        });
+    }
+
+    /// Rotates a static secret now and invalidates what it replaced.
+    pub async fn rotate_and_invalidate(
+        &self,
+        secret: &str,
+        dry_run: bool,
+        rds: Option<Arc<dyn RdsLookup>>,
+    ) -> Result<Revoked> {
+        let rotator = crate::rotation::rotator_for_secret(
+            self.store().clone(),
+            self.options(),
+            secret,
+            None,
+            rds,
+        )
+        .await?
+        .ignore_disabled(true);
+        let meta = self.store().describe(secret).await?;
+        if dry_run {
+            return Ok(Revoked {
+                target: meta.arn,
+                action: "would-revoke".into(),
+                ..Default::default()
+            });
+        }
+        // An emergency does not wait for a stuck rotation.
+        rotator.abandon_unfinished(&meta.arn).await?;
+        let started = crate::time::now();
+        let report = rotator.rotate(&meta.arn).await?;
+        let after = self.store().describe(&meta.arn).await?;
+        let current = self.version(&meta.arn, &report.token).await?;
+        let mut revoked = Revoked {
+            target: meta.arn.clone(),
+            action: "rotated".into(),
+            new_version: Some(report.token.clone()),
+            password_changed: true,
+            ..Default::default()
+        };
+        match rotator.strategy() {
+            Strategy::SingleUser => {
+                // The old password no longer works; end sessions opened with it.
+                let mut session = rotator.engine().connect(&current, "current").await?;
+                revoked.sessions_ended = session
+                    .end_sessions(&current.username, Some(started))
+                    .await?;
+            }
+            Strategy::AlternatingUsers => {
+                let previous_id =
+                    after
+                        .version_with(AWSPREVIOUS)
+                        .ok_or_else(|| Error::NotFound {
+                            what: format!("the AWSPREVIOUS version of {}", meta.arn),
+                        })?;
+                let previous = self.version(&meta.arn, previous_id).await?;
+                let master = rotator.master_of(&current).await?;
+                let mut session = rotator.engine().connect(&master, "master").await?;
+                // A password nobody will ever learn.
+                let unknown = self.password(&current.engine)?;
+                session.set_password(&previous.username, &unknown).await?;
+                revoked.previous_invalidated = true;
+                revoked.sessions_ended = session.end_sessions(&previous.username, None).await?;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn version(&self, arn: &str, version: &str) -> Result<DbSecret> {
+        let value = self
+            .store()
+            .get(arn, VersionRef::Id(version))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("version {version} of {arn}"),
+            })?;
+        DbSecret::parse(&value, arn, version, Require::Connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_understood_or_refused_clearly() {
+        let custom = json!({"source": "rotor", "detail-type": "Revoke Credential", "detail": {"role": "ci", "dry_run": true}});
+        assert_eq!(
+            from_event(&custom, &[]).unwrap(),
+            Some((RevokeTarget::Role("ci".into()), true))
+        );
+        let tag = json!({"source": "rotor", "detail-type": "Revoke Credential", "detail": {"tag": {"key": "team", "value": "x"}}});
+        assert!(matches!(
+            from_event(&tag, &[]).unwrap(),
+            Some((RevokeTarget::Tag { .. }, false))
+        ));
+        let gd = json!({"source": "aws.guardduty", "detail-type": "GuardDuty Finding", "detail": {"resource": {"rdsDbInstanceDetails": {"dbInstanceIdentifier": "db1"}, "rdsDbUserDetails": {"user": "app"}}}});
+        assert_eq!(
+            from_event(&gd, &[]).unwrap(),
+            Some((
+                RevokeTarget::DbLogin {
+                    instance: "db1".into(),
+                    user: "app".into()
+                },
+                false
+            ))
+        );
+        let ct = json!({"source": "aws.secretsmanager", "detail-type": "AWS API Call via CloudTrail", "detail": {"eventName": "GetSecretValue", "userIdentity": {"arn": "arn:aws:sts::1:assumed-role/rotor-fn/x"}, "requestParameters": {"secretId": "s"}}});
+        assert_eq!(
+            from_event(&ct, &[]).unwrap(),
+            Some((RevokeTarget::Secret("s".into()), false))
+        );
+        assert_eq!(
+            from_event(&ct, &["arn:aws:iam::1:role/rotor-*".into()]).unwrap(),
+            None,
+            "Rotor's own calls are ignored"
+        );
+        for bad in [
+            json!({"source": "rotor", "detail-type": "Revoke Credential", "detail": {}}),
+            json!({"source": "x", "detail-type": "y"}),
+            json!(42),
+        ] {
+            assert_eq!(from_event(&bad, &[]).unwrap_err().kind(), "BadEvent");
+        }
+    }
+}
