@@ -217,3 +217,39 @@ fn rotation_folder_is_found_at_any_depth() {
         None
     );
 }
+
+/// The sample events of the dynamic-credential functions are what those
+/// functions accept.
+#[test]
+fn dynamic_function_events_parse() {
+    let events = repo_root().join("events");
+    let mut checked = 0;
+    for file in json_files(&events.join("revoke-on-event")) {
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+        let parsed = rotor::dynamic::revoke::from_event(&value, &[])
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(parsed.is_some(), "{}: ignored", file.display());
+        checked += 1;
+    }
+    for file in json_files(&events.join("issue-credential")) {
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+        assert!(
+            rotor::lambda::url_caller(&value).is_some(),
+            "{}: no IAM caller",
+            file.display()
+        );
+        let body =
+            rotor::lambda::url_body(&value).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(body.get("role").is_some(), "{}: no role", file.display());
+        checked += 1;
+    }
+    for file in json_files(&events.join("expire-credentials")) {
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+        assert!(value.is_object(), "{}", file.display());
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} dynamic-function events found");
+}

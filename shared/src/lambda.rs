@@ -1,7 +1,7 @@
-//! The one runner every rotation function's `main` calls: JSON logging, the
-//! Secrets Manager store, the password policy from AWS's environment
-//! variables, and the Lambda runtime loop. Errors go back to Lambda, so
-//! Secrets Manager records the failed step and retries it.
+//! The runners the functions' `main`s call: JSON logging, the Secrets
+//! Manager store, AWS's environment variables, and the Lambda runtime loop.
+//! Rotation errors go back to Lambda, so Secrets Manager records the failed
+//! step and retries it; the issue function answers HTTP (function URL).
 
 use std::sync::Arc;
 
@@ -67,3 +67,216 @@ async fn build(
     };
     Ok(rotator)
 }
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod dynamic_functions {
+    use std::sync::Arc;
+
+    use base64::Engine as _;
+    use lambda_runtime::{LambdaEvent, service_fn};
+    use serde_json::{Value, json};
+
+    use crate::dynamic::revoke::{from_event, ignored_principals_from_env};
+    use crate::dynamic::sweep::SweepOptions;
+    use crate::dynamic::{Caller, Dynamic};
+    use crate::engine::ConnectOptions;
+    use crate::error::Error;
+    use crate::rds::RdsLookup;
+    use crate::store::SecretsManagerStore;
+
+    async fn setup() -> Result<(Dynamic, Option<Arc<dyn RdsLookup>>), lambda_runtime::Error> {
+        crate::logging::init_json();
+        let sdk_config = aws_config::load_from_env().await;
+        let store = Arc::new(SecretsManagerStore::from_sdk_config(&sdk_config));
+        let options = ConnectOptions::from_env().inspect_err(|e| {
+            tracing::error!(error_kind = e.kind(), error = %e, "cannot start");
+        })?;
+        #[cfg(feature = "rds")]
+        let rds: Option<Arc<dyn RdsLookup>> =
+            Some(Arc::new(crate::rds::RdsApi::from_sdk_config(&sdk_config)));
+        #[cfg(not(feature = "rds"))]
+        let rds: Option<Arc<dyn RdsLookup>> = None;
+        Ok((Dynamic::new(store, options), rds))
+    }
+
+    fn http(status: u16, body: Value) -> Value {
+        json!({
+            "statusCode": status,
+            "headers": {"content-type": "application/json"},
+            "body": body.to_string(),
+        })
+    }
+
+    /// The caller's IAM ARN, from a function URL request with `AWS_IAM` auth.
+    pub fn url_caller(event: &Value) -> Option<String> {
+        event
+            .pointer("/requestContext/authorizer/iam/userArn")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    /// The JSON body of a function URL request.
+    pub fn url_body(event: &Value) -> Result<Value, Error> {
+        let raw = event.get("body").and_then(Value::as_str).unwrap_or("");
+        let text = if event
+            .get("isBase64Encoded")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .map_err(|e| Error::BadRequest(format!("body is not base64: {e}")))?;
+            String::from_utf8(bytes).map_err(|_| Error::BadRequest("body is not UTF-8".into()))?
+        } else {
+            raw.to_string()
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            Error::BadRequest(format!(
+                "body is not JSON ({e}); send {{\"role\": \"<name>\", \"ttl\": \"15m\"}}"
+            ))
+        })
+    }
+
+    /// Handles one function URL request (`issue-credential`).
+    pub async fn issue_from_url(dynamic: &Dynamic, event: &Value) -> Value {
+        let Some(arn) = url_caller(event) else {
+            return http(
+                403,
+                json!({"error": "no IAM caller in the request: the function URL must use AuthType AWS_IAM"}),
+            );
+        };
+        let caller = Caller {
+            arn,
+            via: "function-url",
+        };
+        let result = async {
+            let body = url_body(event)?;
+            let role = body
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::BadRequest("the body needs \"role\"".into()))?
+                .to_string();
+            let ttl = match body.get("ttl") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(
+                    n.as_u64()
+                        .ok_or_else(|| Error::BadRequest("\"ttl\" must be positive".into()))?,
+                ),
+                Some(Value::String(s)) => Some(
+                    crate::time::parse_duration(s).map_err(|e| Error::BadRequest(e.to_string()))?,
+                ),
+                Some(_) => {
+                    return Err(Error::BadRequest(
+                        "\"ttl\" must be a duration like \"15m\"".into(),
+                    ));
+                }
+            };
+            dynamic.issue(&role, ttl, &caller, true).await
+        }
+        .await;
+        match result {
+            Ok(credential) => http(200, json!(credential)),
+            Err(e) => {
+                let status = match &e {
+                    Error::Forbidden(_) => 403,
+                    Error::BadRequest(_) | Error::BadEvent(_) | Error::BadSecret { .. } => 400,
+                    Error::NotFound { .. } => 404,
+                    e if e.is_retryable() => 503,
+                    _ => 500,
+                };
+                tracing::error!(error_kind = e.kind(), error = %e, caller = %caller.arn, "issue refused or failed");
+                http(status, json!({"error": e.to_string(), "kind": e.kind()}))
+            }
+        }
+    }
+
+    /// `issue-credential`: behind a function URL with `AWS_IAM` auth.
+    pub async fn run_issue_credential() -> Result<(), lambda_runtime::Error> {
+        let (dynamic, _) = setup().await?;
+        let dynamic = &dynamic;
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+            Ok::<Value, Error>(issue_from_url(dynamic, &event.payload).await)
+        }))
+        .await
+    }
+
+    /// `expire-credentials`: on an EventBridge Scheduler schedule. The
+    /// payload may say `{"dry_run": true}`.
+    pub async fn run_expire_credentials() -> Result<(), lambda_runtime::Error> {
+        let (dynamic, rds) = setup().await?;
+        let (dynamic, rds) = (&dynamic, &rds);
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+            let options = SweepOptions {
+                dry_run: event
+                    .payload
+                    .get("dry_run")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                ..SweepOptions::default()
+            };
+            let caller = Caller {
+                arn: "schedule:expire-credentials".into(),
+                via: "schedule",
+            };
+            let report = dynamic.sweep(&options, &caller, rds.clone()).await?;
+            tracing::info!(report = %json!(report), failures = report.failures, "sweep finished");
+            if report.failures > 0 {
+                return Err(Error::Config(format!(
+                    "{} of {} sweep actions failed; see the sweep report in the logs",
+                    report.failures,
+                    report.actions.len()
+                )));
+            }
+            Ok::<Value, Error>(json!(report))
+        }))
+        .await
+    }
+
+    /// `revoke-on-event`: on EventBridge rules (custom events, GuardDuty,
+    /// CloudTrail). Events caused by `ROTOR_IGNORE_PRINCIPALS` are ignored.
+    pub async fn run_revoke_on_event() -> Result<(), lambda_runtime::Error> {
+        let (dynamic, rds) = setup().await?;
+        let ignore = ignored_principals_from_env();
+        let (dynamic, rds, ignore) = (&dynamic, &rds, &ignore);
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+            let parsed = from_event(&event.payload, ignore).inspect_err(|e| {
+                tracing::error!(error_kind = e.kind(), error = %e, "event refused");
+            })?;
+            let Some((target, dry_run)) = parsed else {
+                tracing::info!("event caused by Rotor itself: ignored");
+                return Ok(json!({"ignored": true}));
+            };
+            let caller = Caller {
+                arn: format!(
+                    "event:{}",
+                    event
+                        .payload
+                        .get("source")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                ),
+                via: "event",
+            };
+            let report = dynamic
+                .revoke(&target, dry_run, &caller, rds.clone())
+                .await?;
+            tracing::info!(report = %json!(report), "revocation finished");
+            if !report.failures.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} revocations failed: {:?}",
+                    report.failures.len(),
+                    report.failures
+                )));
+            }
+            Ok::<Value, Error>(json!(report))
+        }))
+        .await
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub use dynamic_functions::{
+    issue_from_url, run_expire_credentials, run_issue_credential, run_revoke_on_event, url_body,
+    url_caller,
+};

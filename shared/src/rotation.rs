@@ -980,7 +980,7 @@ mod tests {
         async fn users_with_prefix(&mut self, _p: &str) -> Result<Vec<String>> {
             Ok(vec![])
         }
-        async fn end_sessions(&mut self, _u: &str, _b: Option<u64>) -> Result<u64> {
+        async fn end_sessions(&mut self, _u: &str, _b: Option<f64>) -> Result<u64> {
             Ok(0)
         }
         async fn drop_user(

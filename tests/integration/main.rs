@@ -6,6 +6,7 @@
 //! rotation scenarios are generic over strategy (and the store conformance
 //! suite over stores); later engines add themselves to [`engines`].
 
+mod dynamic;
 mod rotation;
 mod stores;
 
@@ -51,6 +52,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(stores::trials(&env));
     trials.extend(rotation::trials(&env));
+    trials.extend(dynamic::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {

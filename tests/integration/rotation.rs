@@ -139,17 +139,17 @@ type Scenario = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 // ---- fixtures --------------------------------------------------------------
 
 /// A secret under rotation and what the test needs to check it.
-struct Fixture {
-    db: TestDb,
-    moto: MotoService,
-    admin: Admin,
-    arn: String,
+pub(crate) struct Fixture {
+    pub(crate) db: TestDb,
+    pub(crate) moto: MotoService,
+    pub(crate) admin: Admin,
+    pub(crate) arn: String,
     /// Base username (single user: the user; alternating: `<base>`, with `<base>_clone`).
-    user: String,
-    strategy: Strategy,
+    pub(crate) user: String,
+    pub(crate) strategy: Strategy,
 }
 
-async fn fixture(db: &TestDb, strategy: Strategy, user: &str, extra: Value) -> Fixture {
+pub(crate) async fn fixture(db: &TestDb, strategy: Strategy, user: &str, extra: Value) -> Fixture {
     let moto = MotoService::new(&db.env);
     let admin = db.admin().await;
     let password = new_password();
@@ -188,11 +188,11 @@ fn ident(name: &str) -> String {
 }
 
 impl Fixture {
-    fn rotator(&self) -> Rotator {
+    pub(crate) fn rotator(&self) -> Rotator {
         self.db.rotator(self.strategy)
     }
 
-    fn event(&self, step: &str, token: &str) -> RotationEvent {
+    pub(crate) fn event(&self, step: &str, token: &str) -> RotationEvent {
         RotationEvent {
             step: step.to_string(),
             secret_id: self.arn.clone(),
@@ -201,11 +201,16 @@ impl Fixture {
         }
     }
 
-    async fn step(&self, rotator: &Rotator, step: Step, token: &str) -> rotor::Result<Outcome> {
+    pub(crate) async fn step(
+        &self,
+        rotator: &Rotator,
+        step: Step,
+        token: &str,
+    ) -> rotor::Result<Outcome> {
         rotator.handle(&self.event(step.as_str(), token)).await
     }
 
-    async fn steps(&self, rotator: &Rotator, token: &str, steps: &[Step]) {
+    pub(crate) async fn steps(&self, rotator: &Rotator, token: &str, steps: &[Step]) {
         for step in steps {
             self.step(rotator, *step, token)
                 .await
@@ -214,7 +219,7 @@ impl Fixture {
     }
 
     /// One service-driven rotation; returns (old version, token).
-    async fn rotate(&self, rotator: &Rotator) -> (String, String) {
+    pub(crate) async fn rotate(&self, rotator: &Rotator) -> (String, String) {
         let old = self.current_version().await;
         let token = self.moto.start_rotation(&self.arn).await;
         self.steps(rotator, &token, &Step::ALL).await;
@@ -222,11 +227,11 @@ impl Fixture {
         (old, token)
     }
 
-    async fn labels(&self) -> BTreeMap<String, Vec<String>> {
+    pub(crate) async fn labels(&self) -> BTreeMap<String, Vec<String>> {
         self.moto.labels(&self.arn).await
     }
 
-    async fn current_version(&self) -> String {
+    pub(crate) async fn current_version(&self) -> String {
         self.labels()
             .await
             .into_iter()
@@ -235,7 +240,7 @@ impl Fixture {
             .expect("AWSCURRENT")
     }
 
-    async fn secret(&self, version: &str) -> DbSecret {
+    pub(crate) async fn secret(&self, version: &str) -> DbSecret {
         let value = self
             .moto
             .value(&self.arn, version)
@@ -251,14 +256,14 @@ impl Fixture {
         .expect("parse")
     }
 
-    async fn remember_values(&self) {
+    pub(crate) async fn remember_values(&self) {
         for v in self.moto.all_values(&self.arn).await {
             leaks::remember(&v);
         }
     }
 
     /// Whether `secret` logs in (over verified TLS).
-    async fn logs_in(&self, secret: &DbSecret) -> bool {
+    pub(crate) async fn logs_in(&self, secret: &DbSecret) -> bool {
         match self.db.engine().connect(secret, "test").await {
             Ok(_) => true,
             Err(Error::LoginRefused { .. }) => false,
@@ -270,7 +275,7 @@ impl Fixture {
     }
 
     /// Verifiers of both users of this fixture (to prove nothing changed).
-    async fn verifiers(&self) -> (Option<String>, Option<String>) {
+    pub(crate) async fn verifiers(&self) -> (Option<String>, Option<String>) {
         (
             self.admin.stored_credential(&self.user).await,
             self.admin
@@ -283,7 +288,7 @@ impl Fixture {
 /// After a finished rotation from `old` to `new`: labels moved, the new
 /// credentials log in, and per strategy the old ones are refused (single
 /// user) or still accepted as AWSPREVIOUS (alternating).
-async fn assert_rotated(f: &Fixture, old: &str, new: &str) {
+pub(crate) async fn assert_rotated(f: &Fixture, old: &str, new: &str) {
     let labels = f.labels().await;
     assert_eq!(
         labels.get(new).map(Vec::as_slice),

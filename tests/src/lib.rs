@@ -550,7 +550,8 @@ impl Admin {
     pub async fn create_master(&self, name: &str, password: &SecretString, managed: &str) {
         match self {
             Admin::Pg(c) => {
-                create_role(c, name, password, "CREATEROLE").await;
+                // pg_signal_backend: ending other users' sessions (RDS's master has it).
+                create_role(c, name, password, "CREATEROLE IN ROLE pg_signal_backend").await;
                 self.exec(&format!(
                     "GRANT {} TO {} WITH ADMIN OPTION",
                     pg_ident(managed),

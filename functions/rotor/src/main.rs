@@ -14,14 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rotor::engine::Engine;
-use rotor::engine::mysql::MysqlEngine;
-use rotor::engine::postgres::PostgresEngine;
-use rotor::secret::Require;
+use rotor::dynamic::revoke::RevokeTarget;
+use rotor::dynamic::{Caller, Dynamic};
 use rotor::store::{AWSCURRENT, LocalStore, SecretStore, SecretsManagerStore, VersionRef};
-use rotor::{
-    DbSecret, Error, PasswordPolicy, Result, RotationEvent, Rotator, SecretString, Strategy,
-};
+use rotor::{Error, Result, RotationEvent, Rotator, SecretString, Strategy};
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +70,67 @@ enum Command {
     Secrets {
         #[command(subcommand)]
         action: SecretsAction,
+    },
+    /// Issue a dynamic credential for a role (prints it as JSON, or as shell exports).
+    Issue {
+        /// Role name (under ROTOR_ROLES_PREFIX, default rotor/roles/) or ARN.
+        role: String,
+        /// Lifetime, e.g. 15m, 1h (default: the role's default_ttl; at most its max_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Print `export NAME=value` lines instead of JSON.
+        #[arg(long)]
+        env: bool,
+        #[arg(long, value_name = "FILE")]
+        local: Option<PathBuf>,
+    },
+    /// Revoke now: a static secret (rotated, previous invalidated), a dynamic user, a role's users, or secrets by tag.
+    Revoke {
+        #[arg(long, group = "what")]
+        secret: Option<String>,
+        /// A dynamic user (its name is the lease id).
+        #[arg(long, visible_alias = "lease", group = "what")]
+        user: Option<String>,
+        /// Every user issued for this role.
+        #[arg(long, group = "what")]
+        role: Option<String>,
+        /// Every secret with this tag, as KEY=VALUE.
+        #[arg(long, value_name = "KEY=VALUE", group = "what")]
+        tag: Option<String>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_name = "FILE")]
+        local: Option<PathBuf>,
+    },
+    /// Drop expired dynamic users; rotate or revoke static secrets by their rotor:max-age / rotor:expires-at tags.
+    Sweep {
+        #[arg(long)]
+        dry_run: bool,
+        /// Master connections per database at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, value_name = "FILE")]
+        local: Option<PathBuf>,
+    },
+    /// List issued dynamic users and their expiry, read from the databases.
+    Leases {
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        local: Option<PathBuf>,
+    },
+    /// Run a command with a fresh credential in its environment (PG*/MYSQL_*, DATABASE_URL);
+    /// revoke it when the command exits, even if it fails.
+    Exec {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        local: Option<PathBuf>,
+        /// The command and its arguments (after --).
+        #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
+        command: Vec<String>,
     },
     /// Run the main job end to end against a local PostgreSQL with the local store.
     Demo {
@@ -240,6 +297,141 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Secrets { action } => secrets(action).await,
+        Command::Issue {
+            role,
+            ttl,
+            env,
+            local,
+        } => {
+            let dynamic = dynamic(local.as_deref()).await?;
+            let ttl = ttl
+                .as_deref()
+                .map(rotor::time::parse_duration)
+                .transpose()?;
+            let credential = dynamic.issue(&role, ttl, &cli_caller(), false).await?;
+            if env {
+                for (k, v) in credential.environment() {
+                    println!("export {k}='{}'", v.replace('\'', "'\\''"));
+                }
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&credential).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Revoke {
+            secret,
+            user,
+            role,
+            tag,
+            dry_run,
+            local,
+        } => {
+            let target = if let Some(s) = secret {
+                RevokeTarget::Secret(s)
+            } else if let Some(u) = user {
+                RevokeTarget::User(u)
+            } else if let Some(r) = role {
+                RevokeTarget::Role(r)
+            } else if let Some(t) = tag {
+                let (key, value) = t
+                    .split_once('=')
+                    .ok_or_else(|| Error::Config(format!("--tag {t:?} is not KEY=VALUE")))?;
+                RevokeTarget::Tag {
+                    key: key.into(),
+                    value: value.into(),
+                }
+            } else {
+                return Err(Error::Config(
+                    "name what to revoke: --secret, --user, --role or --tag".into(),
+                ));
+            };
+            let dynamic = dynamic(local.as_deref()).await?;
+            let rds = rds_for(local.as_deref()).await;
+            let report = dynamic.revoke(&target, dry_run, &cli_caller(), rds).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            if report.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "{} revocations failed",
+                    report.failures.len()
+                )))
+            }
+        }
+        Command::Sweep {
+            dry_run,
+            concurrency,
+            local,
+        } => {
+            let dynamic = dynamic(local.as_deref()).await?;
+            let options = rotor::dynamic::sweep::SweepOptions {
+                dry_run,
+                concurrency,
+                ..Default::default()
+            };
+            let report = dynamic
+                .sweep(&options, &cli_caller(), rds_for(local.as_deref()).await)
+                .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            if report.failures == 0 {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "{} sweep actions failed",
+                    report.failures
+                )))
+            }
+        }
+        Command::Leases { role, local } => {
+            let dynamic = dynamic(local.as_deref()).await?;
+            let now = rotor::time::now();
+            for (role, lease) in dynamic.leases(role.as_deref()).await? {
+                let state = if lease.expires_at <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{}\t{}\t{state}",
+                    lease.username,
+                    role,
+                    rotor::time::rfc3339(lease.expires_at)
+                );
+            }
+            Ok(())
+        }
+        Command::Exec {
+            role,
+            ttl,
+            local,
+            command,
+        } => {
+            let dynamic = dynamic(local.as_deref()).await?;
+            let ttl = ttl
+                .as_deref()
+                .map(rotor::time::parse_duration)
+                .transpose()?;
+            let outcome = dynamic.exec(&role, ttl, &cli_caller(), &command).await?;
+            eprintln!(
+                "rotor: revoked {} (sessions ended: {})",
+                outcome.username, outcome.revoked.sessions_ended
+            );
+            match outcome.code {
+                Some(0) => Ok(()),
+                code => Err(Error::Config(format!(
+                    "the command exited with {code:?}; the credential was revoked"
+                ))),
+            }
+        }
         Command::Demo {
             database_url,
             store,
@@ -281,6 +473,36 @@ async fn rotator_for(secret_id: &str, target: &Target) -> Result<Rotator> {
     )
     .await?;
     Ok(rotator.ignore_disabled(target.ignore_disabled))
+}
+
+/// Who the CLI acts for, in audit records.
+fn cli_caller() -> Caller {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    Caller {
+        arn: format!("cli:{user}"),
+        via: "cli",
+    }
+}
+
+async fn store_for(local: Option<&std::path::Path>) -> Result<Arc<dyn SecretStore>> {
+    Ok(match local {
+        Some(path) => Arc::new(LocalStore::open(path)?),
+        None => Arc::new(SecretsManagerStore::from_env().await),
+    })
+}
+
+async fn dynamic(local: Option<&std::path::Path>) -> Result<Dynamic> {
+    Ok(Dynamic::new(
+        store_for(local).await?,
+        rotor::engine::ConnectOptions::from_env()?,
+    ))
+}
+
+async fn rds_for(local: Option<&std::path::Path>) -> Option<Arc<dyn rotor::rds::RdsLookup>> {
+    match local {
+        Some(_) => None,
+        None => Some(Arc::new(rotor::rds::RdsApi::from_env().await)),
+    }
 }
 
 async fn secrets(action: SecretsAction) -> Result<()> {

@@ -138,3 +138,105 @@ impl Dynamic {
         Ok(out)
     }
 }
+
+/// Percent-encodes a URL userinfo part.
+fn url_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl IssuedCredential {
+    /// The environment a client program reads: libpq's `PG*` variables or
+    /// the MySQL client's, plus `DATABASE_URL`.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let db = self.dbname.clone().unwrap_or_default();
+        let postgres = self.engine.contains("postgres");
+        let scheme = if postgres { "postgres" } else { "mysql" };
+        let url = format!(
+            "{scheme}://{}:{}@{}:{}/{}",
+            url_part(&self.username),
+            url_part(self.password.expose()),
+            self.host,
+            self.port,
+            url_part(&db)
+        );
+        let mut env = vec![("DATABASE_URL".to_string(), url)];
+        let pairs: Vec<(&str, String)> = if postgres {
+            vec![
+                ("PGHOST", self.host.clone()),
+                ("PGPORT", self.port.to_string()),
+                ("PGUSER", self.username.clone()),
+                ("PGPASSWORD", self.password.expose().to_string()),
+                ("PGDATABASE", db),
+            ]
+        } else {
+            vec![
+                ("MYSQL_HOST", self.host.clone()),
+                ("MYSQL_TCP_PORT", self.port.to_string()),
+                ("MYSQL_USER", self.username.clone()),
+                ("MYSQL_PWD", self.password.expose().to_string()),
+                ("MYSQL_DATABASE", db),
+            ]
+        };
+        env.extend(pairs.into_iter().map(|(k, v)| (k.to_string(), v)));
+        env
+    }
+}
+
+/// What `rotor exec` did.
+#[derive(Debug)]
+pub struct ExecOutcome {
+    /// The command's exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    pub username: String,
+    pub revoked: crate::engine::DropReport,
+}
+
+impl Dynamic {
+    /// Issues a credential, runs `command` with it in the environment, and
+    /// revokes it when the command exits — whether it succeeded, failed or
+    /// could not start.
+    pub async fn exec(
+        &self,
+        role_id: &str,
+        ttl: Option<u64>,
+        caller: &Caller,
+        command: &[String],
+    ) -> Result<ExecOutcome> {
+        let (program, args) = command
+            .split_first()
+            .ok_or_else(|| Error::BadRequest("no command to run".into()))?;
+        let credential = self.issue(role_id, ttl, caller, false).await?;
+        let status = tokio::process::Command::new(program)
+            .args(args)
+            .envs(credential.environment())
+            .status()
+            .await;
+        // Revoke first, then report the command's fate.
+        let role = self.role(role_id).await?;
+        let (mut session, _) = self.master_session(&role).await?;
+        let revoked = session
+            .drop_user(&credential.username, role.owner_role.as_deref())
+            .await?;
+        record(&AuditRecord {
+            action: "revoke",
+            actor: &caller.arn,
+            target: &credential.username,
+            outcome: "ok",
+            detail: json!({"reason": "rotor exec finished", "evidence": revoked}),
+        });
+        let status =
+            status.map_err(|e| Error::BadRequest(format!("cannot run {program:?}: {e}")))?;
+        Ok(ExecOutcome {
+            code: status.code(),
+            username: credential.username,
+            revoked,
+        })
+    }
+}

@@ -385,7 +385,9 @@ impl Dynamic {
         }
         // An emergency does not wait for a stuck rotation.
         rotator.abandon_unfinished(&meta.arn).await?;
-        let started = crate::time::now();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         let report = rotator.rotate(&meta.arn).await?;
         let after = self.store().describe(&meta.arn).await?;
         let current = self.version(&meta.arn, &report.token).await?;

@@ -124,7 +124,7 @@ pub trait Session: Send {
 
     /// Ends `user`'s sessions (only those started before `before`, seconds
     /// since the epoch, when given). Returns how many were ended.
-    async fn end_sessions(&mut self, user: &str, before: Option<u64>) -> Result<u64>;
+    async fn end_sessions(&mut self, user: &str, before: Option<f64>) -> Result<u64>;
 
     /// Ends the user's sessions, hands what it owns to `owner_role` (when
     /// given and the engine has object ownership), and drops it. Dropping a

@@ -726,7 +726,7 @@ impl Session for MySession {
         conn.exec(sql, (prefix, prefix)).await.map_err(&fail)
     }
 
-    async fn end_sessions(&mut self, user: &str, _before: Option<u64>) -> Result<u64> {
+    async fn end_sessions(&mut self, user: &str, _before: Option<f64>) -> Result<u64> {
         // The process list has no connection start time: every session of
         // the user ends (a revocation is an emergency; clients reconnect).
         let fail = self.fail(format!("list the sessions of {user:?}"));

@@ -489,10 +489,20 @@ impl Session for PgSession {
                 .collect();
             sql.push_str(&format!(" IN ROLE {}", groups.join(", ")));
         }
-        self.client
-            .batch_execute(&sql)
-            .await
-            .map_err(self.db_error(format!("create dynamic user {:?}", user.username)))
+        // The master joins the new role so that it may later REASSIGN and
+        // DROP what the user owns (PostgreSQL requires membership in both).
+        let sql = format!(
+            "BEGIN; {sql}; GRANT {} TO CURRENT_USER; COMMIT;",
+            escape_identifier(&user.username)
+        );
+        if let Err(e) = self.client.batch_execute(&sql).await {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            return Err(self
+                .db_error(format!("create dynamic user {:?}", user.username))(
+                e
+            ));
+        }
+        Ok(())
     }
 
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
@@ -507,8 +517,7 @@ impl Session for PgSession {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
-    async fn end_sessions(&mut self, user: &str, before: Option<u64>) -> Result<u64> {
-        let before = before.map(|b| b as f64);
+    async fn end_sessions(&mut self, user: &str, before: Option<f64>) -> Result<u64> {
         let row = self
             .client
             .query_one(
