@@ -8,11 +8,10 @@ use libtest_mimic::Trial;
 use rotor::dynamic::revoke::RevokeTarget;
 use rotor::dynamic::sweep::SweepOptions;
 use rotor::dynamic::{Caller, Dynamic, parse_lease};
-use rotor::engine::{ConnectOptions, TlsSettings};
 use rotor::secret::Require;
 use rotor::store::{SecretStore, SecretsManagerStore};
 use rotor::{DbSecret, Error, SecretString, Strategy};
-use rotor_tests::{Admin, Kind, MotoService, TestDb, TestEnv, leaks, new_password, unique};
+use rotor_tests::{Admin, DynamicRole, Kind, TestDb, TestEnv, dynamic_role, leaks, unique};
 use serde_json::{Value, json};
 
 use crate::rotation::{assert_rotated, fixture};
@@ -66,95 +65,6 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
     t
 }
 
-/// A role for tests: group, owner, master and the role secret.
-struct RoleFixture {
-    db: TestDb,
-    admin: Admin,
-    dynamic: Dynamic,
-    moto: MotoService,
-    /// Roles prefix unique to this test, so sweeps see only its roles.
-    prefix: String,
-    name: String,
-    group: String,
-    owner: String,
-}
-
-const ALLOWED: &str = "arn:aws:iam::123456789012:role/ci-*";
-
-async fn role_fixture(db: &TestDb, extra: Value) -> RoleFixture {
-    let admin = db.admin().await;
-    let moto = MotoService::new(&db.env);
-    let group = unique("rotor_grp");
-    let owner = unique("rotor_own");
-    let master = unique("rotor_dmaster");
-    let master_pw = new_password();
-    match db.kind {
-        Kind::Postgres => {
-            admin.exec(&format!("CREATE ROLE \"{group}\" NOLOGIN; GRANT USAGE, CREATE ON SCHEMA public TO \"{group}\"; CREATE ROLE \"{owner}\" NOLOGIN")).await;
-            admin.create_master(&master, &master_pw, &group).await;
-            admin
-                .exec(&format!("GRANT \"{owner}\" TO \"{master}\""))
-                .await;
-        }
-        Kind::MariaDb => {
-            admin.exec(&format!("CREATE ROLE `{group}`")).await;
-            admin
-                .exec(&format!(
-                    "GRANT SELECT, CREATE ON rotor_test.* TO `{group}`"
-                ))
-                .await;
-            admin.create_master(&master, &master_pw, &group).await;
-            admin
-                .exec(&format!(
-                    "GRANT `{group}` TO {} WITH ADMIN OPTION",
-                    rotor_tests::mysql_account(&master)
-                ))
-                .await;
-        }
-    }
-    let master_value = db.secret(&master, master_pw.expose(), json!({}));
-    leaks::remember(&master_value);
-    let master_arn = moto
-        .create_secret(&unique("rotor/dmaster"), &master_value)
-        .await;
-    let prefix = format!("{}/", unique("rotor-roles"));
-    let short = unique("r").replace('_', "");
-    let name = format!("{prefix}{short}");
-    let mut role = json!({
-        "engine": db.engine_key(),
-        "masterarn": master_arn,
-        "dbname": db.dbname(),
-        "member_of": [group],
-        "owner_role": owner,
-        "default_ttl": "15m",
-        "max_ttl": "1h",
-        "allowed_principals": [ALLOWED],
-    });
-    if let (Value::Object(r), Value::Object(e)) = (&mut role, extra) {
-        r.extend(e);
-    }
-    moto.create_secret(&name, &role.to_string()).await;
-    let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
-    let dynamic = Dynamic::new(store, options(db)).with_roles_prefix(prefix.clone());
-    RoleFixture {
-        db: db.clone(),
-        admin,
-        dynamic,
-        moto,
-        prefix,
-        name,
-        group,
-        owner,
-    }
-}
-
-fn options(db: &TestDb) -> ConnectOptions {
-    ConnectOptions {
-        tls: TlsSettings::with_ca_bundle(Some(db.env.ca.clone().into())),
-        ..ConnectOptions::default()
-    }
-}
-
 fn cli() -> Caller {
     Caller {
         arn: "cli:test".into(),
@@ -162,7 +72,13 @@ fn cli() -> Caller {
     }
 }
 
-impl RoleFixture {
+trait RoleExt {
+    async fn issue(&self, ttl: Option<u64>) -> rotor::dynamic::issue::IssuedCredential;
+    fn secret_of(&self, c: &rotor::dynamic::issue::IssuedCredential) -> DbSecret;
+    async fn exists(&self, user: &str) -> bool;
+}
+
+impl RoleExt for DynamicRole {
     async fn issue(&self, ttl: Option<u64>) -> rotor::dynamic::issue::IssuedCredential {
         let c = self
             .dynamic
@@ -198,7 +114,7 @@ fn url_event(arn: &str, body: &str) -> Value {
 }
 
 async fn issue_checks_caller(db: TestDb) {
-    let r = role_fixture(&db, json!({})).await;
+    let r = dynamic_role(&db, json!({})).await;
     let body = json!({"role": r.name, "ttl": "10m"}).to_string();
     let before = r.admin.users_starting_with("v_").await;
     let refused = rotor::lambda::issue_from_url(
@@ -267,7 +183,7 @@ async fn issue_checks_caller(db: TestDb) {
 }
 
 async fn ttl_above_max(db: TestDb) {
-    let r = role_fixture(&db, json!({})).await;
+    let r = dynamic_role(&db, json!({})).await;
     let before = r.admin.users_starting_with("v_").await;
     let err = r
         .dynamic
@@ -280,7 +196,7 @@ async fn ttl_above_max(db: TestDb) {
 }
 
 async fn connection_limit(db: TestDb) {
-    let r = role_fixture(&db, json!({"max_connections": 1})).await;
+    let r = dynamic_role(&db, json!({"max_connections": 1})).await;
     let c = r.issue(None).await;
     let secret = r.secret_of(&c);
     let _first = logs_in(&db, &secret).await.expect("first connection");
@@ -292,7 +208,7 @@ async fn connection_limit(db: TestDb) {
 }
 
 async fn valid_until(db: TestDb) {
-    let r = role_fixture(&db, json!({"default_ttl": "2s"})).await;
+    let r = dynamic_role(&db, json!({"default_ttl": "2s"})).await;
     let c = r.issue(None).await;
     let secret = r.secret_of(&c);
     logs_in(&db, &secret).await.expect("logs in before expiry");
@@ -311,7 +227,7 @@ async fn valid_until(db: TestDb) {
 }
 
 async fn sweep_expired(db: TestDb) {
-    let r = role_fixture(&db, json!({})).await;
+    let r = dynamic_role(&db, json!({})).await;
     let doomed = r.issue(Some(60)).await;
     let survivor = r.issue(Some(3600)).await;
     // An open session, and (PostgreSQL) a table the user owns.
@@ -416,7 +332,7 @@ async fn tokio_postgres_connect(
 }
 
 async fn revoke_dynamic(db: TestDb) {
-    let a = role_fixture(&db, json!({})).await;
+    let a = dynamic_role(&db, json!({})).await;
     let u1 = a.issue(None).await;
     let u2 = a.issue(None).await;
     let by_user = a
@@ -514,7 +430,7 @@ async fn revoke_static(db: TestDb, strategy: Strategy) {
         .await
         .expect("session with the compromised credential");
     let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
-    let dynamic = Dynamic::new(store, options(&db));
+    let dynamic = Dynamic::new(store, rotor_tests::dynamic_options(&db));
     // Through the event path: a CloudTrail event naming the secret.
     let event = json!({"source": "aws.secretsmanager", "detail-type": "AWS API Call via CloudTrail", "detail": {"eventName": "GetSecretValue", "userIdentity": {"arn": "arn:aws:sts::123456789012:assumed-role/attacker/x"}, "requestParameters": {"secretId": f.arn}}});
     let (target, _) = rotor::dynamic::revoke::from_event(
@@ -551,7 +467,7 @@ async fn revoke_static(db: TestDb, strategy: Strategy) {
 }
 
 async fn exec_revokes(db: TestDb) {
-    let r = role_fixture(&db, json!({})).await;
+    let r = dynamic_role(&db, json!({})).await;
     let before = r.admin.users_starting_with("v_").await;
     let out = r
         .dynamic
@@ -581,7 +497,7 @@ async fn exec_revokes(db: TestDb) {
 }
 
 async fn bad_roles(db: TestDb) {
-    let r = role_fixture(&db, json!({})).await;
+    let r = dynamic_role(&db, json!({})).await;
     let before = r.admin.users_starting_with("v_").await;
     for (what, value) in [
         ("not JSON", "{".to_string()),
@@ -638,7 +554,7 @@ async fn sweep_static_tags(db: TestDb) {
     let before_aged = aged.current_version().await;
     let before_exp = expiring.current_version().await;
     let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
-    let dynamic = Dynamic::new(store, options(&db)).with_roles_prefix(unique("none/"));
+    let dynamic = Dynamic::new(store, rotor_tests::dynamic_options(&db)).with_roles_prefix(unique("none/"));
     // Two days later: the max-age secret is rotated, the other revoked once.
     let later = SweepOptions {
         now: rotor::time::now() + 2 * 86_400,

@@ -14,6 +14,8 @@ use rotor::engine::mysql::MysqlEngine;
 use rotor::engine::postgres::PostgresEngine;
 use rotor::engine::{ConnectOptions, Engine, TlsSettings};
 use rotor::store::SecretsManagerStore;
+use rotor::dynamic::Dynamic;
+use rotor::store::SecretStore;
 use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
 
@@ -676,3 +678,94 @@ impl Admin {
         }
     }
 }
+
+/// Dynamic-credential fixtures: a role with its group, owner and master.
+/// A role for tests: group, owner, master and the role secret.
+pub struct DynamicRole {
+    pub db: TestDb,
+    pub admin: Admin,
+    pub dynamic: Dynamic,
+    pub moto: MotoService,
+    /// Roles prefix unique to this test, so sweeps see only its roles.
+    pub prefix: String,
+    pub name: String,
+    pub group: String,
+    pub owner: String,
+}
+
+pub const ALLOWED: &str = "arn:aws:iam::123456789012:role/ci-*";
+
+pub async fn dynamic_role(db: &TestDb, extra: Value) -> DynamicRole {
+    let admin = db.admin().await;
+    let moto = MotoService::new(&db.env);
+    let group = unique("rotor_grp");
+    let owner = unique("rotor_own");
+    let master = unique("rotor_dmaster");
+    let master_pw = new_password();
+    match db.kind {
+        Kind::Postgres => {
+            admin.exec(&format!("CREATE ROLE \"{group}\" NOLOGIN; GRANT USAGE, CREATE ON SCHEMA public TO \"{group}\"; CREATE ROLE \"{owner}\" NOLOGIN")).await;
+            admin.create_master(&master, &master_pw, &group).await;
+            admin
+                .exec(&format!("GRANT \"{owner}\" TO \"{master}\""))
+                .await;
+        }
+        Kind::MariaDb => {
+            admin.exec(&format!("CREATE ROLE `{group}`")).await;
+            admin
+                .exec(&format!(
+                    "GRANT SELECT, CREATE ON rotor_test.* TO `{group}`"
+                ))
+                .await;
+            admin.create_master(&master, &master_pw, &group).await;
+            admin
+                .exec(&format!(
+                    "GRANT `{group}` TO {} WITH ADMIN OPTION",
+                    mysql_account(&master)
+                ))
+                .await;
+        }
+    }
+    let master_value = db.secret(&master, master_pw.expose(), json!({}));
+    leaks::remember(&master_value);
+    let master_arn = moto
+        .create_secret(&unique("rotor/dmaster"), &master_value)
+        .await;
+    let prefix = format!("{}/", unique("rotor-roles"));
+    let short = unique("r").replace('_', "");
+    let name = format!("{prefix}{short}");
+    let mut role = json!({
+        "engine": db.engine_key(),
+        "masterarn": master_arn,
+        "dbname": db.dbname(),
+        "member_of": [group],
+        "owner_role": owner,
+        "default_ttl": "15m",
+        "max_ttl": "1h",
+        "allowed_principals": [ALLOWED],
+    });
+    if let (Value::Object(r), Value::Object(e)) = (&mut role, extra) {
+        r.extend(e);
+    }
+    moto.create_secret(&name, &role.to_string()).await;
+    let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
+    let dynamic = Dynamic::new(store, dynamic_options(db)).with_roles_prefix(prefix.clone());
+    DynamicRole {
+        db: db.clone(),
+        admin,
+        dynamic,
+        moto,
+        prefix,
+        name,
+        group,
+        owner,
+    }
+}
+
+pub fn dynamic_options(db: &TestDb) -> ConnectOptions {
+    ConnectOptions {
+        tls: TlsSettings::with_ca_bundle(Some(db.env.ca.clone().into())),
+        ..ConnectOptions::default()
+    }
+}
+
