@@ -24,6 +24,7 @@ pub mod demo;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod dynamic;
 pub mod engine;
+pub mod inventory;
 pub mod error;
 pub mod event;
 #[cfg(feature = "lambda")]
