@@ -184,12 +184,7 @@ impl Dynamic {
             set.spawn(async move {
                 let mut results: Vec<(String, Result<DropReport>)> = Vec::with_capacity(lane.len());
                 match session {
-                    Ok(mut session) => {
-                        for user in lane {
-                            let r = session.drop_user(&user, owner.as_deref()).await;
-                            results.push((user, r));
-                        }
-                    }
+                    Ok(mut session) => results = session.drop_users(&lane, owner.as_deref()).await,
                     Err(e) => {
                         let msg = e.to_string();
                         results.extend(

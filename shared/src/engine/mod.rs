@@ -130,6 +130,19 @@ pub trait Session: Send {
     /// given and the engine has object ownership), and drops it. Dropping a
     /// user that is already gone succeeds with `existed: false`.
     async fn drop_user(&mut self, user: &str, owner_role: Option<&str>) -> Result<DropReport>;
+
+    /// Drops many users; engines may batch. One result per user, in order.
+    async fn drop_users(
+        &mut self,
+        users: &[String],
+        owner_role: Option<&str>,
+    ) -> Vec<(String, Result<DropReport>)> {
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            out.push((user.clone(), self.drop_user(user, owner_role).await));
+        }
+        out
+    }
 }
 
 /// `host:port` for messages.

@@ -270,6 +270,69 @@ struct PgSession {
 }
 
 impl PgSession {
+    /// Drops a batch of users in one transaction (see `drop_users`).
+    async fn drop_batch(
+        &mut self,
+        users: &[String],
+        owner_role: Option<&str>,
+    ) -> Result<Vec<(String, Result<DropReport>)>> {
+        let existing: Vec<String> = self
+            .client
+            .query("SELECT rolname FROM pg_roles WHERE rolname = ANY($1)", &[&users])
+            .await
+            .map_err(self.db_error("list the users to drop"))?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut ended: std::collections::HashMap<String, u64> = Default::default();
+        if !existing.is_empty() {
+            let idents: Vec<String> = existing.iter().map(|u| escape_identifier(u)).collect();
+            let lock: String = idents.iter().map(|i| format!("ALTER ROLE {i} NOLOGIN;")).collect();
+            self.client
+                .batch_execute(&lock)
+                .await
+                .map_err(self.db_error("lock the users to drop"))?;
+            for row in self
+                .client
+                .query(
+                    "SELECT usename::text, count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = ANY($1) AND pid <> pg_backend_pid() GROUP BY usename",
+                    &[&existing],
+                )
+                .await
+                .map_err(self.db_error("end the sessions of the users to drop"))?
+            {
+                ended.insert(row.get(0), row.get::<_, i64>(1).max(0) as u64);
+            }
+            let list = idents.join(", ");
+            let mut sql = String::from("BEGIN;");
+            if let Some(owner) = owner_role {
+                sql.push_str(&format!(
+                    "REASSIGN OWNED BY {list} TO {}; DROP OWNED BY {list};",
+                    escape_identifier(owner)
+                ));
+            }
+            sql.push_str(&format!("DROP ROLE IF EXISTS {list}; COMMIT;"));
+            if let Err(e) = self.client.batch_execute(&sql).await {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(self.db_error("drop a batch of users")(e));
+            }
+        }
+        Ok(users
+            .iter()
+            .map(|u| {
+                let existed = existing.contains(u);
+                (
+                    u.clone(),
+                    Ok(DropReport {
+                        existed,
+                        sessions_ended: ended.get(u).copied().unwrap_or(0),
+                        objects_reassigned: existed && owner_role.is_some(),
+                    }),
+                )
+            })
+            .collect())
+    }
+
     fn db_error(&self, action: impl Into<String>) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
         let action = action.into();
         move |e| Error::Database {
@@ -340,6 +403,17 @@ impl Session for PgSession {
         user: &str,
         password: &SecretString,
     ) -> Result<Option<bool>> {
+        // Ask first: reading pg_authid without the privilege would put an
+        // ERROR in the server log on every rotation (RDS masters lack it).
+        let readable: bool = self
+            .client
+            .query_one("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if !readable {
+            return Ok(None);
+        }
         match self
             .client
             .query_opt(
@@ -527,6 +601,27 @@ impl Session for PgSession {
             .await
             .map_err(self.db_error(format!("end the sessions of {user:?}")))?;
         Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    async fn drop_users(
+        &mut self,
+        users: &[String],
+        owner_role: Option<&str>,
+    ) -> Vec<(String, Result<DropReport>)> {
+        let mut out = Vec::with_capacity(users.len());
+        // Batches: one catalog pass per statement instead of one per user.
+        for chunk in users.chunks(100) {
+            match self.drop_batch(chunk, owner_role).await {
+                Ok(results) => out.extend(results),
+                Err(e) => {
+                    tracing::warn!(error = %e, "batch drop failed; dropping one by one");
+                    for user in chunk {
+                        out.push((user.clone(), self.drop_user(user, owner_role).await));
+                    }
+                }
+            }
+        }
+        out
     }
 
     async fn drop_user(&mut self, user: &str, owner_role: Option<&str>) -> Result<DropReport> {
