@@ -31,6 +31,7 @@ pub mod event;
 pub mod lambda;
 pub mod logging;
 pub mod password;
+pub mod principal;
 pub mod rds;
 pub mod rotation;
 pub mod secret;

@@ -12,6 +12,9 @@
 //! documented, stable schema), CSV and one self-contained HTML page.
 
 pub mod classify;
+pub mod events;
+#[cfg(feature = "inventory-aws")]
+pub mod publish;
 pub mod report;
 pub mod scan;
 

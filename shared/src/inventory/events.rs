@@ -1,0 +1,218 @@
+//! `audit-events`: findings from Secrets Manager's CloudTrail events and
+//! its rotation events, as they happen. Each event yields zero or more
+//! [`EventFinding`]s, published like the report's (no secret values):
+//!
+//! - `stale_version_read` — GetSecretValue of a version that is no longer
+//!   AWSCURRENT, long after the rotation (`ROTOR_STALE_READ_HOURS`, 24);
+//! - `unexpected_reader` — a read by a principal outside the allow-list in
+//!   the secret's `rotor:allowed-readers` tag (comma-separated ARN patterns);
+//! - `public_policy` / `cross_account_policy` — PutResourcePolicy granting
+//!   `*` or another account;
+//! - `rotation_disabled` — CancelRotateSecret;
+//! - `deletion_scheduled` — DeleteSecret;
+//! - `rotation_failed` / `repeated_rotation_failures` — RotationFailed or
+//!   RotationAbandoned; the count lives in the `rotor:rotation-failures` tag.
+//!
+//! GetSecretValue is a read-only *management* event: it reaches EventBridge
+//! only when a trail logs read management events and a rule matches them
+//! (see the README and infra/template.yaml).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::principal::principal_allowed;
+use crate::error::Result;
+use crate::store::{AWSCURRENT, SecretStore};
+
+pub const TAG_ALLOWED_READERS: &str = "rotor:allowed-readers";
+pub const TAG_ROTATION_FAILURES: &str = "rotor:rotation-failures";
+
+/// One finding from one event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventFinding {
+    pub status: String,
+    pub secret: String,
+    pub rule: String,
+    /// Who caused the event.
+    pub actor: String,
+    pub event_name: String,
+    pub event_time: String,
+}
+
+/// Settings.
+#[derive(Clone, Debug)]
+pub struct EventRules {
+    pub stale_read_after: u64,
+    /// Rotor's own roles: their events are not findings.
+    pub ignore: Vec<String>,
+}
+
+impl Default for EventRules {
+    fn default() -> Self {
+        EventRules {
+            stale_read_after: std::env::var("ROTOR_STALE_READ_HOURS")
+                .ok()
+                .and_then(|h| h.trim().parse::<u64>().ok())
+                .unwrap_or(24)
+                * 3600,
+            ignore: Vec::new(),
+        }
+    }
+}
+
+fn text(v: &Value, path: &str) -> Option<String> {
+    v.pointer(path).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+/// Whether a resource policy grants anyone (`*`) or another account.
+/// Returns the status that fires.
+pub fn policy_exposure(policy: &str, own_account: &str) -> Option<&'static str> {
+    let doc: Value = serde_json::from_str(policy).ok()?;
+    let statements = match doc.get("Statement")? {
+        Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    };
+    let mut worst = None;
+    for st in statements {
+        if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
+            continue;
+        }
+        let principals: Vec<String> = match st.get("Principal") {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Object(m)) => m
+                .values()
+                .flat_map(|v| match v {
+                    Value::String(s) => vec![s.clone()],
+                    Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                    _ => vec![],
+                })
+                .collect(),
+            _ => vec![],
+        };
+        for p in principals {
+            if p == "*" {
+                return Some("public_policy");
+            }
+            let account = p
+                .strip_prefix("arn:aws:iam::")
+                .and_then(|r| r.split(':').next())
+                .map(str::to_string)
+                .or_else(|| p.chars().all(|c| c.is_ascii_digit()).then(|| p.clone()));
+            if let Some(a) = account
+                && a != own_account
+            {
+                worst = Some("cross_account_policy");
+            }
+        }
+    }
+    worst
+}
+
+/// Analyses one EventBridge event against the store.
+pub async fn analyse(event: &Value, store: &dyn SecretStore, rules: &EventRules, now: u64) -> Result<Vec<EventFinding>> {
+    let detail = event.get("detail").cloned().unwrap_or(Value::Null);
+    let event_name = text(&detail, "/eventName").unwrap_or_default();
+    let actor = text(&detail, "/userIdentity/sessionContext/sessionIssuer/arn")
+        .or_else(|| text(&detail, "/userIdentity/arn"))
+        .or_else(|| text(&detail, "/userIdentity/invokedBy"))
+        .unwrap_or_default();
+    if !actor.is_empty() && principal_allowed(&actor, &rules.ignore) {
+        return Ok(Vec::new());
+    }
+    let secret = text(&detail, "/requestParameters/secretId")
+        .or_else(|| text(&detail, "/additionalEventData/SecretId"))
+        .or_else(|| text(&detail, "/serviceEventDetails/secretId"))
+        .or_else(|| event.get("resources").and_then(Value::as_array).and_then(|r| r.first()).and_then(Value::as_str).map(str::to_string));
+    let Some(secret) = secret else {
+        return Ok(Vec::new());
+    };
+    let event_time = text(&detail, "/eventTime").or_else(|| text(event, "/time")).unwrap_or_default();
+    let finding = |status: &str, rule: String| EventFinding {
+        status: status.into(),
+        secret: secret.clone(),
+        rule,
+        actor: actor.clone(),
+        event_name: event_name.clone(),
+        event_time: event_time.clone(),
+    };
+    let mut out = Vec::new();
+    match event_name.as_str() {
+        "GetSecretValue" => {
+            let meta = match store.describe(&secret).await {
+                Ok(m) => m,
+                Err(crate::Error::NotFound { .. }) => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            let stage = text(&detail, "/requestParameters/versionStage");
+            let version = text(&detail, "/requestParameters/versionId");
+            let not_current = match (&version, &stage) {
+                (Some(v), _) => !meta.has_stage(v, AWSCURRENT),
+                (None, Some(s)) => s != AWSCURRENT,
+                (None, None) => false,
+            };
+            if not_current
+                && let Some(rotated) = meta.last_rotated
+                && now.saturating_sub(rotated) > rules.stale_read_after
+            {
+                out.push(finding(
+                    "stale_version_read",
+                    format!(
+                        "read {} {} after the rotation made it stale",
+                        version.or(stage).unwrap_or_default(),
+                        crate::time::format_duration(now - rotated)
+                    ),
+                ));
+            }
+            if let Some(allowed) = meta.tags.get(TAG_ALLOWED_READERS) {
+                let patterns: Vec<String> = allowed.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                if !actor.is_empty() && !principal_allowed(&actor, &patterns) {
+                    out.push(finding("unexpected_reader", format!("{actor} is not in {TAG_ALLOWED_READERS}")));
+                }
+            }
+        }
+        "PutResourcePolicy" => {
+            let policy = text(&detail, "/requestParameters/resourcePolicy").unwrap_or_default();
+            let account = text(&detail, "/recipientAccountId").or_else(|| text(event, "/account")).unwrap_or_default();
+            if let Some(status) = policy_exposure(&policy, &account) {
+                out.push(finding(status, "the resource policy grants access beyond this account".into()));
+            }
+        }
+        "CancelRotateSecret" => out.push(finding("rotation_disabled", "rotation was turned off".into())),
+        "DeleteSecret" => out.push(finding("deletion_scheduled", "deletion was scheduled".into())),
+        "RotationFailed" | "RotationAbandoned" => {
+            let count = match store.describe(&secret).await {
+                Ok(meta) => meta.tags.get(TAG_ROTATION_FAILURES).and_then(|c| c.parse::<u64>().ok()).unwrap_or(0) + 1,
+                Err(_) => 1,
+            };
+            // Best effort: a missing TagResource permission must not hide the finding.
+            let _ = store.tag(&secret, TAG_ROTATION_FAILURES, &count.to_string()).await;
+            if count >= 2 {
+                out.push(finding("repeated_rotation_failures", format!("{count} rotation failures in a row ({event_name})")));
+            } else {
+                out.push(finding("rotation_failed", format!("{event_name}")));
+            }
+        }
+        "RotationSucceeded" => {
+            let _ = store.tag(&secret, TAG_ROTATION_FAILURES, "0").await;
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies() {
+        let public = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"secretsmanager:GetSecretValue","Resource":"*"}]}"#;
+        assert_eq!(policy_exposure(public, "123456789012"), Some("public_policy"));
+        let other = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":["arn:aws:iam::999999999999:root"]},"Action":"*"}}"#;
+        assert_eq!(policy_exposure(other, "123456789012"), Some("cross_account_policy"));
+        let own = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:role/app"},"Action":"*"}}"#;
+        assert_eq!(policy_exposure(own, "123456789012"), None);
+        let deny = r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"*"}}"#;
+        assert_eq!(policy_exposure(deny, "123456789012"), None);
+    }
+}
