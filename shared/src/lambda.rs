@@ -280,3 +280,100 @@ pub use dynamic_functions::{
     issue_from_url, run_expire_credentials, run_issue_credential, run_revoke_on_event, url_body,
     url_caller,
 };
+
+#[cfg(feature = "inventory-aws")]
+mod audit_functions {
+    use lambda_runtime::{LambdaEvent, service_fn};
+    use serde_json::{Value, json};
+
+    use crate::error::Error;
+    use crate::inventory::classify::Rules;
+    use crate::inventory::events::{EventRules, analyse};
+    use crate::inventory::publish;
+    use crate::inventory::report::Report;
+    use crate::inventory::scan;
+    use crate::store::SecretsManagerStore;
+
+    fn flag(name: &str, default: bool) -> bool {
+        std::env::var(name).map_or(default, |v| v.trim().eq_ignore_ascii_case("true"))
+    }
+
+    /// `audit-report`: on an EventBridge schedule. Inventories Secrets
+    /// Manager (and Lambda environments and SSM String parameters unless
+    /// `ROTOR_SCAN_LAMBDA`/`ROTOR_SCAN_SSM` are `false`), classifies, publishes
+    /// each finding to `ROTOR_EVENT_BUS` (`default`) and writes the report to
+    /// `ROTOR_REPORT_BUCKET` under `ROTOR_REPORT_PREFIX` (`rotor-reports`).
+    pub async fn run_audit_report() -> Result<(), lambda_runtime::Error> {
+        crate::logging::init_json();
+        let sdk = aws_config::load_from_env().await;
+        let store = SecretsManagerStore::from_sdk_config(&sdk);
+        let lambda = aws_sdk_lambda::Client::new(&sdk);
+        let ssm = aws_sdk_ssm::Client::new(&sdk);
+        let events = aws_sdk_eventbridge::Client::new(&sdk);
+        let s3 = aws_sdk_s3::Client::new(&sdk);
+        let rules = Rules::from_env()?;
+        let (store, lambda, ssm, events, s3, rules) = (&store, &lambda, &ssm, &events, &s3, &rules);
+        lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| async move {
+            let mut inventory = scan::from_secrets_manager(store.client()).await?;
+            if flag("ROTOR_SCAN_LAMBDA", true) {
+                scan::scan_lambda(lambda, &mut inventory).await?;
+            }
+            if flag("ROTOR_SCAN_SSM", true) {
+                scan::scan_ssm(ssm, &mut inventory).await?;
+            }
+            let report = Report::build(&inventory, crate::time::now(), rules);
+            let bus = std::env::var("ROTOR_EVENT_BUS").unwrap_or_else(|_| "default".into());
+            let published = publish::publish(events, &bus, &publish::finding_details(&report)).await?;
+            let keys = match std::env::var("ROTOR_REPORT_BUCKET") {
+                Ok(bucket) if !bucket.is_empty() => {
+                    let prefix = std::env::var("ROTOR_REPORT_PREFIX").unwrap_or_else(|_| "rotor-reports".into());
+                    publish::upload(s3, &bucket, &prefix, &report).await?
+                }
+                _ => Vec::new(),
+            };
+            crate::audit::record(&crate::audit::AuditRecord {
+                action: "audit-report",
+                actor: "schedule:audit-report",
+                target: "(all secrets)",
+                outcome: "ok",
+                detail: json!({"summary": report.summary, "published": published, "objects": keys}),
+            });
+            Ok::<Value, Error>(json!({"summary": report.summary, "findings_published": published, "objects": keys}))
+        }))
+        .await
+    }
+
+    /// `audit-events`: on EventBridge rules for Secrets Manager's CloudTrail
+    /// and rotation events; publishes each finding.
+    pub async fn run_audit_events() -> Result<(), lambda_runtime::Error> {
+        crate::logging::init_json();
+        let sdk = aws_config::load_from_env().await;
+        let store = SecretsManagerStore::from_sdk_config(&sdk);
+        let events = aws_sdk_eventbridge::Client::new(&sdk);
+        let rules = EventRules {
+            ignore: crate::dynamic::revoke::ignored_principals_from_env(),
+            ..EventRules::default()
+        };
+        let (store, events, rules) = (&store, &events, &rules);
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+            let findings = analyse(&event.payload, store, rules, crate::time::now()).await?;
+            let bus = std::env::var("ROTOR_EVENT_BUS").unwrap_or_else(|_| "default".into());
+            let published =
+                publish::publish(events, &bus, &publish::event_finding_details(&findings)).await?;
+            for f in &findings {
+                crate::audit::record(&crate::audit::AuditRecord {
+                    action: "audit-event",
+                    actor: &f.actor,
+                    target: &f.secret,
+                    outcome: &f.status,
+                    detail: json!({"rule": f.rule, "event": f.event_name}),
+                });
+            }
+            Ok::<Value, Error>(json!({"findings": findings, "published": published}))
+        }))
+        .await
+    }
+}
+
+#[cfg(feature = "inventory-aws")]
+pub use audit_functions::{run_audit_events, run_audit_report};

@@ -24,9 +24,9 @@ pub mod demo;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod dynamic;
 pub mod engine;
-pub mod inventory;
 pub mod error;
 pub mod event;
+pub mod inventory;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod logging;
@@ -40,8 +40,14 @@ pub mod strategy;
 pub mod time;
 
 pub use error::{Error, Result};
+
+// The SDK crates the CLI and tests build clients from, at the versions Rotor uses.
+#[cfg(feature = "secretsmanager")]
+pub use aws_config;
 pub use event::{RotationEvent, Step};
 pub use password::PasswordPolicy;
 pub use rotation::{Outcome, RotationReport, Rotator};
 pub use secret::{DbSecret, SecretString};
 pub use strategy::Strategy;
+#[cfg(feature = "inventory-aws")]
+pub use {aws_sdk_eventbridge, aws_sdk_lambda, aws_sdk_s3, aws_sdk_ssm};

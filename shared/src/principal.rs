@@ -40,7 +40,6 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|c| *c == b'*')
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

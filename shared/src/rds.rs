@@ -4,7 +4,9 @@
 
 use async_trait::async_trait;
 
-use crate::error::{Error, Result};
+#[cfg(feature = "rds")]
+use crate::error::Error;
+use crate::error::Result;
 
 /// The database an ARN names.
 #[derive(Clone, Debug, PartialEq, Eq)]

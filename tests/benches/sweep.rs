@@ -26,13 +26,20 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let users: usize = std::env::var("ROTOR_BENCH_SWEEP_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let users: usize = std::env::var("ROTOR_BENCH_SWEEP_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let lanes: Vec<usize> = std::env::var("ROTOR_BENCH_SWEEP_CONCURRENCY")
         .unwrap_or_else(|_| "4".into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let db = TestDb::new(Kind::Postgres, &env);
         let mut results = Vec::new();
@@ -45,9 +52,15 @@ fn main() {
 
 async fn run(db: &TestDb, users: usize, concurrency: usize) -> serde_json::Value {
     let role = dynamic_role(db, json!({})).await;
-    let Admin::Pg(admin) = &role.admin else { unreachable!() };
+    let Admin::Pg(admin) = &role.admin else {
+        unreachable!()
+    };
     let definition = role.dynamic.role(&role.name).await.expect("role");
-    let master_value = role.dynamic.master_secret(&definition).await.expect("master");
+    let master_value = role
+        .dynamic
+        .master_secret(&definition)
+        .await
+        .expect("master");
     let master = master_value.username.clone();
     // Bulk creation, 500 users per statement batch.
     let created = Instant::now();
@@ -74,11 +87,16 @@ async fn run(db: &TestDb, users: usize, concurrency: usize) -> serde_json::Value
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sampler = tokio::spawn(async move {
         let admin = sampler_db.admin().await;
-        let Admin::Pg(admin) = &admin else { unreachable!() };
+        let Admin::Pg(admin) = &admin else {
+            unreachable!()
+        };
         let mut peak = 0i64;
         for _ in 0..30_000 {
             let n: i64 = admin
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&sampler_master])
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                    &[&sampler_master],
+                )
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or(0);
@@ -90,12 +108,24 @@ async fn run(db: &TestDb, users: usize, concurrency: usize) -> serde_json::Value
         }
         peak
     });
-    let log_start = std::fs::metadata(&db.env.pg_log).map(|m| m.len()).unwrap_or(0);
-    let caller = Caller { arn: "bench".into(), via: "cli" };
+    let log_start = std::fs::metadata(&db.env.pg_log)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let caller = Caller {
+        arn: "bench".into(),
+        via: "cli",
+    };
     let started = Instant::now();
     let report = role
         .dynamic
-        .sweep(&SweepOptions { concurrency, ..SweepOptions::default() }, &caller, None)
+        .sweep(
+            &SweepOptions {
+                concurrency,
+                ..SweepOptions::default()
+            },
+            &caller,
+            None,
+        )
         .await
         .expect("sweep");
     let secs = started.elapsed().as_secs_f64();
@@ -107,8 +137,15 @@ async fn run(db: &TestDb, users: usize, concurrency: usize) -> serde_json::Value
         .lines()
         .filter(|l| l.contains("connection authorized") && l.contains(&format!("user={master} ")))
         .count();
-    let dropped = report.actions.iter().filter(|a| a.outcome == "done").count();
-    let remaining = role.admin.users_starting_with(&definition.user_prefix()).await;
+    let dropped = report
+        .actions
+        .iter()
+        .filter(|a| a.outcome == "done")
+        .count();
+    let remaining = role
+        .admin
+        .users_starting_with(&definition.user_prefix())
+        .await;
     println!(
         "sweep of {users} expired users, concurrency {concurrency}: {dropped} dropped in {secs:.2} s = {:.0} users/s; failures {}; remaining {remaining}; master connections opened {authorized}, peak open {peak_sampled}; bulk creation took {create_secs:.1} s",
         dropped as f64 / secs,

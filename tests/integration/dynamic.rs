@@ -554,7 +554,8 @@ async fn sweep_static_tags(db: TestDb) {
     let before_aged = aged.current_version().await;
     let before_exp = expiring.current_version().await;
     let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
-    let dynamic = Dynamic::new(store, rotor_tests::dynamic_options(&db)).with_roles_prefix(unique("none/"));
+    let dynamic =
+        Dynamic::new(store, rotor_tests::dynamic_options(&db)).with_roles_prefix(unique("none/"));
     // Two days later: the max-age secret is rotated, the other revoked once.
     let later = SweepOptions {
         now: rotor::time::now() + 2 * 86_400,

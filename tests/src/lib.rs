@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use aws_sdk_secretsmanager::Client as SmClient;
 use aws_sdk_secretsmanager::types::RotationRulesType;
+use rotor::dynamic::Dynamic;
 use rotor::engine::mysql::MysqlEngine;
 use rotor::engine::postgres::PostgresEngine;
 use rotor::engine::{ConnectOptions, Engine, TlsSettings};
-use rotor::store::SecretsManagerStore;
-use rotor::dynamic::Dynamic;
 use rotor::store::SecretStore;
+use rotor::store::SecretsManagerStore;
 use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
 
@@ -769,3 +769,92 @@ pub fn dynamic_options(db: &TestDb) -> ConnectOptions {
     }
 }
 
+/// A validator for the subset of JSON Schema that `docs/report-schema.json`
+/// uses: `type` (one or several), `required`, `properties`,
+/// `additionalProperties` (a schema), `items`, `enum`. Returns every
+/// violation with its JSON pointer.
+pub fn validate_schema(schema: &Value, value: &Value) -> Vec<String> {
+    fn type_ok(t: &str, v: &Value) -> bool {
+        match t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        }
+    }
+    fn walk(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+        if let Some(t) = schema.get("type") {
+            let types: Vec<&str> = match t {
+                Value::String(s) => vec![s.as_str()],
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            if !types.iter().any(|t| type_ok(t, value)) {
+                errors.push(format!("{path}: expected {types:?}, found {value}"));
+                return;
+            }
+        }
+        if let Some(Value::Array(allowed)) = schema.get("enum")
+            && !allowed.contains(value)
+        {
+            errors.push(format!("{path}: {value} is not one of {allowed:?}"));
+        }
+        if let Some(obj) = value.as_object() {
+            if let Some(Value::Array(required)) = schema.get("required") {
+                for r in required.iter().filter_map(Value::as_str) {
+                    if !obj.contains_key(r) {
+                        errors.push(format!("{path}: missing required {r:?}"));
+                    }
+                }
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            for (k, v) in obj {
+                let sub = format!("{path}/{k}");
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => walk(s, v, &sub, errors),
+                    None => {
+                        if let Some(extra) = schema.get("additionalProperties")
+                            && extra.is_object()
+                        {
+                            walk(extra, v, &sub, errors);
+                        }
+                    }
+                }
+            }
+        }
+        if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+            for (i, v) in arr.iter().enumerate() {
+                walk(items, v, &format!("{path}/{i}"), errors);
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    walk(schema, value, "", &mut errors);
+    errors
+}
+
+impl TestEnv {
+    /// An SDK configuration for any service in moto: static credentials, a
+    /// region, no retries, the moto endpoint.
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        use aws_config::BehaviorVersion;
+        use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
+        aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "rotor-tests",
+            )))
+            .endpoint_url(&self.moto_url)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build()
+    }
+}

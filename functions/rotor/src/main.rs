@@ -132,6 +132,28 @@ enum Command {
         #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
         command: Vec<String>,
     },
+    /// Inventory and classify every secret; write the report (JSON, CSV or HTML).
+    Report {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+        format: ReportFormat,
+        /// Write to FILE instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Exit with status 3 when any secret has one of these statuses
+        /// (comma-separated, e.g. rotation_overdue,rotation_stuck; `plaintext` for
+        /// credentials found outside the store).
+        #[arg(long, value_delimiter = ',')]
+        fail_on: Vec<String>,
+        /// Also scan Lambda environment variables and SSM String parameters.
+        #[arg(long)]
+        scan: bool,
+        /// Publish each finding to this EventBridge bus.
+        #[arg(long, value_name = "BUS")]
+        publish: Option<String>,
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["scan", "publish"])]
+        local: Option<PathBuf>,
+    },
     /// Run the main job end to end against a local PostgreSQL with the local store.
     Demo {
         /// Administrator login used to create the demo roles.
@@ -161,6 +183,13 @@ struct Target {
     /// Rotate even if the secret says rotation is disabled.
     #[arg(long)]
     ignore_disabled: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Json,
+    Csv,
+    Html,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -297,6 +326,63 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Secrets { action } => secrets(action).await,
+        Command::Report {
+            format,
+            output,
+            fail_on,
+            scan,
+            publish,
+            local,
+        } => {
+            use rotor::inventory::{classify::Rules, publish as out, report::Report, scan as inv};
+            let inventory = match &local {
+                Some(path) => inv::from_store(&LocalStore::open(path)?).await?,
+                None => {
+                    let sdk = rotor::aws_config::load_from_env().await;
+                    let store = SecretsManagerStore::from_sdk_config(&sdk);
+                    let mut inventory = inv::from_secrets_manager(store.client()).await?;
+                    if scan {
+                        inv::scan_lambda(&rotor::aws_sdk_lambda::Client::new(&sdk), &mut inventory)
+                            .await?;
+                        inv::scan_ssm(&rotor::aws_sdk_ssm::Client::new(&sdk), &mut inventory)
+                            .await?;
+                    }
+                    if let Some(bus) = &publish {
+                        let report =
+                            Report::build(&inventory, rotor::time::now(), &Rules::from_env()?);
+                        let n = out::publish(
+                            &rotor::aws_sdk_eventbridge::Client::new(&sdk),
+                            bus,
+                            &out::finding_details(&report),
+                        )
+                        .await?;
+                        eprintln!("rotor: published {n} findings to {bus}");
+                    }
+                    inventory
+                }
+            };
+            let report = Report::build(&inventory, rotor::time::now(), &Rules::from_env()?);
+            let text = match format {
+                ReportFormat::Json => report.to_json(),
+                ReportFormat::Csv => report.to_csv(),
+                ReportFormat::Html => report.to_html(),
+            };
+            match &output {
+                Some(path) => std::fs::write(path, text)
+                    .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))?,
+                None => print!("{text}"),
+            }
+            let s = &report.summary;
+            eprintln!(
+                "rotor: {} secrets, {} compliant, {} non-compliant, {} plaintext credentials",
+                s.total, s.compliant, s.non_compliant, s.plaintext_credentials
+            );
+            if !fail_on.is_empty() && report.has_any(&fail_on) {
+                eprintln!("rotor: failing: a secret has one of {}", fail_on.join(", "));
+                std::process::exit(3);
+            }
+            Ok(())
+        }
         Command::Issue {
             role,
             ttl,

@@ -278,7 +278,10 @@ impl PgSession {
     ) -> Result<Vec<(String, Result<DropReport>)>> {
         let existing: Vec<String> = self
             .client
-            .query("SELECT rolname FROM pg_roles WHERE rolname = ANY($1)", &[&users])
+            .query(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY($1)",
+                &[&users],
+            )
             .await
             .map_err(self.db_error("list the users to drop"))?
             .into_iter()
@@ -287,7 +290,10 @@ impl PgSession {
         let mut ended: std::collections::HashMap<String, u64> = Default::default();
         if !existing.is_empty() {
             let idents: Vec<String> = existing.iter().map(|u| escape_identifier(u)).collect();
-            let lock: String = idents.iter().map(|i| format!("ALTER ROLE {i} NOLOGIN;")).collect();
+            let lock: String = idents
+                .iter()
+                .map(|i| format!("ALTER ROLE {i} NOLOGIN;"))
+                .collect();
             self.client
                 .batch_execute(&lock)
                 .await
@@ -407,7 +413,10 @@ impl Session for PgSession {
         // ERROR in the server log on every rotation (RDS masters lack it).
         let readable: bool = self
             .client
-            .query_one("SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')", &[])
+            .query_one(
+                "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')",
+                &[],
+            )
             .await
             .map(|r| r.get(0))
             .unwrap_or(false);

@@ -42,6 +42,30 @@ impl Default for Rules {
     }
 }
 
+impl Rules {
+    /// `ROTOR_UNUSED_DAYS` (90), `ROTOR_REQUIRED_TAGS` (`owner`, comma-separated,
+    /// empty for none), `ROTOR_ROTATION_WINDOW` (a duration, `1d`).
+    pub fn from_env() -> crate::Result<Rules> {
+        let mut rules = Rules::default();
+        if let Ok(v) = std::env::var("ROTOR_UNUSED_DAYS") {
+            rules.unused_days = v.trim().parse().map_err(|_| {
+                crate::Error::Config(format!("ROTOR_UNUSED_DAYS={v:?} is not a number of days"))
+            })?;
+        }
+        if let Ok(v) = std::env::var("ROTOR_REQUIRED_TAGS") {
+            rules.required_tags = v
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+        }
+        if let Ok(v) = std::env::var("ROTOR_ROTATION_WINDOW") {
+            rules.rotation_window = crate::time::parse_duration(&v)?;
+        }
+        Ok(rules)
+    }
+}
+
 /// One rule that fired.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
@@ -136,7 +160,10 @@ pub fn classify(secret: &SecretRecord, now: u64, rules: &Rules) -> Classified {
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        fire("no_owner_tag", format!("missing tag(s): {}", missing.join(", ")));
+        fire(
+            "no_owner_tag",
+            format!("missing tag(s): {}", missing.join(", ")),
+        );
     }
     if !secret.orphaned_dynamic_users.is_empty() {
         fire(
@@ -155,7 +182,10 @@ pub fn classify(secret: &SecretRecord, now: u64, rules: &Rules) -> Classified {
         .unwrap_or("compliant")
         .to_string();
     Classified {
-        rotation_age_days: secret.last_rotated.or(secret.created).map(|t| days(now.saturating_sub(t))),
+        rotation_age_days: secret
+            .last_rotated
+            .or(secret.created)
+            .map(|t| days(now.saturating_sub(t))),
         secret: secret.clone(),
         status,
         findings,
@@ -184,37 +214,78 @@ mod tests {
     }
 
     fn statuses(s: &SecretRecord) -> Vec<String> {
-        classify(s, NOW, &Rules::default()).findings.into_iter().map(|f| f.status).collect()
+        classify(s, NOW, &Rules::default())
+            .findings
+            .into_iter()
+            .map(|f| f.status)
+            .collect()
     }
 
     #[test]
     fn each_rule_fires_exactly() {
-        assert_eq!(classify(&base(), NOW, &Rules::default()).status, "compliant");
-        let s = SecretRecord { rotation_enabled: false, ..base() };
+        assert_eq!(
+            classify(&base(), NOW, &Rules::default()).status,
+            "compliant"
+        );
+        let s = SecretRecord {
+            rotation_enabled: false,
+            ..base()
+        };
         assert_eq!(statuses(&s), ["rotation_disabled"]);
-        let s = SecretRecord { last_rotated: Some(NOW - 40 * DAY), ..base() };
+        let s = SecretRecord {
+            last_rotated: Some(NOW - 40 * DAY),
+            ..base()
+        };
         assert_eq!(statuses(&s), ["rotation_overdue"]);
-        let s = SecretRecord { last_rotated: Some(NOW - 30 * DAY - 3600), ..base() };
+        let s = SecretRecord {
+            last_rotated: Some(NOW - 30 * DAY - 3600),
+            ..base()
+        };
         assert!(statuses(&s).is_empty(), "within the rotation window");
-        let s = SecretRecord { last_rotated: None, ..base() };
+        let s = SecretRecord {
+            last_rotated: None,
+            ..base()
+        };
         assert_eq!(statuses(&s), ["never_rotated"]);
-        let s = SecretRecord { last_accessed: Some(NOW - 91 * DAY), ..base() };
+        let s = SecretRecord {
+            last_accessed: Some(NOW - 91 * DAY),
+            ..base()
+        };
         assert_eq!(statuses(&s), ["unused"]);
-        let s = SecretRecord { pending_since: Some(NOW - 2 * DAY), ..base() };
+        let s = SecretRecord {
+            pending_since: Some(NOW - 2 * DAY),
+            ..base()
+        };
         assert_eq!(statuses(&s), ["rotation_stuck"]);
-        let s = SecretRecord { last_rotation_failed: true, ..base() };
+        let s = SecretRecord {
+            last_rotation_failed: true,
+            ..base()
+        };
         assert_eq!(statuses(&s), ["rotation_stuck"]);
-        let s = SecretRecord { deleted_date: Some(NOW + 7 * DAY), ..base() };
+        let s = SecretRecord {
+            deleted_date: Some(NOW + 7 * DAY),
+            ..base()
+        };
         assert_eq!(statuses(&s), ["scheduled_for_deletion"]);
-        let s = SecretRecord { tags: Default::default(), ..base() };
+        let s = SecretRecord {
+            tags: Default::default(),
+            ..base()
+        };
         assert_eq!(statuses(&s), ["no_owner_tag"]);
-        let s = SecretRecord { orphaned_dynamic_users: vec!["v_x_1_abcdef".into()], ..base() };
+        let s = SecretRecord {
+            orphaned_dynamic_users: vec!["v_x_1_abcdef".into()],
+            ..base()
+        };
         assert_eq!(statuses(&s), ["orphaned_dynamic_users"]);
     }
 
     #[test]
     fn the_most_severe_finding_is_the_status() {
-        let s = SecretRecord { tags: Default::default(), last_rotation_failed: true, ..base() };
+        let s = SecretRecord {
+            tags: Default::default(),
+            last_rotation_failed: true,
+            ..base()
+        };
         let c = classify(&s, NOW, &Rules::default());
         assert_eq!(c.status, "rotation_stuck");
         assert_eq!(c.findings.len(), 2);

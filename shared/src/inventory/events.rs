@@ -20,8 +20,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::principal::principal_allowed;
 use crate::error::Result;
+use crate::principal::principal_allowed;
 use crate::store::{AWSCURRENT, SecretStore};
 
 pub const TAG_ALLOWED_READERS: &str = "rotor:allowed-readers";
@@ -61,7 +61,10 @@ impl Default for EventRules {
 }
 
 fn text(v: &Value, path: &str) -> Option<String> {
-    v.pointer(path).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
+    v.pointer(path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 /// Whether a resource policy grants anyone (`*`) or another account.
@@ -83,7 +86,10 @@ pub fn policy_exposure(policy: &str, own_account: &str) -> Option<&'static str> 
                 .values()
                 .flat_map(|v| match v {
                     Value::String(s) => vec![s.clone()],
-                    Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                    Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect(),
                     _ => vec![],
                 })
                 .collect(),
@@ -109,7 +115,12 @@ pub fn policy_exposure(policy: &str, own_account: &str) -> Option<&'static str> 
 }
 
 /// Analyses one EventBridge event against the store.
-pub async fn analyse(event: &Value, store: &dyn SecretStore, rules: &EventRules, now: u64) -> Result<Vec<EventFinding>> {
+pub async fn analyse(
+    event: &Value,
+    store: &dyn SecretStore,
+    rules: &EventRules,
+    now: u64,
+) -> Result<Vec<EventFinding>> {
     let detail = event.get("detail").cloned().unwrap_or(Value::Null);
     let event_name = text(&detail, "/eventName").unwrap_or_default();
     let actor = text(&detail, "/userIdentity/sessionContext/sessionIssuer/arn")
@@ -122,11 +133,20 @@ pub async fn analyse(event: &Value, store: &dyn SecretStore, rules: &EventRules,
     let secret = text(&detail, "/requestParameters/secretId")
         .or_else(|| text(&detail, "/additionalEventData/SecretId"))
         .or_else(|| text(&detail, "/serviceEventDetails/secretId"))
-        .or_else(|| event.get("resources").and_then(Value::as_array).and_then(|r| r.first()).and_then(Value::as_str).map(str::to_string));
+        .or_else(|| {
+            event
+                .get("resources")
+                .and_then(Value::as_array)
+                .and_then(|r| r.first())
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
     let Some(secret) = secret else {
         return Ok(Vec::new());
     };
-    let event_time = text(&detail, "/eventTime").or_else(|| text(event, "/time")).unwrap_or_default();
+    let event_time = text(&detail, "/eventTime")
+        .or_else(|| text(event, "/time"))
+        .unwrap_or_default();
     let finding = |status: &str, rule: String| EventFinding {
         status: status.into(),
         secret: secret.clone(),
@@ -164,30 +184,59 @@ pub async fn analyse(event: &Value, store: &dyn SecretStore, rules: &EventRules,
                 ));
             }
             if let Some(allowed) = meta.tags.get(TAG_ALLOWED_READERS) {
-                let patterns: Vec<String> = allowed.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                let patterns: Vec<String> = allowed
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 if !actor.is_empty() && !principal_allowed(&actor, &patterns) {
-                    out.push(finding("unexpected_reader", format!("{actor} is not in {TAG_ALLOWED_READERS}")));
+                    out.push(finding(
+                        "unexpected_reader",
+                        format!("{actor} is not in {TAG_ALLOWED_READERS}"),
+                    ));
                 }
             }
         }
         "PutResourcePolicy" => {
             let policy = text(&detail, "/requestParameters/resourcePolicy").unwrap_or_default();
-            let account = text(&detail, "/recipientAccountId").or_else(|| text(event, "/account")).unwrap_or_default();
+            let account = text(&detail, "/recipientAccountId")
+                .or_else(|| text(event, "/account"))
+                .unwrap_or_default();
             if let Some(status) = policy_exposure(&policy, &account) {
-                out.push(finding(status, "the resource policy grants access beyond this account".into()));
+                out.push(finding(
+                    status,
+                    "the resource policy grants access beyond this account".into(),
+                ));
             }
         }
-        "CancelRotateSecret" => out.push(finding("rotation_disabled", "rotation was turned off".into())),
-        "DeleteSecret" => out.push(finding("deletion_scheduled", "deletion was scheduled".into())),
+        "CancelRotateSecret" => out.push(finding(
+            "rotation_disabled",
+            "rotation was turned off".into(),
+        )),
+        "DeleteSecret" => out.push(finding(
+            "deletion_scheduled",
+            "deletion was scheduled".into(),
+        )),
         "RotationFailed" | "RotationAbandoned" => {
             let count = match store.describe(&secret).await {
-                Ok(meta) => meta.tags.get(TAG_ROTATION_FAILURES).and_then(|c| c.parse::<u64>().ok()).unwrap_or(0) + 1,
+                Ok(meta) => {
+                    meta.tags
+                        .get(TAG_ROTATION_FAILURES)
+                        .and_then(|c| c.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        + 1
+                }
                 Err(_) => 1,
             };
             // Best effort: a missing TagResource permission must not hide the finding.
-            let _ = store.tag(&secret, TAG_ROTATION_FAILURES, &count.to_string()).await;
+            let _ = store
+                .tag(&secret, TAG_ROTATION_FAILURES, &count.to_string())
+                .await;
             if count >= 2 {
-                out.push(finding("repeated_rotation_failures", format!("{count} rotation failures in a row ({event_name})")));
+                out.push(finding(
+                    "repeated_rotation_failures",
+                    format!("{count} rotation failures in a row ({event_name})"),
+                ));
             } else {
                 out.push(finding("rotation_failed", format!("{event_name}")));
             }
@@ -207,9 +256,15 @@ mod tests {
     #[test]
     fn policies() {
         let public = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"secretsmanager:GetSecretValue","Resource":"*"}]}"#;
-        assert_eq!(policy_exposure(public, "123456789012"), Some("public_policy"));
+        assert_eq!(
+            policy_exposure(public, "123456789012"),
+            Some("public_policy")
+        );
         let other = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":["arn:aws:iam::999999999999:root"]},"Action":"*"}}"#;
-        assert_eq!(policy_exposure(other, "123456789012"), Some("cross_account_policy"));
+        assert_eq!(
+            policy_exposure(other, "123456789012"),
+            Some("cross_account_policy")
+        );
         let own = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:role/app"},"Action":"*"}}"#;
         assert_eq!(policy_exposure(own, "123456789012"), None);
         let deny = r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"*"}}"#;

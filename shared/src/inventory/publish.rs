@@ -57,7 +57,11 @@ pub fn event_finding_details(findings: &[EventFinding]) -> Vec<Value> {
 }
 
 /// Puts the details on `bus` (10 per call). Returns how many were accepted.
-pub async fn publish(client: &aws_sdk_eventbridge::Client, bus: &str, details: &[Value]) -> Result<usize> {
+pub async fn publish(
+    client: &aws_sdk_eventbridge::Client,
+    bus: &str,
+    details: &[Value],
+) -> Result<usize> {
     let mut accepted = 0;
     for chunk in details.chunks(10) {
         let entries: Vec<PutEventsRequestEntry> = chunk
@@ -68,7 +72,11 @@ pub async fn publish(client: &aws_sdk_eventbridge::Client, bus: &str, details: &
                     .detail_type(DETAIL_TYPE)
                     .detail(d.to_string())
                     .event_bus_name(bus)
-                    .set_resources(d.get("secret_arn").and_then(Value::as_str).map(|a| vec![a.to_string()]))
+                    .set_resources(
+                        d.get("secret_arn")
+                            .and_then(Value::as_str)
+                            .map(|a| vec![a.to_string()]),
+                    )
                     .build()
             })
             .collect();
@@ -88,7 +96,12 @@ pub async fn publish(client: &aws_sdk_eventbridge::Client, bus: &str, details: &
 }
 
 /// Writes `report.{json,csv,html}` under `<prefix>/<date>/` and `<prefix>/latest/`.
-pub async fn upload(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str, report: &Report) -> Result<Vec<String>> {
+pub async fn upload(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    report: &Report,
+) -> Result<Vec<String>> {
     let date = report.generated_at.get(..10).unwrap_or("undated");
     let prefix = prefix.trim_end_matches('/');
     let mut keys = Vec::new();
@@ -98,7 +111,11 @@ pub async fn upload(client: &aws_sdk_s3::Client, bucket: &str, prefix: &str, rep
         ("html", report.to_html(), "text/html; charset=utf-8"),
     ] {
         for folder in [date, "latest"] {
-            let key = if prefix.is_empty() { format!("{folder}/report.{ext}") } else { format!("{prefix}/{folder}/report.{ext}") };
+            let key = if prefix.is_empty() {
+                format!("{folder}/report.{ext}")
+            } else {
+                format!("{prefix}/{folder}/report.{ext}")
+            };
             client
                 .put_object()
                 .bucket(bucket)

@@ -43,7 +43,11 @@ pub struct Report {
 impl Report {
     /// Classifies an inventory at `now`.
     pub fn build(inventory: &Inventory, now: u64, rules: &Rules) -> Report {
-        let mut secrets: Vec<Classified> = inventory.secrets.iter().map(|s| classify(s, now, rules)).collect();
+        let mut secrets: Vec<Classified> = inventory
+            .secrets
+            .iter()
+            .map(|s| classify(s, now, rules))
+            .collect();
         secrets.sort_by(|a, b| a.secret.name.cmp(&b.secret.name));
         let mut summary = Summary {
             total: secrets.len(),
@@ -57,7 +61,10 @@ impl Report {
         for s in &secrets {
             *summary.by_status.entry(s.status.clone()).or_default() += 1;
             for f in &s.findings {
-                *summary.findings_by_status.entry(f.status.clone()).or_default() += 1;
+                *summary
+                    .findings_by_status
+                    .entry(f.status.clone())
+                    .or_default() += 1;
             }
         }
         summary.compliant = summary.by_status.get("compliant").copied().unwrap_or(0);
@@ -79,7 +86,8 @@ impl Report {
         statuses.iter().any(|wanted| {
             (wanted == "plaintext" && !self.plaintext_credentials.is_empty())
                 || self.secrets.iter().any(|s| {
-                    s.findings.iter().any(|f| &f.status == wanted) || (wanted == "compliant" && s.status == "compliant")
+                    s.findings.iter().any(|f| &f.status == wanted)
+                        || (wanted == "compliant" && s.status == "compliant")
                 })
         })
     }
@@ -99,14 +107,26 @@ impl Report {
                 r.name.clone(),
                 r.arn.clone(),
                 s.status.clone(),
-                s.findings.iter().map(|f| format!("{}: {}", f.status, f.rule)).collect::<Vec<_>>().join("; "),
+                s.findings
+                    .iter()
+                    .map(|f| format!("{}: {}", f.status, f.rule))
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 r.rotation_enabled.to_string(),
-                r.rotation_interval_days.map(|d| d.to_string()).unwrap_or_default(),
+                r.rotation_interval_days
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
                 date(r.last_rotated),
                 date(r.last_accessed),
                 date(r.next_rotation),
-                s.rotation_age_days.map(|d| d.to_string()).unwrap_or_default(),
-                r.tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"),
+                s.rotation_age_days
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                r.tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
             ];
             let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
             out.push_str(&line.join(","));
@@ -125,13 +145,25 @@ impl Report {
                 name = html(&r.name),
                 st = html(&s.status),
                 age = s.rotation_age_days.map_or(-1, |d| d as i64),
-                age_text = s.rotation_age_days.map(|d| d.to_string()).unwrap_or_else(|| "–".into()),
+                age_text = s
+                    .rotation_age_days
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "–".into()),
                 rot = if r.rotation_enabled { "on" } else { "off" },
                 lr = r.last_rotated.unwrap_or(0),
-                lr_text = r.last_rotated.map(rfc3339).unwrap_or_else(|| "never".into()),
+                lr_text = r
+                    .last_rotated
+                    .map(rfc3339)
+                    .unwrap_or_else(|| "never".into()),
                 la = r.last_accessed.unwrap_or(0),
                 la_text = r.last_accessed.map(rfc3339).unwrap_or_else(|| "–".into()),
-                findings = html(&s.findings.iter().map(|f| f.rule.clone()).collect::<Vec<_>>().join("; ")),
+                findings = html(
+                    &s.findings
+                        .iter()
+                        .map(|f| f.rule.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
             );
         }
         let mut plaintext = String::new();
@@ -156,8 +188,16 @@ impl Report {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect::<Vec<_>>(),
         );
-        let buckets = [(0, 30, "0–30 d"), (31, 60, "31–60 d"), (61, 90, "61–90 d"), (91, 180, "91–180 d"), (181, 365, "181–365 d"), (366, u64::MAX, "> 1 y")];
-        let mut ages: Vec<(String, usize)> = buckets.iter().map(|(_, _, l)| (l.to_string(), 0)).collect();
+        let buckets = [
+            (0, 30, "0–30 d"),
+            (31, 60, "31–60 d"),
+            (61, 90, "61–90 d"),
+            (91, 180, "91–180 d"),
+            (181, 365, "181–365 d"),
+            (366, u64::MAX, "> 1 y"),
+        ];
+        let mut ages: Vec<(String, usize)> =
+            buckets.iter().map(|(_, _, l)| (l.to_string(), 0)).collect();
         for s in &self.secrets {
             if let Some(d) = s.rotation_age_days
                 && let Some(i) = buckets.iter().position(|(lo, hi, _)| d >= *lo && d <= *hi)
@@ -254,7 +294,10 @@ fn bar_chart(id: &str, title: &str, bars: &[(String, usize)]) -> String {
 }
 
 fn html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn csv_field(s: &str) -> String {
@@ -274,16 +317,39 @@ mod tests {
     fn outputs_escape_and_count() {
         let inventory = Inventory {
             secrets: vec![
-                SecretRecord { arn: "a1".into(), name: "x<script>,\"q\"".into(), rotation_enabled: false, ..Default::default() },
-                SecretRecord { arn: "a2".into(), name: "ok".into(), rotation_enabled: true, last_rotated: Some(1000), created: Some(1000), tags: [("owner".to_string(), "t".to_string())].into(), ..Default::default() },
+                SecretRecord {
+                    arn: "a1".into(),
+                    name: "x<script>,\"q\"".into(),
+                    rotation_enabled: false,
+                    ..Default::default()
+                },
+                SecretRecord {
+                    arn: "a2".into(),
+                    name: "ok".into(),
+                    rotation_enabled: true,
+                    last_rotated: Some(1000),
+                    created: Some(1000),
+                    tags: [("owner".to_string(), "t".to_string())].into(),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
         let r = Report::build(&inventory, 2000, &Rules::default());
-        assert_eq!((r.summary.total, r.summary.compliant, r.summary.non_compliant), (2, 1, 1));
+        assert_eq!(
+            (
+                r.summary.total,
+                r.summary.compliant,
+                r.summary.non_compliant
+            ),
+            (2, 1, 1)
+        );
         let html = r.to_html();
         assert!(!html.contains("x<script>") && html.contains("x&lt;script&gt;"));
-        assert!(!html.contains("http://") && !html.contains("https://"), "self-contained");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "self-contained"
+        );
         let csv = r.to_csv();
         assert!(csv.contains("\"x<script>,\"\"q\"\"\""), "{csv}");
         assert!(r.has_any(&["rotation_disabled".into()]) && !r.has_any(&["rotation_stuck".into()]));

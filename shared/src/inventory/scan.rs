@@ -11,8 +11,20 @@ use crate::store::{AWSCURRENT, AWSPENDING, ListFilter, SecretStore};
 
 /// Name fragments that mark a credential.
 const NAME_PATTERNS: [&str; 14] = [
-    "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "access_key",
-    "private_key", "credential", "auth", "conn_str", "connection_string", "database_url",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "access_key",
+    "private_key",
+    "credential",
+    "auth",
+    "conn_str",
+    "connection_string",
+    "database_url",
 ];
 
 /// Why `name = value` looks like a credential, if it does. The value is
@@ -44,7 +56,9 @@ pub fn looks_like_credential(name: &str, value: &str) -> Option<String> {
         .filter(|b| **b)
         .count();
         if entropy >= 4.0 && classes >= 3 {
-            return Some(format!("high-entropy value ({entropy:.1} bits per character)"));
+            return Some(format!(
+                "high-entropy value ({entropy:.1} bits per character)"
+            ));
         }
     }
     None
@@ -74,9 +88,14 @@ pub async fn from_store(store: &dyn SecretStore) -> Result<Inventory> {
     *inventory.api_calls.entry("ListSecrets".into()).or_default() += 1;
     for s in listed {
         let meta = store.describe(&s.arn).await?;
-        *inventory.api_calls.entry("DescribeSecret".into()).or_default() += 1;
+        *inventory
+            .api_calls
+            .entry("DescribeSecret".into())
+            .or_default() += 1;
         let current = meta.version_with(AWSCURRENT);
-        let pending = meta.version_with(AWSPENDING).filter(|p| Some(*p) != current);
+        let pending = meta
+            .version_with(AWSPENDING)
+            .filter(|p| Some(*p) != current);
         inventory.secrets.push(SecretRecord {
             arn: meta.arn.clone(),
             name: meta.name.clone(),
@@ -167,7 +186,9 @@ mod aws {
     /// Every secret in Secrets Manager (ListSecrets, 100 per call, versions
     /// included), and for secrets with an unfinished rotation the pending
     /// version's age (ListSecretVersionIds).
-    pub async fn from_secrets_manager(client: &aws_sdk_secretsmanager::Client) -> Result<Inventory> {
+    pub async fn from_secrets_manager(
+        client: &aws_sdk_secretsmanager::Client,
+    ) -> Result<Inventory> {
         let mut inventory = Inventory::default();
         let mut next: Option<String> = None;
         for _ in 0..100_000 {
@@ -178,7 +199,9 @@ mod aws {
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| crate::store::secretsmanager::store_error("ListSecrets", "(all)", e))?;
+                .map_err(|e| {
+                    crate::store::secretsmanager::store_error("ListSecrets", "(all)", e)
+                })?;
             *inventory.api_calls.entry("ListSecrets".into()).or_default() += 1;
             for entry in page.secret_list.unwrap_or_default() {
                 inventory.secrets.push(record(&entry));
@@ -189,11 +212,17 @@ mod aws {
             }
         }
         for s in &mut inventory.secrets {
-            let current = s.versions.iter().find(|(_, st)| st.iter().any(|x| x == AWSCURRENT)).map(|(id, _)| id.clone());
+            let current = s
+                .versions
+                .iter()
+                .find(|(_, st)| st.iter().any(|x| x == AWSCURRENT))
+                .map(|(id, _)| id.clone());
             let Some(pending) = s
                 .versions
                 .iter()
-                .find(|(id, st)| st.iter().any(|x| x == AWSPENDING) && Some(*id) != current.as_ref())
+                .find(|(id, st)| {
+                    st.iter().any(|x| x == AWSPENDING) && Some(*id) != current.as_ref()
+                })
                 .map(|(id, _)| id.clone())
             else {
                 continue;
@@ -203,8 +232,13 @@ mod aws {
                 .secret_id(&s.arn)
                 .send()
                 .await
-                .map_err(|e| crate::store::secretsmanager::store_error("ListSecretVersionIds", &s.arn, e))?;
-            *inventory.api_calls.entry("ListSecretVersionIds".into()).or_default() += 1;
+                .map_err(|e| {
+                    crate::store::secretsmanager::store_error("ListSecretVersionIds", &s.arn, e)
+                })?;
+            *inventory
+                .api_calls
+                .entry("ListSecretVersionIds".into())
+                .or_default() += 1;
             s.pending_since = out
                 .versions
                 .unwrap_or_default()
@@ -225,7 +259,10 @@ mod aws {
     }
 
     /// Lambda functions' environment variables that look like credentials.
-    pub async fn scan_lambda(client: &aws_sdk_lambda::Client, inventory: &mut Inventory) -> Result<()> {
+    pub async fn scan_lambda(
+        client: &aws_sdk_lambda::Client,
+        inventory: &mut Inventory,
+    ) -> Result<()> {
         let mut marker: Option<String> = None;
         for _ in 0..10_000 {
             let page = client
@@ -233,8 +270,16 @@ mod aws {
                 .set_marker(marker.take())
                 .send()
                 .await
-                .map_err(|e| aws_err("ListFunctions", aws_sdk_lambda::error::DisplayErrorContext(e)))?;
-            *inventory.api_calls.entry("lambda:ListFunctions".into()).or_default() += 1;
+                .map_err(|e| {
+                    aws_err(
+                        "ListFunctions",
+                        aws_sdk_lambda::error::DisplayErrorContext(e),
+                    )
+                })?;
+            *inventory
+                .api_calls
+                .entry("lambda:ListFunctions".into())
+                .or_default() += 1;
             for f in page.functions.unwrap_or_default() {
                 let location = f.function_arn.clone().unwrap_or_default();
                 let vars = f.environment.and_then(|e| e.variables).unwrap_or_default();
@@ -269,8 +314,16 @@ mod aws {
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| aws_err("DescribeParameters", aws_sdk_ssm::error::DisplayErrorContext(e)))?;
-            *inventory.api_calls.entry("ssm:DescribeParameters".into()).or_default() += 1;
+                .map_err(|e| {
+                    aws_err(
+                        "DescribeParameters",
+                        aws_sdk_ssm::error::DisplayErrorContext(e),
+                    )
+                })?;
+            *inventory
+                .api_calls
+                .entry("ssm:DescribeParameters".into())
+                .or_default() += 1;
             for p in page.parameters.unwrap_or_default() {
                 if p.r#type == Some(aws_sdk_ssm::types::ParameterType::String)
                     && let Some(n) = p.name
@@ -289,8 +342,13 @@ mod aws {
                 .set_names(Some(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(|e| aws_err("GetParameters", aws_sdk_ssm::error::DisplayErrorContext(e)))?;
-            *inventory.api_calls.entry("ssm:GetParameters".into()).or_default() += 1;
+                .map_err(|e| {
+                    aws_err("GetParameters", aws_sdk_ssm::error::DisplayErrorContext(e))
+                })?;
+            *inventory
+                .api_calls
+                .entry("ssm:GetParameters".into())
+                .or_default() += 1;
             for p in out.parameters.unwrap_or_default() {
                 let name = p.name.unwrap_or_default();
                 let value = p.value.unwrap_or_default();
@@ -321,7 +379,10 @@ mod tests {
         assert!(looks_like_credential("SIGNING", "kP9#xQ2!mZ7$wL4@vB8%nR1^").is_some());
         assert!(looks_like_credential("LOG_LEVEL", "info").is_none());
         assert!(looks_like_credential("REGION", "us-east-1").is_none());
-        assert!(looks_like_credential("MESSAGE", "the quick brown fox jumps over the lazy dog").is_none());
+        assert!(
+            looks_like_credential("MESSAGE", "the quick brown fox jumps over the lazy dog")
+                .is_none()
+        );
         let reason = looks_like_credential("DB_PASSWORD", "hunter2").unwrap();
         assert!(!reason.contains("hunter2"), "never the value");
     }

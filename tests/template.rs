@@ -1,0 +1,475 @@
+//! `infra/template.yaml` and the function crates stay in step.
+//!
+//! - Every function crate under `functions/` except the CLI (`rotor`) has an
+//!   `AWS::Serverless::Function` in the template whose `CodeUri` is its
+//!   cargo-lambda package, `../target/lambda/<crate>/bootstrap.zip`, and a
+//!   folder of sample payloads in `events/<crate>/`.
+//!   (Crates listed in `NOT_YET_IN_TEMPLATE` are waiting for theirs.)
+//! - Every function in the template points at a crate that exists.
+//! - Each function comes with its parts, named after the crate
+//!   (`postgres-single-user` → `PostgresSingleUser…`): a `…Role` that the
+//!   function uses, a `…LogGroup` it logs to, a `…DeadLetterQueue`, an
+//!   `…ErrorsAlarm`; a rotation function also has the `…InvokePermission` for
+//!   Secrets Manager and the `…StepFailuresFilter` / `…StepFailuresAlarm` pair.
+//! - Functions run on `provided.al2023`, arm64 (set once in `Globals`).
+//!
+//! The template is read with a small scan of its block structure (two-space
+//! indentation, one resource per `  Name:` line under `Resources:`), enough
+//! for these checks without a YAML dependency; `cfn-lint` in `.ci/run` checks
+//! the rest. Needs no server: `cargo test -p rotor-tests --test template`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Function crates that are not Lambda functions.
+const NOT_FUNCTIONS: &[&str] = &["rotor"];
+
+/// Function crates that exist but are not in the template yet (issue 6 covers
+/// the rotation functions; the dynamic-credential functions came after it and
+/// need their own triggers: a function URL, an EventBridge Scheduler schedule,
+/// an EventBridge rule with CloudTrail). Remove a name when its resources are
+/// added; the test fails if a listed crate is already deployed or gone.
+const NOT_YET_IN_TEMPLATE: &[&str] = &["expire-credentials", "issue-credential", "revoke-on-event"];
+
+const TEMPLATE: &str = "infra/template.yaml";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+fn is_rotation_function(name: &str) -> bool {
+    name.starts_with("postgres-") || name.starts_with("mysql-")
+}
+
+/// Lambda function crates under `functions/` (directories holding a Cargo.toml).
+fn function_crates(root: &Path) -> Vec<String> {
+    let dir = root.join("functions");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !NOT_FUNCTIONS.contains(&n.as_str()))
+        .collect();
+    names.sort();
+    assert!(
+        !names.is_empty(),
+        "no function crate found under {}",
+        dir.display()
+    );
+    names
+}
+
+/// `postgres-single-user` → `PostgresSingleUser`.
+fn logical_prefix(crate_name: &str) -> String {
+    crate_name
+        .split(['-', '_'])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut c = w.chars();
+            let first = c.next().map(|f| f.to_ascii_uppercase());
+            first.into_iter().chain(c).collect::<String>()
+        })
+        .collect()
+}
+
+/// One resource of the template: its type and its lines (without the name line).
+#[derive(Debug)]
+struct Resource {
+    kind: String,
+    /// Line number (1-based) of the `  Name:` line, for messages.
+    line: usize,
+    body: Vec<String>,
+}
+
+impl Resource {
+    /// The value of the first `key:` at exactly `indent` spaces in the body.
+    fn value_at(&self, indent: usize, key: &str) -> Option<String> {
+        let prefix = format!("{}{key}:", " ".repeat(indent));
+        self.body
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| unquote(v.trim()).to_string())
+    }
+
+    fn mentions(&self, text: &str) -> bool {
+        self.body.iter().any(|l| l.contains(text))
+    }
+}
+
+fn unquote(v: &str) -> &str {
+    // Drop a trailing comment, then matching quotes.
+    let v = match v.find(" #") {
+        Some(i) => v[..i].trim_end(),
+        None => v,
+    };
+    for q in ['"', '\''] {
+        if let Some(inner) = v.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    v
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// The lines of a top-level section (`Name:` at column 0) up to the next one.
+fn section<'a>(lines: &'a [&'a str], name: &str) -> Option<(usize, &'a [&'a str])> {
+    let header = format!("{name}:");
+    let start = lines.iter().position(|l| l.trim_end() == header)? + 1;
+    let len = lines[start..]
+        .iter()
+        .position(|l| !is_blank_or_comment(l) && indent_of(l) == 0)
+        .unwrap_or(lines.len() - start);
+    Some((start, &lines[start..start + len]))
+}
+
+/// Resources by logical id.
+fn resources(text: &str) -> BTreeMap<String, Resource> {
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        !text.contains('\t'),
+        "{TEMPLATE} contains a tab; YAML indentation must be spaces"
+    );
+    let (start, body) = section(&lines, "Resources")
+        .unwrap_or_else(|| panic!("{TEMPLATE} has no top-level `Resources:` section"));
+    let mut out = BTreeMap::new();
+    let mut current: Option<(String, Resource)> = None;
+    for (i, line) in body.iter().enumerate() {
+        if is_blank_or_comment(line) {
+            continue;
+        }
+        let indent = indent_of(line);
+        if indent == 2 {
+            let name = line.trim().strip_suffix(':').unwrap_or_else(|| {
+                panic!(
+                    "{TEMPLATE}:{}: expected a resource name line `  Name:`, found {line:?}",
+                    start + i + 1
+                )
+            });
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{TEMPLATE}:{}: {name:?} is not a logical id",
+                start + i + 1
+            );
+            if let Some((n, r)) = current.take() {
+                out.insert(n, r);
+            }
+            current = Some((
+                name.to_string(),
+                Resource {
+                    kind: String::new(),
+                    line: start + i + 1,
+                    body: Vec::new(),
+                },
+            ));
+        } else {
+            let (_, r) = current.as_mut().unwrap_or_else(|| {
+                panic!(
+                    "{TEMPLATE}:{}: line outside any resource: {line:?}",
+                    start + i + 1
+                )
+            });
+            assert!(
+                indent > 2,
+                "{TEMPLATE}:{}: unexpected indentation",
+                start + i + 1
+            );
+            r.body.push(line.to_string());
+        }
+    }
+    if let Some((n, r)) = current.take() {
+        out.insert(n, r);
+    }
+    for (name, r) in out.iter_mut() {
+        r.kind = r
+            .value_at(4, "Type")
+            .unwrap_or_else(|| panic!("{TEMPLATE}:{}: resource {name} has no Type", r.line));
+        assert!(
+            defined_once(text, name),
+            "{TEMPLATE}: resource {name} is defined twice"
+        );
+    }
+    out
+}
+
+fn defined_once(text: &str, name: &str) -> bool {
+    let line = format!("  {name}:");
+    text.lines().filter(|l| l.trim_end() == line).count() == 1
+}
+
+/// The crate a `CodeUri` names: `../target/lambda/<crate>/bootstrap.zip`.
+fn crate_of_code_uri(uri: &str) -> Option<&str> {
+    uri.strip_prefix("../target/lambda/")?
+        .strip_suffix("/bootstrap.zip")
+        .filter(|c| !c.is_empty() && !c.contains('/'))
+}
+
+struct Template {
+    text: String,
+    resources: BTreeMap<String, Resource>,
+    /// logical id → crate named by its CodeUri
+    functions: BTreeMap<String, String>,
+}
+
+fn load() -> Template {
+    let path = repo_root().join(TEMPLATE);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let resources = resources(&text);
+    let mut functions = BTreeMap::new();
+    for (name, r) in &resources {
+        if r.kind != "AWS::Serverless::Function" {
+            continue;
+        }
+        let uri = r.value_at(6, "CodeUri").unwrap_or_else(|| {
+            panic!(
+                "{TEMPLATE}:{}: function {name} has no CodeUri under Properties",
+                r.line
+            )
+        });
+        let krate = crate_of_code_uri(&uri).unwrap_or_else(|| {
+            panic!(
+                "{TEMPLATE}:{}: function {name} has CodeUri {uri:?}; expected ../target/lambda/<crate>/bootstrap.zip (what scripts/package writes)",
+                r.line
+            )
+        });
+        functions.insert(name.clone(), krate.to_string());
+    }
+    assert!(
+        !functions.is_empty(),
+        "{TEMPLATE}: no AWS::Serverless::Function found (is the scan broken?)"
+    );
+    Template {
+        text,
+        resources,
+        functions,
+    }
+}
+
+#[test]
+fn every_function_crate_has_a_template_function_and_events() {
+    let root = repo_root();
+    let t = load();
+    let crates = function_crates(&root);
+    let mut problems = Vec::new();
+    for pending in NOT_YET_IN_TEMPLATE {
+        if !crates.iter().any(|c| c == pending) {
+            problems.push(format!(
+                "NOT_YET_IN_TEMPLATE names {pending}, but there is no crate functions/{pending}: remove it"
+            ));
+        }
+    }
+    for krate in crates {
+        let ids: Vec<&String> = t
+            .functions
+            .iter()
+            .filter(|(_, c)| **c == krate)
+            .map(|(id, _)| id)
+            .collect();
+        if NOT_YET_IN_TEMPLATE.contains(&krate.as_str()) {
+            if !ids.is_empty() {
+                problems.push(format!(
+                    "functions/{krate} is in the template now ({ids:?}): remove it from NOT_YET_IN_TEMPLATE in tests/template.rs"
+                ));
+            }
+        } else {
+            match ids.len() {
+            0 => problems.push(format!(
+                "functions/{krate} has no AWS::Serverless::Function in {TEMPLATE} with CodeUri: ../target/lambda/{krate}/bootstrap.zip"
+            )),
+            1 => {}
+            _ => problems.push(format!(
+                "functions/{krate} is deployed by several template functions: {ids:?}"
+            )),
+            }
+        }
+        let events = root.join("events").join(&krate);
+        let has_payload = std::fs::read_dir(&events)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+            .unwrap_or(false);
+        if !has_payload {
+            problems.push(format!(
+                "functions/{krate} has no sample payload: add events/{krate}/<event>.json"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_template_function_points_at_an_existing_crate() {
+    let root = repo_root();
+    let crates = function_crates(&root);
+    let t = load();
+    let mut problems = Vec::new();
+    for (id, krate) in &t.functions {
+        if NOT_FUNCTIONS.contains(&krate.as_str()) {
+            problems.push(format!(
+                "{id} deploys functions/{krate}, which is not a Lambda function"
+            ));
+        } else if !crates.contains(krate) {
+            problems.push(format!(
+                "{id} has CodeUri ../target/lambda/{krate}/bootstrap.zip but there is no crate functions/{krate}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_template_function_has_its_parts() {
+    let t = load();
+    let mut problems = Vec::new();
+    for (id, krate) in &t.functions {
+        let prefix = logical_prefix(krate);
+        if *id != format!("{prefix}Function") {
+            problems.push(format!(
+                "the function for {krate} should be named {prefix}Function (found {id})"
+            ));
+            continue;
+        }
+        let function = &t.resources[id];
+        let mut parts = vec![
+            ("Role", "AWS::IAM::Role"),
+            ("LogGroup", "AWS::Logs::LogGroup"),
+            ("DeadLetterQueue", "AWS::SQS::Queue"),
+            ("ErrorsAlarm", "AWS::CloudWatch::Alarm"),
+        ];
+        if is_rotation_function(krate) {
+            parts.extend([
+                ("InvokePermission", "AWS::Lambda::Permission"),
+                ("StepFailuresFilter", "AWS::Logs::MetricFilter"),
+                ("StepFailuresAlarm", "AWS::CloudWatch::Alarm"),
+            ]);
+        }
+        for (suffix, kind) in parts {
+            let name = format!("{prefix}{suffix}");
+            match t.resources.get(&name) {
+                None => problems.push(format!("{id} ({krate}) has no {name} ({kind})")),
+                Some(r) if r.kind != kind => {
+                    problems.push(format!("{name} is a {}, expected {kind}", r.kind))
+                }
+                Some(_) => {}
+            }
+        }
+        for (what, text) in [
+            ("Role", format!("!GetAtt {prefix}Role.Arn")),
+            ("LoggingConfig.LogGroup", format!("!Ref {prefix}LogGroup")),
+            (
+                "DeadLetterQueue",
+                format!("!GetAtt {prefix}DeadLetterQueue.Arn"),
+            ),
+        ] {
+            if !function.mentions(&text) {
+                problems.push(format!("{id}: {what} should be {text}"));
+            }
+        }
+        for (suffix, text) in [
+            ("InvokePermission", format!("!Ref {id}")),
+            ("ErrorsAlarm", format!("!Ref {id}")),
+            ("StepFailuresFilter", format!("!Ref {prefix}LogGroup")),
+        ] {
+            if let Some(r) = t.resources.get(&format!("{prefix}{suffix}"))
+                && !r.mentions(&text)
+            {
+                problems.push(format!("{prefix}{suffix} should refer to {text}"));
+            }
+        }
+        if let Some(r) = t.resources.get(&format!("{prefix}InvokePermission")) {
+            for must in [
+                "Principal: secretsmanager.amazonaws.com",
+                "SourceAccount: !Ref AWS::AccountId",
+            ] {
+                if !r.mentions(must) {
+                    problems.push(format!("{prefix}InvokePermission lacks `{must}`"));
+                }
+            }
+        }
+        if let Some(r) = t.resources.get(&format!("{prefix}StepFailuresFilter"))
+            && !r.mentions(r#"{ $.message = "step failed" }"#)
+        {
+            problems.push(format!(
+                "{prefix}StepFailuresFilter should match Rotor's `step failed` log line"
+            ));
+        }
+        for key in ["Runtime", "Architectures", "Handler"] {
+            if function.value_at(6, key).is_some() {
+                problems.push(format!(
+                    "{id} sets {key}; leave it to Globals (provided.al2023, arm64, bootstrap)"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn functions_run_on_provided_al2023_arm64() {
+    let t = load();
+    let lines: Vec<&str> = t.text.lines().collect();
+    let (_, globals) =
+        section(&lines, "Globals").unwrap_or_else(|| panic!("{TEMPLATE} has no Globals section"));
+    let globals = globals.join("\n");
+    for must in [
+        "    Runtime: provided.al2023",
+        "    Architectures: [arm64]",
+        "    Handler: bootstrap",
+    ] {
+        assert!(
+            globals.lines().any(|l| l.trim_end() == must),
+            "{TEMPLATE}: Globals.Function should have `{}`",
+            must.trim()
+        );
+    }
+}
+
+#[test]
+fn scan_reads_resources_and_code_uris() {
+    let text = "\
+Parameters:
+  X:
+    Type: String
+Resources:
+  # a comment
+  FooBarFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: \"../target/lambda/foo-bar/bootstrap.zip\" # built by scripts/package
+      Environment:
+        Variables:
+          CodeUri: not-this-one
+
+  FooBarRole:
+    Type: 'AWS::IAM::Role'
+Outputs:
+  Y:
+    Value: 1
+";
+    let r = resources(text);
+    assert_eq!(
+        r.keys().collect::<Vec<_>>(),
+        ["FooBarFunction", "FooBarRole"]
+    );
+    assert_eq!(r["FooBarRole"].kind, "AWS::IAM::Role");
+    let uri = r["FooBarFunction"].value_at(6, "CodeUri").unwrap();
+    assert_eq!(crate_of_code_uri(&uri), Some("foo-bar"));
+    assert_eq!(
+        crate_of_code_uri("../target/lambda/a/b/bootstrap.zip"),
+        None
+    );
+    assert_eq!(logical_prefix("postgres-single-user"), "PostgresSingleUser");
+}
