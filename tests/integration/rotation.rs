@@ -256,6 +256,34 @@ impl Fixture {
         .expect("parse")
     }
 
+    /// The AWSCURRENT value of this fixture's master secret, as JSON.
+    pub(crate) async fn master_json(&self) -> Value {
+        let current = self.secret(&self.current_version().await).await;
+        let arn = current.masterarn.clone().expect("masterarn");
+        let value = self
+            .moto
+            .client
+            .get_secret_value()
+            .secret_id(&arn)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await
+            .expect("master value")
+            .secret_string
+            .expect("master string");
+        serde_json::from_str(&value).expect("master json")
+    }
+
+    /// The AWSCURRENT value of the secret, as JSON.
+    pub(crate) async fn current_json(&self) -> Value {
+        let value = self
+            .moto
+            .value(&self.arn, &self.current_version().await)
+            .await
+            .expect("value");
+        serde_json::from_str(&value).expect("json")
+    }
+
     pub(crate) async fn remember_values(&self) {
         for v in self.moto.all_values(&self.arn).await {
             leaks::remember(&v);
@@ -644,34 +672,13 @@ async fn bad_secrets(db: TestDb, strategy: Strategy) {
         leaks::remember(victim_pw.expose());
         // A master secret on another host (and not its read replica's source).
         let f = fixture(&db, strategy, &unique("rotor_otherhost"), json!({})).await;
-        let current = f.secret(&f.current_version().await).await;
-        let master_arn = current.masterarn.clone().expect("masterarn");
-        let master_value = f
-            .moto
-            .value(
-                &master_arn,
-                &f.moto
-                    .labels(&master_arn)
-                    .await
-                    .into_keys()
-                    .next()
-                    .expect("v"),
-            )
-            .await
-            .expect("master");
-        let mut master: Value = serde_json::from_str(&master_value).expect("json");
+        let mut master = f.master_json().await;
         master["host"] = json!("localhost");
         let other_master = f
             .moto
             .create_secret(&unique("rotor/master-elsewhere"), &master.to_string())
             .await;
-        let mut value: Value = serde_json::from_str(
-            &f.moto
-                .value(&f.arn, &f.current_version().await)
-                .await
-                .expect("v"),
-        )
-        .expect("json");
+        let mut value = f.current_json().await;
         value["masterarn"] = json!(other_master);
         let arn = f
             .moto
@@ -985,35 +992,14 @@ async fn replica_accepted(env: TestEnv) {
     )
     .await;
     // Point the secret at the replica and the master at the primary.
-    let current = f.secret(&f.current_version().await).await;
-    let master_arn = current.masterarn.clone().expect("masterarn");
-    let mvalue = f
-        .moto
-        .value(
-            &master_arn,
-            &f.moto
-                .labels(&master_arn)
-                .await
-                .into_keys()
-                .next()
-                .expect("v"),
-        )
-        .await
-        .expect("master");
-    let mut master: Value = serde_json::from_str(&mvalue).expect("json");
+    let mut master = f.master_json().await;
     master["host"] = json!(primary_host);
     master["ssl"] = json!(false);
     let master_arn = f
         .moto
         .create_secret(&unique("rotor/primary-master"), &master.to_string())
         .await;
-    let mut value: Value = serde_json::from_str(
-        &f.moto
-            .value(&f.arn, &f.current_version().await)
-            .await
-            .expect("v"),
-    )
-    .expect("json");
+    let mut value = f.current_json().await;
     value["host"] = json!(replica_host);
     value["masterarn"] = json!(master_arn);
     let arn = f
@@ -1098,21 +1084,7 @@ async fn rds_managed_master(env: TestEnv) {
         json!({"ssl": false}),
     )
     .await;
-    let current = f.secret(&f.current_version().await).await;
-    let mvalue = f
-        .moto
-        .value(
-            current.masterarn.as_deref().expect("m"),
-            &f.moto
-                .labels(current.masterarn.as_deref().expect("m"))
-                .await
-                .into_keys()
-                .next()
-                .expect("v"),
-        )
-        .await
-        .expect("master");
-    let m: Value = serde_json::from_str(&mvalue).expect("json");
+    let m = f.master_json().await;
     let managed = json!({"username": m["username"], "password": m["password"]}).to_string();
     let managed_arn = f
         .moto
@@ -1131,13 +1103,7 @@ async fn rds_managed_master(env: TestEnv) {
         .expect("create managed")
         .arn
         .expect("arn");
-    let mut value: Value = serde_json::from_str(
-        &f.moto
-            .value(&f.arn, &f.current_version().await)
-            .await
-            .expect("v"),
-    )
-    .expect("json");
+    let mut value = f.current_json().await;
     value["host"] = json!(host);
     value["masterarn"] = json!(managed_arn);
     let arn = f
