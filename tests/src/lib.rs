@@ -704,7 +704,24 @@ pub async fn dynamic_role(db: &TestDb, extra: Value) -> DynamicRole {
     let master_pw = new_password();
     match db.kind {
         Kind::Postgres => {
-            admin.exec(&format!("CREATE ROLE \"{group}\" NOLOGIN; GRANT USAGE, CREATE ON SCHEMA public TO \"{group}\"; CREATE ROLE \"{owner}\" NOLOGIN")).await;
+            // Concurrent GRANTs on one schema can fail with "tuple concurrently
+            // updated": retry a few times.
+            let sql = format!(
+                "BEGIN; CREATE ROLE \"{group}\" NOLOGIN; GRANT USAGE, CREATE ON SCHEMA public TO \"{group}\"; CREATE ROLE \"{owner}\" NOLOGIN; COMMIT;"
+            );
+            let pg = admin.pg();
+            for attempt in 0..5 {
+                match pg.batch_execute(&sql).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 4 => {
+                        let _ = pg.batch_execute("ROLLBACK").await;
+                        tracing::debug!("retrying role setup: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50 * (attempt + 1)))
+                            .await;
+                    }
+                    Err(e) => panic!("{sql}: {e}"),
+                }
+            }
             admin.create_master(&master, &master_pw, &group).await;
             admin
                 .exec(&format!("GRANT \"{owner}\" TO \"{master}\""))
