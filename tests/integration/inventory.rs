@@ -242,38 +242,36 @@ async fn moto_states(env: TestEnv) {
 }
 
 /// Named fixtures: states moto cannot hold, with the expected outcome.
-fn fixture_states() -> impl std::future::Future<Output = ()> {
-    async {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/inventory-states.json"
+async fn fixture_states() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/inventory-states.json"
+    );
+    let text = std::fs::read_to_string(path).expect("fixtures");
+    let cases: Vec<Value> = serde_json::from_str(&text).expect("fixture json");
+    assert!(cases.len() >= 6);
+    for case in cases {
+        let name = case["name"].as_str().expect("name");
+        let now = case["now"].as_u64().expect("now");
+        let record: SecretRecord = serde_json::from_value(case["record"].clone())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let c = classify(&record, now, &Rules::default());
+        assert_eq!(
+            c.status,
+            case["expected_status"].as_str().expect("expected"),
+            "{name}: {:?}",
+            c.findings
         );
-        let text = std::fs::read_to_string(path).expect("fixtures");
-        let cases: Vec<Value> = serde_json::from_str(&text).expect("fixture json");
-        assert!(cases.len() >= 6);
-        for case in cases {
-            let name = case["name"].as_str().expect("name");
-            let now = case["now"].as_u64().expect("now");
-            let record: SecretRecord = serde_json::from_value(case["record"].clone())
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            let c = classify(&record, now, &Rules::default());
-            assert_eq!(
-                c.status,
-                case["expected_status"].as_str().expect("expected"),
-                "{name}: {:?}",
-                c.findings
-            );
-            let mut got: Vec<String> = c.findings.iter().map(|f| f.status.clone()).collect();
-            got.sort();
-            let mut want: Vec<String> = case["expected_findings"]
-                .as_array()
-                .expect("findings")
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
-            want.sort();
-            assert_eq!(got, want, "{name}");
-        }
+        let mut got: Vec<String> = c.findings.iter().map(|f| f.status.clone()).collect();
+        got.sort();
+        let mut want: Vec<String> = case["expected_findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{name}");
     }
 }
 

@@ -238,7 +238,7 @@ pub async fn analyse(
                     format!("{count} rotation failures in a row ({event_name})"),
                 ));
             } else {
-                out.push(finding("rotation_failed", format!("{event_name}")));
+                out.push(finding("rotation_failed", event_name.clone()));
             }
         }
         "RotationSucceeded" => {

@@ -48,7 +48,8 @@ impl Report {
             .iter()
             .map(|s| classify(s, now, rules))
             .collect();
-        secrets.sort_by(|a, b| a.secret.name.cmp(&b.secret.name));
+        // The order the page's Name column sorts by: case-insensitive.
+        secrets.sort_by_key(|s| s.secret.name.to_lowercase());
         let mut summary = Summary {
             total: secrets.len(),
             plaintext_credentials: inventory.plaintext.len(),
@@ -139,9 +140,9 @@ impl Report {
         let mut rows = String::new();
         for s in &self.secrets {
             let r = &s.secret;
-            let _ = write!(
+            let _ = writeln!(
                 rows,
-                "<tr data-status=\"{st}\"><td>{name}</td><td class=\"status {st}\">{st}</td><td data-sort=\"{age}\">{age_text}</td><td>{rot}</td><td data-sort=\"{lr}\">{lr_text}</td><td data-sort=\"{la}\">{la_text}</td><td>{findings}</td></tr>\n",
+                "<tr data-status=\"{st}\"><td>{name}</td><td class=\"status {st}\">{st}</td><td data-sort=\"{age}\">{age_text}</td><td>{rot}</td><td data-sort=\"{lr}\">{lr_text}</td><td data-sort=\"{la}\">{la_text}</td><td>{findings}</td></tr>",
                 name = html(&r.name),
                 st = html(&s.status),
                 age = s.rotation_age_days.map_or(-1, |d| d as i64),
@@ -168,9 +169,9 @@ impl Report {
         }
         let mut plaintext = String::new();
         for p in &self.plaintext_credentials {
-            let _ = write!(
+            let _ = writeln!(
                 plaintext,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 html(&p.kind),
                 html(&p.location),
                 html(&p.name),
@@ -180,12 +181,16 @@ impl Report {
         let status_chart = bar_chart(
             "status-chart",
             "Secrets by status",
-            &self
-                .summary
-                .by_status
+            // Most severe first.
+            &STATUSES
                 .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, v)| (k.clone(), *v))
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        self.summary.by_status.get(*s).copied().unwrap_or(0),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
                 .collect::<Vec<_>>(),
         );
         let buckets = [
@@ -198,12 +203,13 @@ impl Report {
         ];
         let mut ages: Vec<(String, usize)> =
             buckets.iter().map(|(_, _, l)| (l.to_string(), 0)).collect();
+        ages.push(("unknown".to_string(), 0));
         for s in &self.secrets {
-            if let Some(d) = s.rotation_age_days
-                && let Some(i) = buckets.iter().position(|(lo, hi, _)| d >= *lo && d <= *hi)
-            {
-                ages[i].1 += 1;
-            }
+            let i = s
+                .rotation_age_days
+                .and_then(|d| buckets.iter().position(|(lo, hi, _)| d >= *lo && d <= *hi))
+                .unwrap_or(buckets.len());
+            ages[i].1 += 1;
         }
         let age_chart = bar_chart("age-chart", "Days since last rotation", &ages);
         let summary = &self.summary;
@@ -216,12 +222,13 @@ h1{{font-size:1.4rem}} .cards{{display:flex;gap:1rem;flex-wrap:wrap}}
 .card{{border:1px solid #d0d7de;border-radius:6px;padding:.6rem 1rem;min-width:9rem}}
 .card b{{display:block;font-size:1.6rem}}
 .charts{{display:flex;gap:2rem;flex-wrap:wrap;margin:1.5rem 0}}
+figure{{margin:0}} td[data-sort]{{white-space:nowrap}}
 table{{border-collapse:collapse;width:100%;font-size:.9rem}} th,td{{border-bottom:1px solid #e5e8eb;padding:.35rem .5rem;text-align:left;vertical-align:top}}
 th{{cursor:pointer;background:#f6f8fa;user-select:none}} th.sorted-asc::after{{content:" ▲"}} th.sorted-desc::after{{content:" ▼"}}
 .status{{font-weight:600}} .compliant{{color:#1a7f37}} .rotation_stuck,.rotation_overdue{{color:#cf222e}}
 </style></head><body>
 <h1>Rotor secrets report</h1>
-<p>Generated {generated}. {total} secrets, {plaintext} credentials found outside the secret store.</p>
+<p>Generated {generated}. {total} secret(s), {plaintext} credential(s) found outside the secret store.</p>
 <div class="cards" id="summary">
 <div class="card" id="summary-total"><b>{total}</b>secrets</div>
 <div class="card" id="summary-compliant"><b>{compliant}</b>compliant</div>
@@ -275,7 +282,8 @@ fn bar_chart(id: &str, title: &str, bars: &[(String, usize)]) -> String {
     let max = bars.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
     let height = 24 * bars.len().max(1) + 30;
     let mut svg = format!(
-        "<figure><figcaption>{}</figcaption><svg id=\"{id}\" class=\"chart\" role=\"img\" width=\"420\" height=\"{height}\" viewBox=\"0 0 420 {height}\">",
+        "<figure><figcaption>{}</figcaption><svg id=\"{id}\" class=\"chart\" role=\"img\" aria-label=\"{}\" width=\"420\" height=\"{height}\" viewBox=\"0 0 420 {height}\">",
+        html(title),
         html(title)
     );
     for (i, (label, n)) in bars.iter().enumerate() {
@@ -283,7 +291,7 @@ fn bar_chart(id: &str, title: &str, bars: &[(String, usize)]) -> String {
         let w = (*n as f64 / max as f64 * 230.0).round() as usize;
         let _ = write!(
             svg,
-            "<text x=\"0\" y=\"{ty}\" font-size=\"12\">{label}</text><rect class=\"bar\" x=\"160\" y=\"{y}\" width=\"{w}\" height=\"16\" fill=\"#0969da\"><title>{label}: {n}</title></rect><text x=\"{tx}\" y=\"{ty}\" font-size=\"12\">{n}</text>",
+            "<text x=\"0\" y=\"{ty}\" font-size=\"11\">{label}</text><rect class=\"bar\" x=\"160\" y=\"{y}\" width=\"{w}\" height=\"16\" fill=\"#0969da\"><title>{label}: {n}</title></rect><text x=\"{tx}\" y=\"{ty}\" font-size=\"12\">{n}</text>",
             ty = y + 12,
             tx = 165 + w,
             label = html(label)
