@@ -1,20 +1,24 @@
-//! # Rotation benchmark: full PostgreSQL rotations against the local servers
+//! # Rotation benchmark: full rotations against the local servers
 //!
 //! ```text
 //! eval "$(scripts/test-env)" && cargo bench -p rotor-tests --bench rotation
 //! ```
 //!
-//! Prints plain text, then one JSON summary as the last line of stdout.
+//! Covers PostgreSQL (single user and alternating users) and MySQL, as the
+//! test MariaDB with TLS (single user), with the same figures for each.
+//! Prints plain text, then one JSON summary as the last line of stdout
+//! (PostgreSQL at the top level, MySQL under `"mysql"`).
 //! Settings: `ROTOR_BENCH_ROTATIONS` (warm rotations per strategy, default 20),
-//! `ROTOR_BENCH_COLD_RUNS` (fresh processes, default 10), `ROTOR_BENCH_BUILD=1`
-//! (run `cargo build --release -p postgres-single-user` even when the binary
-//! exists). Run without `--bench` (as `cargo test --benches` does) it only says
-//! how to run it.
+//! `ROTOR_BENCH_COLD_RUNS` (fresh processes per function, default 10),
+//! `ROTOR_BENCH_BUILD=1` (run `cargo build --release -p postgres-single-user`
+//! and `-p mysql-single-user` even when the binaries exist). Run without
+//! `--bench` (as `cargo test --benches` does) it only says how to run it.
 //!
 //! ## What is measured, and how
 //!
-//! 1. **Warm rotations**, single user and alternating users (a master secret
-//!    whose role has CREATEROLE, named by the rotated secret's `masterarn`).
+//! 1. **Warm rotations**: PostgreSQL single user and alternating users (a
+//!    master secret whose role has CREATEROLE, named by the rotated secret's
+//!    `masterarn`), MySQL single user.
 //!    One `Rotator` handles every step of every rotation, as one warm Lambda
 //!    process does. Each rotation is driven like the service drives it:
 //!    `MotoService::start_rotation` (RotateSecret with the stub Lambda; the
@@ -29,14 +33,19 @@
 //!    file that records each request's `X-Amz-Target`. The service side talks
 //!    to moto directly and is not counted. The warm timings include the
 //!    proxy's hop; its cost per call is measured and printed.
-//! 3. **Database connections** are counted by the server: the lines PostgreSQL
-//!    writes to `$ROTOR_TEST_PG_LOG` during each step (`connection received`,
-//!    `connection authorized: user=…`, `password authentication failed for
-//!    user "…"`), tied together by backend pid and attributed to this run's
-//!    unique role names, so other clients of the cluster do not count.
-//! 4. **Cold start** of the release `postgres-single-user` binary (built with
-//!    `cargo build --release -p postgres-single-user` when missing). Each run
-//!    spawns a fresh process against a fake Lambda Runtime API in this file:
+//! 3. **Database connections** are counted by the server, from the lines it
+//!    writes to its log during each step, attributed to this run's unique
+//!    user names, so other clients of the server do not count.
+//!    PostgreSQL (`$ROTOR_TEST_PG_LOG`): `connection received`, `connection
+//!    authorized: user=…`, `password authentication failed for user "…"`,
+//!    tied together by backend pid. MariaDB's general log
+//!    (`$ROTOR_TEST_MARIADB_LOG`): every connection attempt is a thread with
+//!    a `Connect  user@host on db using …` line, and a refused one adds
+//!    `Connect  Access denied for user '…'@'…'`, tied together by thread id.
+//! 4. **Cold start** of each release function binary (`postgres-single-user`,
+//!    `mysql-single-user`; built with `cargo build --release -p <package>`
+//!    when missing). Each run spawns a fresh process against a fake Lambda
+//!    Runtime API in this file:
 //!    spawn → first `GET …/invocation/next` ("ready"), then the four step
 //!    events of a freshly staged rotation, until the fourth response. The
 //!    process's stdout/stderr must not contain any password of the secret.
@@ -60,8 +69,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rotor::store::SecretsManagerStore;
-use rotor::{Outcome, PasswordPolicy, RotationEvent, Rotator, Step, Strategy};
-use rotor_tests::{MotoService, TestEnv, create_role, new_password, unique};
+use rotor::{Outcome, RotationEvent, Rotator, Step, Strategy};
+use rotor_tests::{
+    Admin, Kind, MariaDbEnv, MotoService, TestDb, TestEnv, create_role, mysql_account,
+    new_password, pg_ident, unique,
+};
 use serde_json::{Map, Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -75,7 +87,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// One cold run: spawn, four events, four responses.
 const COLD_RUN_TIMEOUT: Duration = Duration::from_secs(120);
-/// A clean `cargo build --release -p postgres-single-user` (8–11 min here).
+/// A clean `cargo build --release -p <function>` (8–11 min here).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 /// Bounds for the little servers in this file.
 const MAX_CONNECTIONS: usize = 100_000;
@@ -87,11 +99,6 @@ const CALIBRATION_CALLS: usize = 30;
 
 const SM_CALL_TARGET: f64 = 10.0;
 const DB_CONNECTION_TARGET: f64 = 2.0;
-const FUNCTION_PACKAGE: &str = "postgres-single-user";
-const FUNCTION_ARN: &str =
-    "arn:aws:lambda:us-east-1:123456789012:function:rotor-bench-postgres-single-user";
-/// PostgreSQL's default `EXCLUDE_CHARACTERS`, as `TestEnv::rotator` uses.
-const EXCLUDED_CHARACTERS: &str = ":/@\"'\\";
 
 fn main() -> ExitCode {
     if !std::env::args().any(|a| a == "--bench") {
@@ -100,7 +107,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let env = match TestEnv::from_env() {
+    // Both servers' settings, or a hint instead of a panic halfway through.
+    let env = match TestEnv::from_env().and_then(|env| MariaDbEnv::from_env().map(|_| env)) {
         Ok(env) => env,
         Err(e) => {
             eprintln!(
@@ -155,60 +163,48 @@ fn count_from_env(name: &str, default: usize, max: usize) -> Result<usize, Strin
 }
 
 async fn run(env: TestEnv, config: Config) -> Value {
+    let mut pg = Server::open(Kind::Postgres, &env).await;
+    let mut my = Server::open(Kind::MariaDb, &env).await;
     println!(
-        "Rotor rotation benchmark (PostgreSQL {}:{}, Secrets Manager {})",
-        env.pg_host, env.pg_port, env.moto_url
+        "Rotor rotation benchmark (PostgreSQL {} at {}:{}, MariaDB {} at {}:{}, Secrets Manager {})",
+        pg.version,
+        pg.db.host(),
+        pg.db.port(),
+        my.version,
+        my.db.host(),
+        my.db.port(),
+        env.moto_url
     );
     println!(
-        "warm rotations per strategy: {} (ROTOR_BENCH_ROTATIONS), cold runs: {} (ROTOR_BENCH_COLD_RUNS)",
+        "warm rotations per strategy: {} (ROTOR_BENCH_ROTATIONS), cold runs per function: {} (ROTOR_BENCH_COLD_RUNS)",
         config.rotations, config.cold_runs
     );
     println!("load average at start: {}", load_average());
     let service = MotoService::new(&env);
-    let admin = bounded("superuser login to the test cluster", env.admin()).await;
-    let mut pg_log = PgLog::at_end(&env.pg_log);
     let proxy = SmProxy::start(&env.moto_url).await;
     let mut cleanup = Cleanup::default();
 
-    let single = single_user_subject(&env, &admin, &service, &mut cleanup, "su").await;
+    // PostgreSQL.
+    let single = single_user_subject(&pg, &service, &mut cleanup, "su").await;
     let calibration = proxy_overhead(&env, &proxy, &single.arn).await;
-    let single = warm(
-        &env,
-        &service,
-        &proxy,
-        &mut pg_log,
-        &single,
-        config.rotations,
-    )
-    .await;
-    let alternating = alternating_subject(&env, &admin, &service, &mut cleanup).await;
-    let alternating = warm(
-        &env,
-        &service,
-        &proxy,
-        &mut pg_log,
-        &alternating,
-        config.rotations,
-    )
-    .await;
-    let cold = cold_start(
-        &env,
-        &service,
-        &proxy,
-        &admin,
-        &mut pg_log,
-        &mut cleanup,
-        &config,
-    )
-    .await;
-    cleanup.run(&admin, &service).await;
+    let single = warm(&mut pg, &service, &proxy, &single, config.rotations).await;
+    let alternating = alternating_subject(&pg, &service, &mut cleanup).await;
+    let alternating = warm(&mut pg, &service, &proxy, &alternating, config.rotations).await;
+    let cold = cold_start(&mut pg, &service, &proxy, &mut cleanup, &config).await;
 
-    let targets_met = [&single, &alternating, &cold]
+    // MySQL (the test MariaDB).
+    let my_single = single_user_subject(&my, &service, &mut cleanup, "my_su").await;
+    let my_single = warm(&mut my, &service, &proxy, &my_single, config.rotations).await;
+    let my_cold = cold_start(&mut my, &service, &proxy, &mut cleanup, &config).await;
+
+    cleanup.run(&[&pg, &my], &service).await;
+
+    let targets_met = [&single, &alternating, &cold, &my_single, &my_cold]
         .iter()
         .all(|w| w["targets_met"] == json!(true));
     println!();
     println!(
-        "targets (≤ {SM_CALL_TARGET} Secrets Manager calls and ≤ {DB_CONNECTION_TARGET} authorized database connections per rotation, warm and cold): {}",
+        "targets (≤ {SM_CALL_TARGET} Secrets Manager calls and ≤ {DB_CONNECTION_TARGET} authorized database connections per rotation, warm and cold, PostgreSQL and MySQL): {}",
         if targets_met { "met" } else { "NOT met" }
     );
     println!("load average at the end: {}", load_average());
@@ -217,8 +213,14 @@ async fn run(env: TestEnv, config: Config) -> Value {
         "warm_rotations": config.rotations,
         "cold_runs": config.cold_runs,
         "proxy_overhead_ms_per_call": calibration,
+        "server_version": pg.version,
         "warm": { "single-user": single, "alternating-users": alternating },
         "cold": cold,
+        "mysql": {
+            "server_version": my.version,
+            "warm": { "single-user": my_single },
+            "cold": my_cold,
+        },
         "targets": {
             "sm_calls_per_rotation_max": SM_CALL_TARGET,
             "db_connections_per_rotation_max": DB_CONNECTION_TARGET,
@@ -249,29 +251,86 @@ async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what} did not finish within {STEP_TIMEOUT:?}"))
 }
 
-// ---- subjects: roles and secrets -------------------------------------------
+// ---- servers, users and secrets ---------------------------------------------
 
-/// A secret to rotate and the roles whose logins count as its connections.
+/// A database server under test: its settings, an administrator session
+/// and its log.
+struct Server {
+    db: TestDb,
+    admin: Admin,
+    log: ServerLog,
+    /// What the server reports as its version.
+    version: String,
+}
+
+impl Server {
+    async fn open(kind: Kind, env: &TestEnv) -> Server {
+        let db = TestDb::new(kind, env);
+        let admin = bounded(
+            &format!("administrator login to the test {}", server_name(kind)),
+            db.admin(),
+        )
+        .await;
+        let sql = match kind {
+            Kind::Postgres => "SHOW server_version",
+            Kind::MariaDb => "SELECT VERSION()",
+        };
+        let version = bounded("the server's version", admin.rows(sql))
+            .await
+            .concat();
+        let log = ServerLog::at_end(kind, db.statement_log());
+        Server {
+            db,
+            admin,
+            log,
+            version,
+        }
+    }
+
+    /// The function package that rotates single-user secrets on this server.
+    fn single_user_function(&self) -> &'static str {
+        match self.db.kind {
+            Kind::Postgres => "postgres-single-user",
+            Kind::MariaDb => "mysql-single-user",
+        }
+    }
+}
+
+fn server_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Postgres => "PostgreSQL",
+        Kind::MariaDb => "MySQL (MariaDB)",
+    }
+}
+
+/// A secret to rotate and the users whose logins count as its connections.
 struct Subject {
+    server: Kind,
     strategy: Strategy,
     arn: String,
-    /// (kind shown in reports, role name).
-    roles: Vec<(String, String)>,
+    /// (kind shown in reports, user name).
+    users: Vec<(String, String)>,
 }
 
 /// What the bench created, dropped again at the end.
 #[derive(Default)]
 struct Cleanup {
-    roles: Vec<String>,
+    /// Dropped in this order.
+    users: Vec<(Kind, String)>,
     secrets: Vec<String>,
 }
 
 impl Cleanup {
-    async fn run(&self, admin: &tokio_postgres::Client, service: &MotoService) {
-        for role in &self.roles {
-            let sql = format!("DROP ROLE IF EXISTS \"{}\"", role.replace('"', "\"\""));
-            if let Err(e) = bounded("DROP ROLE", admin.batch_execute(&sql)).await {
-                eprintln!("cleanup: cannot drop role {role}: {e}");
+    async fn run(&self, servers: &[&Server], service: &MotoService) {
+        for (kind, user) in &self.users {
+            let Some(server) = servers.iter().find(|s| s.db.kind == *kind) else {
+                continue;
+            };
+            if let Err(e) = bounded("DROP USER", drop_user(&server.admin, user)).await {
+                eprintln!(
+                    "cleanup: cannot drop {} user {user}: {e}",
+                    server_name(*kind)
+                );
             }
         }
         for arn in &self.secrets {
@@ -288,18 +347,34 @@ impl Cleanup {
     }
 }
 
+async fn drop_user(admin: &Admin, user: &str) -> Result<(), String> {
+    match admin {
+        Admin::Pg(c) => c
+            .batch_execute(&format!("DROP ROLE IF EXISTS {}", pg_ident(user)))
+            .await
+            .map_err(|e| e.to_string()),
+        Admin::My(c) => {
+            use mysql_async::prelude::Queryable;
+            c.lock()
+                .await
+                .query_drop(format!("DROP USER IF EXISTS {}", mysql_account(user)))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 async fn single_user_subject(
-    env: &TestEnv,
-    admin: &tokio_postgres::Client,
+    server: &Server,
     service: &MotoService,
     cleanup: &mut Cleanup,
     tag: &str,
 ) -> Subject {
     let user = unique(&format!("rotor_bench_{tag}"));
     let password = new_password();
-    bounded("CREATE ROLE", create_role(admin, &user, &password, "")).await;
-    cleanup.roles.push(user.clone());
-    let value = env.pg_secret(&user, password.expose(), json!({}));
+    bounded("CREATE USER", server.admin.create_user(&user, &password)).await;
+    cleanup.users.push((server.db.kind, user.clone()));
+    let value = server.db.secret(&user, password.expose(), json!({}));
     let arn = bounded(
         "CreateSecret",
         service.create_secret(&unique(&format!("rotor-bench-{tag}")), &value),
@@ -307,18 +382,20 @@ async fn single_user_subject(
     .await;
     cleanup.secrets.push(arn.clone());
     Subject {
+        server: server.db.kind,
         strategy: Strategy::SingleUser,
         arn,
-        roles: vec![("user".into(), user)],
+        users: vec![("user".into(), user)],
     }
 }
 
+/// PostgreSQL only: a master role with CREATEROLE.
 async fn alternating_subject(
-    env: &TestEnv,
-    admin: &tokio_postgres::Client,
+    server: &Server,
     service: &MotoService,
     cleanup: &mut Cleanup,
 ) -> Subject {
+    let admin = server.admin.pg();
     let master = unique("rotor_bench_master");
     let master_password = new_password();
     bounded(
@@ -326,7 +403,9 @@ async fn alternating_subject(
         create_role(admin, &master, &master_password, "CREATEROLE"),
     )
     .await;
-    let master_value = env.pg_secret(&master, master_password.expose(), json!({}));
+    let master_value = server
+        .db
+        .secret(&master, master_password.expose(), json!({}));
     let master_arn = bounded(
         "CreateSecret",
         service.create_secret(&unique("rotor-bench-master"), &master_value),
@@ -337,7 +416,9 @@ async fn alternating_subject(
     let clone = format!("{user}{}", rotor::strategy::CLONE_SUFFIX);
     let password = new_password();
     bounded("CREATE ROLE", create_role(admin, &user, &password, "")).await;
-    let value = env.pg_secret(&user, password.expose(), json!({ "masterarn": master_arn }));
+    let value = server
+        .db
+        .secret(&user, password.expose(), json!({ "masterarn": master_arn }));
     let arn = bounded(
         "CreateSecret",
         service.create_secret(&unique("rotor-bench-alt"), &value),
@@ -345,14 +426,18 @@ async fn alternating_subject(
     .await;
 
     // The clone is a member of the user: drop it first.
-    cleanup
-        .roles
-        .extend([clone.clone(), user.clone(), master.clone()]);
+    let kind = server.db.kind;
+    cleanup.users.extend([
+        (kind, clone.clone()),
+        (kind, user.clone()),
+        (kind, master.clone()),
+    ]);
     cleanup.secrets.extend([arn.clone(), master_arn]);
     Subject {
+        server: kind,
         strategy: Strategy::AlternatingUsers,
         arn,
-        roles: vec![
+        users: vec![
             ("user".into(), user),
             ("user".into(), clone),
             ("master".into(), master),
@@ -399,17 +484,12 @@ fn expected_outcome(step: Step, outcome: Outcome) -> bool {
     )
 }
 
-/// The rotator `TestEnv::rotator` builds, with its Secrets Manager client
+/// The rotator `TestDb::rotator` builds, with its Secrets Manager client
 /// going through the counting proxy.
-fn rotator_via(env: &TestEnv, proxy: &SmProxy, strategy: Strategy) -> Rotator {
-    let store = Arc::new(SecretsManagerStore::new(env.sm_client_at(&proxy.url)));
-    Rotator::new(
-        store,
-        Arc::new(env.engine()),
-        strategy,
-        PasswordPolicy::with_default_exclusions(EXCLUDED_CHARACTERS),
-    )
-    .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())))
+fn rotator_via(db: &TestDb, proxy: &SmProxy, strategy: Strategy) -> Rotator {
+    let store = Arc::new(SecretsManagerStore::new(db.env.sm_client_at(&proxy.url)));
+    Rotator::new(store, db.engine(), strategy, db.policy())
+        .with_rds(Arc::new(rotor::rds::RdsApi::new(db.env.rds_client())))
 }
 
 /// One full rotation, driven as the service drives it.
@@ -417,7 +497,7 @@ async fn rotate_once(
     rotator: &Rotator,
     service: &MotoService,
     proxy: &SmProxy,
-    pg_log: &mut PgLog,
+    log: &mut ServerLog,
     subject: &Subject,
 ) -> RotationSample {
     let token = bounded(
@@ -425,7 +505,7 @@ async fn rotate_once(
         service.start_rotation(&subject.arn),
     )
     .await;
-    pg_log.skip();
+    log.skip();
     let mut steps = Vec::with_capacity(Step::ALL.len());
     for step in Step::ALL {
         let event = RotationEvent {
@@ -450,7 +530,7 @@ async fn rotate_once(
             ms,
             outcome,
             sm_calls: proxy.calls_since(calls_before),
-            db: count_connections(&pg_log.read_new(), &subject.roles),
+            db: log.connections(&subject.users),
         });
     }
     finish_like_service(service, &subject.arn, &token).await;
@@ -486,18 +566,18 @@ async fn finish_like_service(service: &MotoService, arn: &str, token: &str) {
 }
 
 async fn warm(
-    env: &TestEnv,
+    server: &mut Server,
     service: &MotoService,
     proxy: &SmProxy,
-    pg_log: &mut PgLog,
     subject: &Subject,
     rotations: usize,
 ) -> Value {
-    let rotator = rotator_via(env, proxy, subject.strategy);
-    let warmup = rotate_once(&rotator, service, proxy, pg_log, subject).await;
+    let rotator = rotator_via(&server.db, proxy, subject.strategy);
+    let log = &mut server.log;
+    let warmup = rotate_once(&rotator, service, proxy, log, subject).await;
     let mut samples = Vec::with_capacity(rotations);
     for _ in 0..rotations {
-        samples.push(rotate_once(&rotator, service, proxy, pg_log, subject).await);
+        samples.push(rotate_once(&rotator, service, proxy, log, subject).await);
     }
     report_warm(subject, &warmup, &samples)
 }
@@ -665,17 +745,18 @@ fn op_stats<'a>(
 
 fn report_warm(subject: &Subject, warmup: &RotationSample, samples: &[RotationSample]) -> Value {
     let strategy = subject.strategy.name();
-    let role_list: Vec<String> = subject
-        .roles
+    let user_list: Vec<String> = subject
+        .users
         .iter()
         .map(|(kind, name)| format!("{kind} {name}"))
         .collect();
     println!();
     println!(
-        "== Warm rotations, {strategy}: {} measured in one warm Rotator (after 1 warm-up rotation)",
+        "== Warm rotations, {} {strategy}: {} measured in one warm Rotator (after 1 warm-up rotation)",
+        server_name(subject.server),
         samples.len()
     );
-    println!("   secret {}; roles: {}", subject.arn, role_list.join(", "));
+    println!("   secret {}; users: {}", subject.arn, user_list.join(", "));
     print_time_header();
     let mut steps_json = Map::new();
     for (i, step) in Step::ALL.iter().enumerate() {
@@ -768,7 +849,7 @@ fn report_warm(subject: &Subject, warmup: &RotationSample, samples: &[RotationSa
     );
     println!(
         "    {:<26} {}   (warm-up: {})",
-        "TCP connections received",
+        received_label(subject.server),
         received.count_text(),
         warmup_db.received
     );
@@ -828,6 +909,7 @@ fn report_warm(subject: &Subject, warmup: &RotationSample, samples: &[RotationSa
     }
 
     json!({
+        "engine": subject.server.name(),
         "strategy": strategy,
         "rotations": samples.len(),
         "step_ms": steps_json,
@@ -893,7 +975,7 @@ impl Message {
 }
 
 #[derive(Clone, Copy)]
-enum Kind {
+enum MessageKind {
     Request,
     Response { to_head: bool },
 }
@@ -965,7 +1047,7 @@ impl Conn {
     /// `idle`, before sending any byte of it.
     async fn read_message(
         &mut self,
-        kind: Kind,
+        kind: MessageKind,
         idle: Duration,
     ) -> Result<Option<Message>, String> {
         let head_end = loop {
@@ -1006,8 +1088,8 @@ impl Conn {
             })
             .transpose()?;
         let bodyless = match kind {
-            Kind::Request => false,
-            Kind::Response { to_head } => {
+            MessageKind::Request => false,
+            MessageKind::Response { to_head } => {
                 let status: u16 = start_line
                     .split_whitespace()
                     .nth(1)
@@ -1055,7 +1137,7 @@ impl Conn {
             self.fill_to(head_end + n).await?;
             body.extend_from_slice(&self.buf[head_end..head_end + n]);
             head_end + n
-        } else if matches!(kind, Kind::Request) {
+        } else if matches!(kind, MessageKind::Request) {
             head_end
         } else {
             // A response that ends when the server closes.
@@ -1204,7 +1286,10 @@ async fn proxy_connection(
 ) -> Result<(), String> {
     let mut client = Conn::new(client);
     for _ in 0..MAX_REQUESTS_PER_CONNECTION {
-        let Some(request) = client.read_message(Kind::Request, IDLE_TIMEOUT).await? else {
+        let Some(request) = client
+            .read_message(MessageKind::Request, IDLE_TIMEOUT)
+            .await?
+        else {
             return Ok(());
         };
         let target = request.header("x-amz-target").map_or_else(
@@ -1227,7 +1312,7 @@ async fn proxy_connection(
         // Interim (1xx) responses, then the final one.
         for _ in 0..8 {
             let response = moto
-                .read_message(Kind::Response { to_head }, IO_TIMEOUT)
+                .read_message(MessageKind::Response { to_head }, IO_TIMEOUT)
                 .await?
                 .ok_or("moto closed the connection without answering")?;
             client.write_all(&response.raw).await?;
@@ -1245,15 +1330,18 @@ async fn proxy_connection(
 
 // ---- database connections from the server log ----------------------------------
 
-/// Reads the lines PostgreSQL appends to its log.
-struct PgLog {
+/// Reads the lines a server appends to its log (PostgreSQL's log, MariaDB's
+/// general log).
+struct ServerLog {
+    kind: Kind,
     path: PathBuf,
     offset: u64,
 }
 
-impl PgLog {
-    fn at_end(path: &str) -> PgLog {
-        let mut log = PgLog {
+impl ServerLog {
+    fn at_end(kind: Kind, path: &str) -> ServerLog {
+        let mut log = ServerLog {
+            kind,
             path: PathBuf::from(path),
             offset: 0,
         };
@@ -1261,14 +1349,13 @@ impl PgLog {
         log
     }
 
+    fn describe(&self) -> String {
+        format!("the {} log {}", server_name(self.kind), self.path.display())
+    }
+
     fn len(&self) -> u64 {
         std::fs::metadata(&self.path)
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot read the PostgreSQL log {}: {e}",
-                    self.path.display()
-                )
-            })
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.describe()))
             .len()
     }
 
@@ -1281,24 +1368,17 @@ impl PgLog {
     fn read_new(&mut self) -> Vec<String> {
         let len = self.len();
         if len < self.offset {
-            eprintln!(
-                "the PostgreSQL log {} shrank: reading it from the start",
-                self.path.display()
-            );
+            eprintln!("{} shrank: reading it from the start", self.describe());
             self.offset = 0;
         }
-        let mut file = std::fs::File::open(&self.path).unwrap_or_else(|e| {
-            panic!(
-                "cannot open the PostgreSQL log {}: {e}",
-                self.path.display()
-            )
-        });
+        let mut file = std::fs::File::open(&self.path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.describe()));
         file.seek(SeekFrom::Start(self.offset))
-            .expect("seek in the PostgreSQL log");
+            .unwrap_or_else(|e| panic!("seek in {}: {e}", self.describe()));
         let mut bytes = Vec::new();
         file.take(len - self.offset)
             .read_to_end(&mut bytes)
-            .expect("read the PostgreSQL log");
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.describe()));
         let Some(last_newline) = bytes.iter().rposition(|&b| b == b'\n') else {
             return Vec::new();
         };
@@ -1308,15 +1388,26 @@ impl PgLog {
             .map(str::to_string)
             .collect()
     }
+
+    /// The logins of `users` (kind, name) logged since the last read.
+    fn connections(&mut self, users: &[(String, String)]) -> DbCounts {
+        let lines = self.read_new();
+        match self.kind {
+            Kind::Postgres => count_pg_connections(&lines, users),
+            Kind::MariaDb => count_mariadb_connections(&lines, users),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 struct DbCounts {
-    /// TCP connections whose backend then logged one of our roles.
+    /// Connection attempts that named one of our users: PostgreSQL's
+    /// `connection received` whose backend then logged one, MariaDB's
+    /// connection threads.
     received: usize,
     authorized: usize,
     failed: usize,
-    /// Role kind → (authorized, failed).
+    /// User kind → (authorized, failed).
     by_kind: BTreeMap<String, (usize, usize)>,
 }
 
@@ -1331,6 +1422,34 @@ impl DbCounts {
             entry.1 += bad;
         }
     }
+
+    /// One login of a user of `kind`.
+    fn login(&mut self, kind: String, authorized: bool) {
+        let entry = self.by_kind.entry(kind).or_default();
+        if authorized {
+            self.authorized += 1;
+            entry.0 += 1;
+        } else {
+            self.failed += 1;
+            entry.1 += 1;
+        }
+    }
+}
+
+/// What [`DbCounts::received`] counts on this server.
+fn received_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Postgres => "TCP connections received",
+        Kind::MariaDb => "connection attempts",
+    }
+}
+
+/// The kind of the user named `user`, if it is one of `users`.
+fn kind_of(users: &[(String, String)], user: &str) -> Option<String> {
+    users
+        .iter()
+        .find(|(_, name)| name == user)
+        .map(|(kind, _)| kind.clone())
 }
 
 /// The backend pid in a line with log_line_prefix '%m [%p] %q%u@%d '.
@@ -1341,17 +1460,11 @@ fn backend_pid(line: &str) -> Option<&str> {
     pid.bytes().all(|b| b.is_ascii_digit()).then_some(pid)
 }
 
-/// Counts the logins of `roles` (kind, name) in server log lines.
-fn count_connections(lines: &[String], roles: &[(String, String)]) -> DbCounts {
-    let kind_of = |user: &str| {
-        roles
-            .iter()
-            .find(|(_, name)| name == user)
-            .map(|(kind, _)| kind.clone())
-    };
+/// Counts the logins of `users` (kind, name) in PostgreSQL log lines.
+fn count_pg_connections(lines: &[String], users: &[(String, String)]) -> DbCounts {
     let mut counts = DbCounts::default();
     let mut received: Vec<&str> = Vec::new();
-    let mut users: HashMap<&str, &str> = HashMap::new();
+    let mut user_of: HashMap<&str, &str> = HashMap::new();
     for line in lines {
         let Some(pid) = backend_pid(line) else {
             continue;
@@ -1370,29 +1483,73 @@ fn count_connections(lines: &[String], roles: &[(String, String)]) -> DbCounts {
             } else {
                 continue;
             };
-        users.insert(pid, user);
-        if let Some(kind) = kind_of(user) {
-            let entry = counts.by_kind.entry(kind).or_default();
-            if authorized {
-                counts.authorized += 1;
-                entry.0 += 1;
-            } else {
-                counts.failed += 1;
-                entry.1 += 1;
-            }
+        user_of.insert(pid, user);
+        if let Some(kind) = kind_of(users, user) {
+            counts.login(kind, authorized);
         }
     }
     counts.received = received
         .iter()
-        .filter(|pid| users.get(*pid).is_some_and(|u| kind_of(u).is_some()))
+        .filter(|pid| {
+            user_of
+                .get(*pid)
+                .is_some_and(|u| kind_of(users, u).is_some())
+        })
         .count();
+    counts
+}
+
+/// (thread id, command, argument) of a MariaDB general-log line:
+/// `[YYMMDD HH:MM:SS]\t<spaces><id> <Command>\t<argument>`.
+fn general_log_entry(line: &str) -> Option<(&str, &str, &str)> {
+    let (_time, rest) = line.split_once('\t')?;
+    let rest = rest.trim_start_matches('\t').trim_start_matches(' ');
+    let (id, rest) = rest.split_once(' ')?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (command, argument) = rest.split_once('\t')?;
+    Some((id, command, argument))
+}
+
+/// Counts the logins of `users` (kind, name) in MariaDB general-log lines.
+/// Each attempt is a thread that logs `Connect  user@host on db using …`;
+/// a refused one then logs `Connect  Access denied for user 'user'@'host' …`.
+fn count_mariadb_connections(lines: &[String], users: &[(String, String)]) -> DbCounts {
+    // Thread id → (user, refused), in order of first appearance.
+    let mut threads: Vec<(&str, &str, bool)> = Vec::new();
+    for line in lines {
+        let Some((id, "Connect", argument)) = general_log_entry(line) else {
+            continue;
+        };
+        let (user, refused) = if let Some(rest) = argument.strip_prefix("Access denied for user '")
+        {
+            (rest.split('\'').next().unwrap_or_default(), true)
+        } else if let Some((who, _)) = argument.split_once(" on ") {
+            (who.rsplit_once('@').map_or(who, |(u, _)| u), false)
+        } else {
+            continue;
+        };
+        match threads.iter_mut().find(|(t, _, _)| *t == id) {
+            Some(thread) => thread.2 |= refused,
+            None => threads.push((id, user, refused)),
+        }
+    }
+    let mut counts = DbCounts::default();
+    for (_, user, refused) in threads {
+        if let Some(kind) = kind_of(users, user) {
+            counts.received += 1;
+            counts.login(kind, !refused);
+        }
+    }
     counts
 }
 
 // ---- cold start: the release binary under a fake Lambda Runtime API ----------
 
-/// The release binary, built when missing (or when `ROTOR_BENCH_BUILD=1`).
-async fn release_binary(force_build: bool) -> PathBuf {
+/// The release binary of `package`, built when missing (or when
+/// `ROTOR_BENCH_BUILD=1`).
+async fn release_binary(package: &str, force_build: bool) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate sits in the workspace")
@@ -1426,26 +1583,28 @@ async fn release_binary(force_build: bool) -> PathBuf {
             )
         }
     };
-    let binary = target_dir.join("release").join(FUNCTION_PACKAGE);
+    let binary = target_dir.join("release").join(package);
     if force_build || !binary.exists() {
         println!(
-            "building the release function: cargo build --release -p {FUNCTION_PACKAGE} (a clean build takes about 10 min on 2 cores)"
+            "building the release function: cargo build --release -p {package} (a clean build takes about 10 min on 2 cores)"
         );
         let status = tokio::time::timeout(
             BUILD_TIMEOUT,
             tokio::process::Command::new(&cargo)
-                .args(["build", "--release", "-p", FUNCTION_PACKAGE])
+                .args(["build", "--release", "-p", package])
                 .current_dir(&root)
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .status(),
         )
         .await
-        .unwrap_or_else(|_| panic!("cargo build --release -p {FUNCTION_PACKAGE} did not finish within {BUILD_TIMEOUT:?}"))
+        .unwrap_or_else(|_| {
+            panic!("cargo build --release -p {package} did not finish within {BUILD_TIMEOUT:?}")
+        })
         .expect("run cargo build");
         assert!(
             status.success(),
-            "cargo build --release -p {FUNCTION_PACKAGE} failed ({status})"
+            "cargo build --release -p {package} failed ({status})"
         );
         assert!(
             binary.exists(),
@@ -1458,14 +1617,14 @@ async fn release_binary(force_build: bool) -> PathBuf {
             root.join("Cargo.toml"),
             root.join("Cargo.lock"),
             root.join("shared"),
-            root.join("functions").join(FUNCTION_PACKAGE),
+            root.join("functions").join(package),
         ];
         let newest = sources.iter().filter_map(|p| newest_mtime(p, 8)).max();
         if let (Some(built), Some(newest)) = (built, newest)
             && newest > built
         {
             println!(
-                "note: {} is older than its sources; ROTOR_BENCH_BUILD=1 rebuilds it (cargo build --release -p {FUNCTION_PACKAGE})",
+                "note: {} is older than its sources; ROTOR_BENCH_BUILD=1 rebuilds it (cargo build --release -p {package})",
                 binary.display()
             );
         }
@@ -1518,6 +1677,7 @@ enum RuntimeNote {
 }
 
 struct RuntimeApi {
+    function_arn: String,
     queue: Mutex<VecDeque<Invocation>>,
     notes: mpsc::UnboundedSender<RuntimeNote>,
 }
@@ -1540,7 +1700,10 @@ async fn runtime_connection(stream: TcpStream, api: Arc<RuntimeApi>) -> Result<(
         let _ = api.notes.send(n);
     };
     for _ in 0..MAX_REQUESTS_PER_CONNECTION {
-        let Some(request) = conn.read_message(Kind::Request, IDLE_TIMEOUT).await? else {
+        let Some(request) = conn
+            .read_message(MessageKind::Request, IDLE_TIMEOUT)
+            .await?
+        else {
             return Ok(());
         };
         let at = Instant::now();
@@ -1570,8 +1733,9 @@ async fn runtime_connection(stream: TcpStream, api: Arc<RuntimeApi>) -> Result<(
                 .map_or(0, |d| d.as_millis())
                 + 300_000;
             let headers = format!(
-                "Lambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline_ms}\r\nLambda-Runtime-Invoked-Function-Arn: {FUNCTION_ARN}\r\nLambda-Runtime-Trace-Id: Root=1-00000000-{trace};Parent=0000000000000000;Sampled=0\r\n",
+                "Lambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline_ms}\r\nLambda-Runtime-Invoked-Function-Arn: {arn}\r\nLambda-Runtime-Trace-Id: Root=1-00000000-{trace};Parent=0000000000000000;Sampled=0\r\n",
                 id = invocation.id,
+                arn = api.function_arn,
                 trace = &invocation.id.replace('-', "")[..24],
             );
             delivered = Some(invocation.id.clone());
@@ -1637,17 +1801,19 @@ struct ColdRun {
     output: Vec<u8>,
 }
 
-/// Spawns the binary with Secrets Manager at `sm_endpoint`, delivers the
+/// Spawns the function with Secrets Manager at `sm_endpoint`, delivers the
 /// four events of `token`, kills it. `run` names its output files.
-async fn cold_run(
-    binary: &Path,
-    env: &TestEnv,
-    sm_endpoint: &str,
-    arn: &str,
-    token: &str,
-    out_dir: &Path,
-    run: &str,
-) -> ColdRun {
+async fn cold_run(bench: &ColdBench<'_>, sm_endpoint: &str, token: &str, run: &str) -> ColdRun {
+    let ColdBench {
+        binary,
+        function,
+        env,
+        subject,
+        out_dir,
+        ..
+    } = *bench;
+    let arn = subject.arn.as_str();
+    let function_name = format!("rotor-bench-{function}");
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the fake Lambda Runtime API on 127.0.0.1");
@@ -1666,6 +1832,7 @@ async fn cold_run(
     let ids: Vec<String> = invocations.iter().map(|i| i.id.clone()).collect();
     let (tx, mut notes) = mpsc::unbounded_channel();
     let api = Arc::new(RuntimeApi {
+        function_arn: format!("arn:aws:lambda:us-east-1:123456789012:function:{function_name}"),
         queue: Mutex::new(invocations),
         notes: tx,
     });
@@ -1682,10 +1849,7 @@ async fn cold_run(
     command
         .env_clear()
         .env("AWS_LAMBDA_RUNTIME_API", format!("127.0.0.1:{port}"))
-        .env(
-            "AWS_LAMBDA_FUNCTION_NAME",
-            "rotor-bench-postgres-single-user",
-        )
+        .env("AWS_LAMBDA_FUNCTION_NAME", &function_name)
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_REGION", "us-east-1")
@@ -1824,6 +1988,8 @@ async fn all_passwords(service: &MotoService, arn: &str) -> Vec<String> {
 /// What every cold run of one benchmark shares.
 struct ColdBench<'a> {
     binary: &'a Path,
+    /// The function's package name.
+    function: &'a str,
     env: &'a TestEnv,
     service: &'a MotoService,
     subject: &'a Subject,
@@ -1835,25 +2001,24 @@ struct ColdBench<'a> {
 /// labels, no password in the function's output).
 async fn cold_rotation(
     bench: &ColdBench<'_>,
-    pg_log: &mut PgLog,
+    log: &mut ServerLog,
     sm_endpoint: &str,
     run: &str,
 ) -> (ColdRun, DbCounts) {
     let ColdBench {
-        binary,
-        env,
         service,
         subject,
         out_dir,
+        ..
     } = *bench;
     let token = bounded(
         "RotateSecret (service side)",
         service.start_rotation(&subject.arn),
     )
     .await;
-    pg_log.skip();
-    let result = cold_run(binary, env, sm_endpoint, &subject.arn, &token, out_dir, run).await;
-    let db = count_connections(&pg_log.read_new(), &subject.roles);
+    log.skip();
+    let result = cold_run(bench, sm_endpoint, &token, run).await;
+    let db = log.connections(&subject.users);
     let want = ["created", "password-set", "tested", "finished"];
     assert_eq!(result.outcomes, want, "cold run {run}: unexpected outcomes");
     finish_like_service(service, &subject.arn, &token).await;
@@ -1870,23 +2035,28 @@ async fn cold_rotation(
     (result, db)
 }
 
+/// The cold start and cold rotations of the server's single-user function.
 async fn cold_start(
-    env: &TestEnv,
+    server: &mut Server,
     service: &MotoService,
     proxy: &SmProxy,
-    admin: &tokio_postgres::Client,
-    pg_log: &mut PgLog,
     cleanup: &mut Cleanup,
     config: &Config,
 ) -> Value {
     println!();
-    let binary = release_binary(config.force_build).await;
+    let function = server.single_user_function();
+    let binary = release_binary(function, config.force_build).await;
     let size = std::fs::metadata(&binary)
         .unwrap_or_else(|e| panic!("{}: {e}", binary.display()))
         .len();
-    let subject = single_user_subject(env, admin, service, cleanup, "cold").await;
+    let tag = match server.db.kind {
+        Kind::Postgres => "cold",
+        Kind::MariaDb => "my_cold",
+    };
+    let subject = single_user_subject(server, service, cleanup, tag).await;
     println!(
-        "== Cold start of the release binary, {} runs with a fresh process each (single-user)",
+        "== Cold start of the release {function} binary ({}), {} runs with a fresh process each (single-user)",
+        server_name(subject.server),
         config.cold_runs
     );
     println!(
@@ -1894,14 +2064,17 @@ async fn cold_start(
         binary.display(),
         size as f64 / 1e6
     );
-    println!("   secret {}; role {}", subject.arn, subject.roles[0].1);
+    println!("   secret {}; user {}", subject.arn, subject.users[0].1);
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("rotor-bench-{}", std::process::id()));
+        .join(format!("rotor-bench-{}-{function}", std::process::id()));
     std::fs::create_dir_all(&out_dir)
         .unwrap_or_else(|e| panic!("create {}: {e}", out_dir.display()));
 
+    let env = &server.db.env;
+    let log = &mut server.log;
     let bench = ColdBench {
         binary: &binary,
+        function,
         env,
         service,
         subject: &subject,
@@ -1910,13 +2083,13 @@ async fn cold_start(
     let mut runs = Vec::with_capacity(config.cold_runs);
     let mut dbs = Vec::with_capacity(config.cold_runs);
     for run in 0..config.cold_runs {
-        let (result, db) = cold_rotation(&bench, pg_log, &env.moto_url, &run.to_string()).await;
+        let (result, db) = cold_rotation(&bench, log, &env.moto_url, &run.to_string()).await;
         runs.push(result);
         dbs.push(db);
     }
     // One more, untimed, with the function's Secrets Manager calls counted.
     let calls_before = proxy.count();
-    let (counted, counted_db) = cold_rotation(&bench, pg_log, &proxy.url, "counted").await;
+    let (counted, counted_db) = cold_rotation(&bench, log, &proxy.url, "counted").await;
     let sm_by_step: Vec<Vec<String>> = counted
         .windows
         .iter()
@@ -1950,10 +2123,13 @@ async fn cold_start(
     print_time_row("spawn → 4th response", &total);
     let authorized = Stats::of(&dbs.iter().map(|d| d.authorized as f64).collect::<Vec<_>>());
     let failed = Stats::of(&dbs.iter().map(|d| d.failed as f64).collect::<Vec<_>>());
+    let received = Stats::of(&dbs.iter().map(|d| d.received as f64).collect::<Vec<_>>());
     println!(
-        "  database connections per cold rotation (server log): authorized {}, failed logins {}",
+        "  database connections per cold rotation (server log): authorized {}, failed logins {}, {} {}",
         authorized.count_text(),
-        failed.count_text()
+        failed.count_text(),
+        received_label(subject.server),
+        received.count_text()
     );
     let ops = count_ops(&sm_all);
     let ops_text: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
@@ -1985,6 +2161,8 @@ async fn cold_start(
         runs.len() + 1
     );
     json!({
+        "engine": subject.server.name(),
+        "function": function,
         "binary": binary.display().to_string(),
         "binary_bytes": size,
         "runs": runs.len(),
@@ -1992,7 +2170,7 @@ async fn cold_start(
         "step_ms": steps_json,
         "events_ms": handling.json(),
         "spawn_to_4th_response_ms": total.json(),
-        "db_per_rotation": { "authorized": authorized.count_json(), "failed_logins": failed.count_json() },
+        "db_per_rotation": { "authorized": authorized.count_json(), "failed_logins": failed.count_json(), "received": received.count_json() },
         "sm_calls_per_rotation": { "total": sm_all.len(), "by_operation": ops, "by_step": sm_steps_json },
         "targets_met": sm_met && db_met,
         "output_lines": output_lines,

@@ -50,6 +50,7 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             env,
             |_env| cloudtrail_samples(),
         ),
+        trial("inventory::report_is_written_to_s3", env, s3_upload),
     ]
 }
 
@@ -568,4 +569,49 @@ async fn cloudtrail_samples() {
         .expect("again");
     assert_eq!(again[0].status, "repeated_rotation_failures");
     let _ = store.describe("audit/failing").await.expect("still there");
+}
+
+async fn s3_upload(env: TestEnv) {
+    let sdk = env.sdk_config();
+    let s3 = rotor::aws_sdk_s3::Client::from_conf(
+        rotor::aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let bucket = unique("rotor-reports").replace('_', "-");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("bucket");
+    let (prefix, _moto) = seed(&env).await;
+    let report = Report::build(
+        &moto_inventory(&env, &prefix).await,
+        rotor::time::now(),
+        &Rules::default(),
+    );
+    let keys = publish::upload(&s3, &bucket, "rotor-reports", &report)
+        .await
+        .expect("upload");
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("list")
+        .contents
+        .unwrap_or_default();
+    assert_eq!(listed.len(), 6);
+    let latest = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("rotor-reports/latest/report.json")
+        .send()
+        .await
+        .expect("get");
+    let body = latest.body.collect().await.expect("body").into_bytes();
+    let json: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["summary"]["total"], 5);
 }
