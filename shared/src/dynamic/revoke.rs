@@ -66,12 +66,6 @@ pub struct RevokeReport {
     pub failures: Vec<(String, String)>,
 }
 
-impl RevokeReport {
-    fn fail(&mut self, target: &str, e: &Error) {
-        self.failures.push((target.to_string(), e.to_string()));
-    }
-}
-
 /// Parses an EventBridge event; `Ok(None)` when it is to be ignored
 /// (caused by one of `ignore` — Rotor's own roles — or not about credentials).
 pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarget, bool)>> {
@@ -189,9 +183,9 @@ impl Dynamic {
             RevokeTarget::Role(role) => {
                 let role = self.role(role).await?;
                 let (mut session, _) = self.master_session(&role).await?;
-                for user in session.users_with_prefix(&role.user_prefix()).await? {
-                    self.revoke_user(&user, dry_run, caller, &mut report).await;
-                }
+                let users = session.users_with_prefix(&role.user_prefix()).await?;
+                self.revoke_users(&role, &users, Some(session), dry_run, caller, &mut report)
+                    .await;
             }
             RevokeTarget::Secret(secret) => {
                 self.revoke_secret(secret, dry_run, caller, rds.clone(), &mut report)
@@ -275,6 +269,8 @@ impl Dynamic {
         Ok(out)
     }
 
+    /// Revokes one dynamic user: finds its role by the lease prefix, then as
+    /// [`revoke_users`](Self::revoke_users).
     async fn revoke_user(
         &self,
         user: &str,
@@ -282,14 +278,14 @@ impl Dynamic {
         caller: &Caller,
         report: &mut RevokeReport,
     ) {
-        let result = async {
+        let role = async {
             let lease = parse_lease(user).ok_or_else(|| {
                 Error::BadRequest(format!(
                     "{user:?} is not a dynamic user (v_<prefix>_<expiry>_<random>)"
                 ))
             })?;
             let (roles, _) = self.roles().await?;
-            let role = roles
+            roles
                 .into_iter()
                 .find(|r| r.username_prefix == lease.prefix)
                 .ok_or_else(|| Error::NotFound {
@@ -297,34 +293,83 @@ impl Dynamic {
                         "a role with username_prefix {:?} for user {user}",
                         lease.prefix
                     ),
-                })?;
-            if dry_run {
-                return Ok(Revoked {
-                    target: user.to_string(),
-                    action: "would-revoke".into(),
-                    ..Default::default()
-                });
-            }
-            let (mut session, _) = self.master_session(&role).await?;
-            let drop = session.drop_user(user, role.owner_role.as_deref()).await?;
-            Ok(Revoked {
-                target: user.to_string(),
-                action: if drop.existed {
-                    "dropped-user"
-                } else {
-                    "already-gone"
-                }
-                .into(),
-                sessions_ended: drop.sessions_ended,
-                drop: Some(drop),
-                ..Default::default()
-            })
+                })
         }
         .await;
-        self.audit_revocation(user, caller, &result);
-        match result {
-            Ok(r) => report.revoked.push(r),
-            Err(e) => report.fail(user, &e),
+        match role {
+            Ok(role) => {
+                self.revoke_users(&role, &[user.to_string()], None, dry_run, caller, report)
+                    .await
+            }
+            Err(e) => {
+                let failed = Err(e.to_string());
+                self.audit_revocation(user, caller, &failed);
+                report.failures.push((user.to_string(), e.to_string()));
+            }
+        }
+    }
+
+    /// Drops users of one role over one master session (`session`, or a new
+    /// one), in the engine's batches; audits and reports each user.
+    async fn revoke_users(
+        &self,
+        role: &super::RoleDefinition,
+        users: &[String],
+        session: Option<Box<dyn crate::engine::Session>>,
+        dry_run: bool,
+        caller: &Caller,
+        report: &mut RevokeReport,
+    ) {
+        let results: Vec<(String, std::result::Result<Revoked, String>)> = if dry_run {
+            users
+                .iter()
+                .map(|u| {
+                    let r = Revoked {
+                        target: u.clone(),
+                        action: "would-revoke".into(),
+                        ..Default::default()
+                    };
+                    (u.clone(), Ok(r))
+                })
+                .collect()
+        } else {
+            let session = match session {
+                Some(s) => Ok(s),
+                None => self.master_session(role).await.map(|(s, _)| s),
+            };
+            match session {
+                Ok(mut session) => session
+                    .drop_users(users, role.owner_role.as_deref())
+                    .await
+                    .into_iter()
+                    .map(|(user, drop)| {
+                        let revoked = drop.map_err(|e| e.to_string()).map(|drop| Revoked {
+                            target: user.clone(),
+                            action: if drop.existed {
+                                "dropped-user"
+                            } else {
+                                "already-gone"
+                            }
+                            .into(),
+                            sessions_ended: drop.sessions_ended,
+                            drop: Some(drop),
+                            ..Default::default()
+                        });
+                        (user, revoked)
+                    })
+                    .collect(),
+                Err(e) => users
+                    .iter()
+                    .map(|u| (u.clone(), Err(e.to_string())))
+                    .collect(),
+            }
+        };
+        for (user, result) in results {
+            self.audit_revocation(&user, caller, &result);
+            match result {
+                Ok(r) => report.revoked.push(r),
+                Err(e) => report.failures.push((user, e)),
+            }
         }
     }
 
@@ -336,19 +381,27 @@ impl Dynamic {
         rds: Option<Arc<dyn RdsLookup>>,
         report: &mut RevokeReport,
     ) {
-        let result = self.rotate_and_invalidate(secret, dry_run, rds).await;
+        let result = self
+            .rotate_and_invalidate(secret, dry_run, rds)
+            .await
+            .map_err(|e| e.to_string());
         self.audit_revocation(secret, caller, &result);
         match result {
             Ok(r) => report.revoked.push(r),
-            Err(e) => report.fail(secret, &e),
+            Err(e) => report.failures.push((secret.to_string(), e)),
         }
     }
 
-    fn audit_revocation(&self, target: &str, caller: &Caller, result: &Result<Revoked>) {
+    fn audit_revocation(
+        &self,
+        target: &str,
+        caller: &Caller,
+        result: &std::result::Result<Revoked, String>,
+    ) {
         let (outcome, detail) = match result {
             Ok(r) if r.action == "would-revoke" => ("dry-run", json!(r)),
             Ok(r) => ("ok", json!(r)),
-            Err(e) => ("failed", json!({"error": e.to_string()})),
+            Err(e) => ("failed", json!({"error": e})),
         };
         record(&AuditRecord {
             action: "revoke",
@@ -427,14 +480,9 @@ impl Dynamic {
     }
 
     async fn version(&self, arn: &str, version: &str) -> Result<DbSecret> {
-        let value = self
-            .store()
-            .get(arn, VersionRef::Id(version))
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("version {version} of {arn}"),
-            })?;
-        DbSecret::parse(&value, arn, version, Require::Connection)
+        self.store()
+            .db_secret(arn, VersionRef::Id(version), Require::Connection)
+            .await
     }
 }
 

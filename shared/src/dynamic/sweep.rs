@@ -137,12 +137,18 @@ impl Dynamic {
             error: Some(e.to_string()),
             evidence: None,
         };
-        let users = match self.master_session(role).await {
-            Ok((mut session, _)) => session.users_with_prefix(&role.user_prefix()).await,
-            Err(e) => Err(e),
-        };
-        let users = match users {
-            Ok(u) => u,
+        // The master secret is read once; the listing session becomes the
+        // first lane's.
+        let listed = async {
+            let master = self.master_secret(role).await?;
+            let engine = self.engine(&role.engine)?;
+            let mut session = engine.connect(&master, "master").await?;
+            let users = session.users_with_prefix(&role.user_prefix()).await?;
+            Ok::<_, crate::Error>((master, engine, session, users))
+        }
+        .await;
+        let (master, engine, first_session, users) = match listed {
+            Ok(l) => l,
             Err(e) => {
                 report.push(failed(&role.name, e));
                 return;
@@ -178,8 +184,12 @@ impl Dynamic {
         }
         report.peak_connections = report.peak_connections.max(lanes);
         let mut set = tokio::task::JoinSet::new();
+        let mut first_session = Some(first_session);
         for lane in work {
-            let session = self.master_session(role).await.map(|(s, _)| s);
+            let session = match first_session.take() {
+                Some(s) => Ok(s),
+                None => engine.connect(&master, "master").await,
+            };
             let owner = role.owner_role.clone();
             set.spawn(async move {
                 let mut results: Vec<(String, Result<DropReport>)> = Vec::with_capacity(lane.len());
