@@ -14,20 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use rotor::{RotationEvent, Step};
-
-/// Function crates that are not Lambda functions.
-const NOT_FUNCTIONS: &[&str] = &["rotor"];
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent directory")
-        .to_path_buf()
-}
-
-fn is_rotation_function(name: &str) -> bool {
-    name.starts_with("postgres-") || name.starts_with("mysql-")
-}
+use rotor_tests::layout::{function_crates, is_rotation_function, repo_root};
 
 /// Every `*.json` file under `dir`, recursively, sorted.
 fn json_files(dir: &Path) -> Vec<PathBuf> {
@@ -49,25 +36,6 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-/// Directory names under `functions/` that hold a crate.
-fn function_crates(root: &Path) -> Vec<String> {
-    let dir = root.join("functions");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("Cargo.toml").is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .collect();
-    names.sort();
-    assert!(
-        !names.is_empty(),
-        "no crate found under {}; is the repository root {}?",
-        dir.display(),
-        root.display()
-    );
-    names
 }
 
 /// The rotation function folder a file sits in (nearest such ancestor under `events/`).
@@ -151,9 +119,6 @@ fn every_function_has_sample_events() {
     let root = repo_root();
     let mut failures = Vec::new();
     for name in function_crates(&root) {
-        if NOT_FUNCTIONS.contains(&name.as_str()) {
-            continue;
-        }
         let folder = root.join("events").join(&name);
         if !folder.is_dir() || json_files(&folder).is_empty() {
             failures.push(format!(

@@ -18,11 +18,8 @@
 //! for these checks without a YAML dependency; `cfn-lint` in `.ci/run` checks
 //! the rest. Needs no server: `cargo test -p rotor-tests --test template`.
 
+use rotor_tests::layout::{NOT_FUNCTIONS, function_crates, is_rotation_function, repo_root};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-
-/// Function crates that are not Lambda functions.
-const NOT_FUNCTIONS: &[&str] = &["rotor"];
 
 /// Function crates that exist but are not in the template yet (issue 6 covers
 /// the rotation functions; the dynamic-credential and audit functions came after
@@ -32,36 +29,6 @@ const NOT_FUNCTIONS: &[&str] = &["rotor"];
 const NOT_YET_IN_TEMPLATE: &[&str] = &[];
 
 const TEMPLATE: &str = "infra/template.yaml";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent directory")
-        .to_path_buf()
-}
-
-fn is_rotation_function(name: &str) -> bool {
-    name.starts_with("postgres-") || name.starts_with("mysql-")
-}
-
-/// Lambda function crates under `functions/` (directories holding a Cargo.toml).
-fn function_crates(root: &Path) -> Vec<String> {
-    let dir = root.join("functions");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("Cargo.toml").is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| !NOT_FUNCTIONS.contains(&n.as_str()))
-        .collect();
-    names.sort();
-    assert!(
-        !names.is_empty(),
-        "no function crate found under {}",
-        dir.display()
-    );
-    names
-}
 
 /// `postgres-single-user` → `PostgresSingleUser`.
 fn logical_prefix(crate_name: &str) -> String {

@@ -334,14 +334,9 @@ impl Demo {
     }
 
     async fn value(&self, arn: &str, version: &str) -> Result<DbSecret> {
-        let v = self
-            .store
-            .get(arn, VersionRef::Id(version))
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                what: format!("version {version}"),
-            })?;
-        DbSecret::parse(&v, arn, version, Require::Connection)
+        self.store
+            .db_secret(arn, VersionRef::Id(version), Require::Connection)
+            .await
     }
 
     /// (new credentials work, old credentials no longer work — or, for

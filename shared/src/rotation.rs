@@ -839,13 +839,13 @@ pub async fn rotator_for_secret(
     strategy: Option<Strategy>,
     rds: Option<Arc<dyn RdsLookup>>,
 ) -> Result<Rotator> {
-    let value = store
-        .get(secret_id, VersionRef::Stage(AWSCURRENT))
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            what: format!("AWSCURRENT version of {secret_id}"),
-        })?;
-    let current = DbSecret::parse(&value, secret_id, AWSCURRENT, Require::Connection)?;
+    let current = store
+        .db_secret(
+            secret_id,
+            VersionRef::Stage(AWSCURRENT),
+            Require::Connection,
+        )
+        .await?;
     let engine = crate::engine::for_engine_key(&current.engine, options).ok_or_else(|| {
         Error::bad_secret(
             secret_id,

@@ -1207,25 +1207,9 @@ async fn tls_verified(db: TestDb) {
     admin.create_user(&user, &password).await;
     leaks::remember(password.expose());
     for ssl in [json!(true), json!("true"), Value::Null] {
-        let mut extra = json!({});
-        if !ssl.is_null() {
-            extra["ssl"] = ssl.clone();
-        }
-        let mut value: Value =
+        let doc: Value =
             serde_json::from_str(&db.secret(&user, password.expose(), json!({}))).expect("json");
-        match ssl {
-            Value::Null => {
-                value.as_object_mut().expect("object").remove("ssl");
-            }
-            other => value["ssl"] = other,
-        }
-        let secret = DbSecret::parse(
-            &SecretString::new(value.to_string()),
-            "tls",
-            "v",
-            Require::Connection,
-        )
-        .expect("parse");
+        let secret = with_ssl(doc, ssl);
         db.engine()
             .connect(&secret, "test")
             .await
@@ -1240,22 +1224,13 @@ async fn tls_wrong_ca(db: TestDb) {
     admin.create_user(&user, &password).await;
     leaks::remember(password.expose());
     let engine = db.engine_with_ca(&db.env.wrong_ca);
-    for (ssl, mode) in [(Some(true), TlsMode::Required), (None, TlsMode::Preferred)] {
-        let mut value: Value =
+    for (ssl, mode) in [
+        (json!(true), TlsMode::Required),
+        (Value::Null, TlsMode::Preferred),
+    ] {
+        let doc: Value =
             serde_json::from_str(&db.secret(&user, password.expose(), json!({}))).expect("json");
-        match ssl {
-            Some(b) => value["ssl"] = json!(b),
-            None => {
-                value.as_object_mut().expect("object").remove("ssl");
-            }
-        }
-        let secret = DbSecret::parse(
-            &SecretString::new(value.to_string()),
-            "tls",
-            "v",
-            Require::Connection,
-        )
-        .expect("parse");
+        let secret = with_ssl(doc, ssl);
         assert_eq!(secret.tls, mode);
         let err = match engine.connect(&secret, "test").await {
             Ok(_) => panic!(
@@ -1271,17 +1246,31 @@ async fn tls_wrong_ca(db: TestDb) {
         );
     }
     // ssl: false is plaintext, and the server (which allows it) accepts.
-    let secret = DbSecret::parse(
-        &SecretString::new(db.secret(&user, password.expose(), json!({"ssl": false}))),
-        "tls",
-        "v",
-        Require::Connection,
-    )
-    .expect("parse");
+    let doc: Value =
+        serde_json::from_str(&db.secret(&user, password.expose(), json!({}))).expect("json");
+    let secret = with_ssl(doc, json!(false));
     engine
         .connect(&secret, "test")
         .await
         .expect("plaintext when ssl is false");
+}
+
+/// A connection secret from `doc` with `"ssl"` set to `ssl`, or without the
+/// key when `ssl` is null.
+fn with_ssl(mut doc: Value, ssl: Value) -> DbSecret {
+    match ssl {
+        Value::Null => {
+            doc.as_object_mut().expect("object").remove("ssl");
+        }
+        other => doc["ssl"] = other,
+    }
+    DbSecret::parse(
+        &SecretString::new(doc.to_string()),
+        "tls",
+        "v",
+        Require::Connection,
+    )
+    .expect("parse")
 }
 
 /// A server that answers the TLS request with "no" and then accepts any
@@ -1333,17 +1322,10 @@ async fn no_tls_server() -> u16 {
 async fn tls_absent_falls_back_only_without_server_tls(env: TestEnv) {
     let port = no_tls_server().await;
     let secret = |ssl: Value| {
-        let mut v = json!({"engine": "postgres", "host": "127.0.0.1", "port": port, "username": "u", "password": "irrelevant-pw-123", "dbname": "d"});
-        if !ssl.is_null() {
-            v["ssl"] = ssl;
-        }
-        DbSecret::parse(
-            &SecretString::new(v.to_string()),
-            "fallback",
-            "v",
-            Require::Connection,
+        with_ssl(
+            json!({"engine": "postgres", "host": "127.0.0.1", "port": port, "username": "u", "password": "irrelevant-pw-123", "dbname": "d"}),
+            ssl,
         )
-        .expect("parse")
     };
     let engine = env.engine();
     let warnings = leaks::lines_with("server offers no TLS");
@@ -1507,17 +1489,10 @@ async fn mysql_tls_fallback(env: TestEnv) {
     // The machine's own MariaDB (127.0.0.1:3306) runs without TLS.
     let db = TestDb::new(Kind::MariaDb, &env);
     let secret = |ssl: Value| {
-        let mut v = json!({"engine": "mariadb", "host": "127.0.0.1", "port": 3306, "username": "rotor_nobody", "password": "wrong-password-123"});
-        if !ssl.is_null() {
-            v["ssl"] = ssl;
-        }
-        DbSecret::parse(
-            &SecretString::new(v.to_string()),
-            "fallback",
-            "v",
-            Require::Connection,
+        with_ssl(
+            json!({"engine": "mariadb", "host": "127.0.0.1", "port": 3306, "username": "rotor_nobody", "password": "wrong-password-123"}),
+            ssl,
         )
-        .expect("parse")
     };
     let engine = db.engine();
     let warnings = leaks::lines_with("server offers no TLS");

@@ -875,3 +875,45 @@ impl TestEnv {
             .build()
     }
 }
+
+/// The repository's layout, for the tests that check it (events, template).
+pub mod layout {
+    use std::path::{Path, PathBuf};
+
+    /// Crates under `functions/` that are not Lambda functions (the CLI).
+    pub const NOT_FUNCTIONS: &[&str] = &["rotor"];
+
+    /// The repository root (the parent of `tests/`).
+    pub fn repo_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ has a parent directory")
+            .to_path_buf()
+    }
+
+    /// Whether a function crate is a Secrets Manager rotation function.
+    pub fn is_rotation_function(name: &str) -> bool {
+        name.starts_with("postgres-") || name.starts_with("mysql-")
+    }
+
+    /// The Lambda function crates under `functions/` (directories holding a
+    /// Cargo.toml, less [`NOT_FUNCTIONS`]), sorted.
+    pub fn function_crates(root: &Path) -> Vec<String> {
+        let dir = root.join("functions");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("Cargo.toml").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !NOT_FUNCTIONS.contains(&n.as_str()))
+            .collect();
+        names.sort();
+        assert!(
+            !names.is_empty(),
+            "no function crate found under {}; is the repository root {}?",
+            dir.display(),
+            root.display()
+        );
+        names
+    }
+}

@@ -141,6 +141,25 @@ pub trait SecretStore: Send + Sync {
         remove_from: Option<&str>,
     ) -> Result<()>;
 
+    /// One version parsed as a database secret; `NotFound` when it has no value.
+    async fn db_secret(
+        &self,
+        secret_id: &str,
+        version: VersionRef<'_>,
+        require: crate::secret::Require,
+    ) -> Result<crate::secret::DbSecret> {
+        let value = self
+            .get(secret_id, version)
+            .await?
+            .ok_or_else(|| crate::Error::NotFound {
+                what: format!("{version} of {secret_id}"),
+            })?;
+        let label = match version {
+            VersionRef::Stage(s) | VersionRef::Id(s) => s,
+        };
+        crate::secret::DbSecret::parse(&value, secret_id, label, require)
+    }
+
     /// Every version id, labelled or not, newest first (recovery from an
     /// abandoned rotation looks at unlabelled ones).
     async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>>;
