@@ -78,6 +78,16 @@ pub enum Error {
     )]
     Unreachable { endpoint: String, detail: String },
 
+    /// A server took longer than the time left for this invocation allows.
+    #[error(
+        "{endpoint} did not finish {what} within {after_ms} ms (bounded by the function's remaining time); nothing further was changed by Rotor. Check that the server is not overloaded or waiting on a lock, then retry; raise the function's timeout if the server is merely slow"
+    )]
+    Timeout {
+        endpoint: String,
+        what: String,
+        after_ms: u64,
+    },
+
     /// TLS could not be established or verified.
     #[error(
         "TLS to {endpoint} failed: {detail}; add the server's CA to the PEM bundle named by ROTOR_CA_BUNDLE, or set \"ssl\": false in the secret to allow plaintext"
@@ -105,6 +115,12 @@ pub enum Error {
     #[error("RDS: {0}")]
     Rds(String),
 
+    /// Rotor will not do this with a master credential: it would give the
+    /// secret's writer more than the secret's owner could do, or touch a
+    /// user Rotor did not make.
+    #[error("refused at {endpoint}: {reason}; nothing was changed")]
+    Refused { endpoint: String, reason: String },
+
     /// The caller may not do this (not in a role's allowed_principals).
     #[error("refused: {0}")]
     Forbidden(String),
@@ -126,7 +142,7 @@ impl Error {
     /// Whether trying again later may succeed without anybody changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } => true,
+            Error::Unreachable { .. } | Error::Timeout { .. } => true,
             Error::Store { retryable, .. } => *retryable,
             _ => false,
         }
@@ -144,10 +160,12 @@ impl Error {
             Error::NotFound { .. } => "NotFound",
             Error::LoginRefused { .. } => "LoginRefused",
             Error::Unreachable { .. } => "Unreachable",
+            Error::Timeout { .. } => "Timeout",
             Error::Tls { .. } => "Tls",
             Error::Database { .. } => "Database",
             Error::Store { .. } => "Store",
             Error::Rds(_) => "Rds",
+            Error::Refused { .. } => "Refused",
             Error::Forbidden(_) => "Forbidden",
             Error::BadRequest(_) => "BadRequest",
             Error::Config(_) => "Config",

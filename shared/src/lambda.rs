@@ -40,10 +40,13 @@ pub async fn run_rotation(
     };
     let rotator = &rotator;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let deadline = crate::deadline::from_epoch_millis(event.context.deadline);
         let event = RotationEvent::from_json(&event.payload).inspect_err(|e| {
             tracing::error!(outcome = "failed", error_kind = e.kind(), retryable = false, error = %e, "step failed");
         })?;
-        let outcome = rotator.handle(&event).await?;
+        // Every connection and statement of this step is bounded by what is
+        // left of the invocation (see `rotor::deadline`).
+        let outcome = crate::deadline::scope(deadline, rotator.handle(&event)).await?;
         Ok::<Value, Error>(json!({ "step": event.step, "outcome": outcome.as_str() }))
     }))
     .await

@@ -19,6 +19,7 @@
 //! reach a log line, an error message or a `Debug` print.
 
 pub mod audit;
+pub mod deadline;
 #[cfg(feature = "postgres")]
 pub mod demo;
 #[cfg(any(feature = "postgres", feature = "mysql"))]

@@ -48,7 +48,7 @@ use std::time::Instant;
 
 use tracing::{Instrument, field};
 
-use crate::engine::{Engine, Session};
+use crate::engine::{ClonePolicy, Engine, Session};
 use crate::error::{Error, Result};
 use crate::event::{RotationEvent, Step};
 use crate::password::PasswordPolicy;
@@ -613,7 +613,12 @@ impl Rotator {
             ));
         }
         let sync = session
-            .sync_alternate_user(&current.username, &pending.username, &pending.password)
+            .sync_alternate_user(
+                &current.username,
+                &pending.username,
+                &pending.password,
+                ClonePolicy::default(),
+            )
             .await?;
         for change in &sync.changes {
             tracing::info!(statement = %change, "aligned alternate user");
@@ -995,6 +1000,7 @@ mod tests {
             _template: &str,
             alternate: &str,
             p: &SecretString,
+            _policy: ClonePolicy,
         ) -> Result<AlternateSync> {
             if self.0.users.lock().unwrap().contains_key(alternate) {
                 return Ok(AlternateSync::default());

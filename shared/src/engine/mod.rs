@@ -55,6 +55,19 @@ pub struct AlternateSync {
     pub changes: Vec<String>,
 }
 
+/// What a master may do when it makes or aligns an alternate user.
+///
+/// Opt-ins come from places the app secret's writer cannot reach: the
+/// function's environment (`ROTOR_ALLOW_PRIVILEGED_CLONE=true`) or the master
+/// secret (`"rotor_allow_privileged_clone": true`). Never from the app secret.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClonePolicy {
+    /// Clone superuser-like powers (PostgreSQL SUPERUSER, CREATEROLE,
+    /// CREATEDB, REPLICATION, BYPASSRLS, ADMIN OPTION on a membership; MySQL
+    /// global GRANT OPTION or CREATE USER). Off: such a template is refused.
+    pub allow_privileged: bool,
+}
+
 /// A dynamic user to create: a login that dies on its own.
 #[derive(Clone, Debug)]
 pub struct DynamicUser {
@@ -106,14 +119,24 @@ pub trait Session: Send {
         None
     }
 
-    /// Makes `alternate` a login user that holds what `template` holds:
-    /// creates it with `password` when missing, then aligns memberships and
-    /// attributes. Issues no statement when everything already matches.
+    /// Makes `alternate` a login user that holds exactly what `template`
+    /// holds: creates it with `password` when missing, then aligns
+    /// memberships, privileges and attributes in both directions (adds what
+    /// is missing, revokes what the template lacks). Issues no statement when
+    /// everything already matches.
+    ///
+    /// Of the pair, the name ending in `_clone` is the one Rotor makes. It
+    /// refuses with [`crate::Error::Refused`], before changing anything, when
+    /// that clone already exists but is not marked as Rotor's alternate of
+    /// the other (Rotor never takes over a user it did not make), and when
+    /// `template` holds superuser-like powers and `policy` does not allow
+    /// cloning them. It marks the clone when it creates it.
     async fn sync_alternate_user(
         &mut self,
         template: &str,
         alternate: &str,
         password: &SecretString,
+        policy: ClonePolicy,
     ) -> Result<AlternateSync>;
 
     /// Creates a dynamic user (fails if the name exists).

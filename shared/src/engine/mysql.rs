@@ -19,7 +19,8 @@ use mysql_async::{Conn, OptsBuilder, SslOpts};
 use sha1::{Digest, Sha1};
 
 use super::{
-    AlternateSync, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session, endpoint,
+    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session,
+    endpoint,
 };
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
@@ -612,6 +613,7 @@ impl Session for MySession {
         template: &str,
         alternate: &str,
         password: &SecretString,
+        _policy: ClonePolicy,
     ) -> Result<AlternateSync> {
         let wanted = self.accounts(template).await?;
         if wanted.is_empty() {

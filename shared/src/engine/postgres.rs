@@ -23,7 +23,8 @@ use tokio_postgres::{Client, Config, NoTls, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AlternateSync, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session, endpoint,
+    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session,
+    endpoint,
 };
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
@@ -453,6 +454,7 @@ impl Session for PgSession {
         template: &str,
         alternate: &str,
         password: &SecretString,
+        _policy: ClonePolicy,
     ) -> Result<AlternateSync> {
         let want = self.attributes(template).await?.ok_or_else(|| Error::Database {
             endpoint: self.endpoint.clone(),
