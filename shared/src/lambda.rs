@@ -61,7 +61,8 @@ async fn build(
     let sdk_config = aws_config::load_from_env().await;
     let store = Arc::new(SecretsManagerStore::from_sdk_config(&sdk_config));
     let rotator = Rotator::new(store, engine, strategy, policy)
-        .with_username_limit(crate::rotation::username_limit_from_env()?);
+        .with_username_limit(crate::rotation::username_limit_from_env()?)
+        .allow_privileged_clone(crate::rotation::allow_privileged_clone_from_env()?);
     #[cfg(feature = "rds")]
     let rotator = if strategy.uses_master() {
         rotator.with_rds(Arc::new(crate::rds::RdsApi::from_sdk_config(&sdk_config)))

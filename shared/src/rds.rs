@@ -22,8 +22,11 @@ pub trait RdsLookup: Send + Sync {
     /// Endpoint of a DB instance (`cluster = false`) or cluster, by ARN or id.
     async fn endpoint(&self, arn: &str, cluster: bool) -> Result<DbEndpoint>;
 
-    /// Whether instance `replica_id` is a read replica of `source_id`.
-    async fn is_read_replica_of(&self, replica_id: &str, source_id: &str) -> Result<bool>;
+    /// Whether the instance whose endpoint is exactly `replica_host` is a
+    /// read replica of the instance whose endpoint is exactly `source_host`.
+    /// Endpoints are compared whole (case-insensitively, as DNS names are):
+    /// a look-alike such as `prod-replica.evil.example` is not a replica.
+    async fn is_read_replica_of(&self, replica_host: &str, source_host: &str) -> Result<bool>;
 }
 
 /// The RDS API (aws-sdk-rds). `ROTOR_RDS_ENDPOINT` overrides the endpoint
@@ -54,6 +57,14 @@ impl RdsApi {
         }
         RdsApi::new(aws_sdk_rds::Client::from_conf(builder.build()))
     }
+}
+
+#[cfg(feature = "rds")]
+fn endpoint_is(endpoint: &Option<aws_sdk_rds::types::Endpoint>, host: &str) -> bool {
+    endpoint
+        .as_ref()
+        .and_then(|e| e.address.as_deref())
+        .is_some_and(|address| !host.is_empty() && address.eq_ignore_ascii_case(host))
 }
 
 #[cfg(feature = "rds")]
@@ -115,24 +126,37 @@ impl RdsLookup for RdsApi {
         }
     }
 
-    async fn is_read_replica_of(&self, replica_id: &str, source_id: &str) -> Result<bool> {
-        // As AWS's function: any lookup failure means "not a replica".
-        let Ok(out) = self
-            .client
-            .describe_db_instances()
-            .db_instance_identifier(replica_id)
-            .send()
-            .await
+    async fn is_read_replica_of(&self, replica_host: &str, source_host: &str) -> Result<bool> {
+        // As AWS's function: any lookup failure means "not a replica". The
+        // instance id is the endpoint's first label; the endpoint RDS reports
+        // for that id must then be the whole host, for both instances.
+        let describe = |id: String| async move {
+            let out = self
+                .client
+                .describe_db_instances()
+                .db_instance_identifier(id)
+                .send()
+                .await
+                .ok()?;
+            let mut instances = out.db_instances.unwrap_or_default();
+            (instances.len() == 1).then(|| instances.remove(0))
+        };
+        let first_label = |host: &str| host.split('.').next().unwrap_or_default().to_string();
+        let Some(replica) = describe(first_label(replica_host)).await else {
+            return Ok(false);
+        };
+        if !endpoint_is(&replica.endpoint, replica_host) {
+            return Ok(false);
+        }
+        let Some(source_id) = replica
+            .read_replica_source_db_instance_identifier
+            .as_deref()
         else {
             return Ok(false);
         };
-        let instances = out.db_instances.unwrap_or_default();
-        let [instance] = instances.as_slice() else {
+        let Some(source) = describe(identifier_of(source_id).to_string()).await else {
             return Ok(false);
         };
-        Ok(instance
-            .read_replica_source_db_instance_identifier
-            .as_deref()
-            .is_some_and(|src| identifier_of(src) == source_id))
+        Ok(endpoint_is(&source.endpoint, source_host))
     }
 }

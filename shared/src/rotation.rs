@@ -52,7 +52,7 @@ use crate::engine::{ClonePolicy, Engine, Session};
 use crate::error::{Error, Result};
 use crate::event::{RotationEvent, Step};
 use crate::password::PasswordPolicy;
-use crate::rds::{RdsLookup, identifier_of};
+use crate::rds::RdsLookup;
 use crate::secret::{DbSecret, Require, SecretString};
 use crate::store::{AWSCURRENT, AWSPENDING, AWSPREVIOUS, SecretMetadata, SecretStore, VersionRef};
 use crate::strategy::Strategy;
@@ -145,7 +145,25 @@ pub struct Rotator {
     rds: Option<Arc<dyn RdsLookup>>,
     ignore_disabled: bool,
     username_limit: Option<usize>,
+    allow_privileged_clone: bool,
     memory: Mutex<ProcessMemory>,
+}
+
+/// The key of a master secret that lets alternating users clone
+/// superuser-like powers (see [`ClonePolicy`]).
+pub const ALLOW_PRIVILEGED_CLONE_KEY: &str = "rotor_allow_privileged_clone";
+
+/// `ROTOR_ALLOW_PRIVILEGED_CLONE` on the function: the same opt-in for every
+/// secret it rotates.
+pub fn allow_privileged_clone_from_env() -> Result<bool> {
+    match std::env::var("ROTOR_ALLOW_PRIVILEGED_CLONE") {
+        Err(_) => Ok(false),
+        Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("false") => Ok(false),
+        Ok(v) if v.trim().eq_ignore_ascii_case("true") => Ok(true),
+        Ok(v) => Err(Error::Config(format!(
+            "ROTOR_ALLOW_PRIVILEGED_CLONE={v:?}; use true or false"
+        ))),
+    }
 }
 
 /// `USERNAME_CHARACTER_LIMIT`, when set.
@@ -176,6 +194,7 @@ impl Rotator {
             rds: None,
             ignore_disabled: false,
             username_limit: None,
+            allow_privileged_clone: false,
             memory: Mutex::new(ProcessMemory::default()),
         }
     }
@@ -191,6 +210,13 @@ impl Rotator {
     /// connected server's own limits apply.
     pub fn with_username_limit(mut self, limit: Option<usize>) -> Self {
         self.username_limit = limit;
+        self
+    }
+
+    /// Lets alternating users clone superuser-like powers for every secret
+    /// (`ROTOR_ALLOW_PRIVILEGED_CLONE`); the master secret can also opt in.
+    pub fn allow_privileged_clone(mut self, yes: bool) -> Self {
+        self.allow_privileged_clone = yes;
         self
     }
 
@@ -536,6 +562,9 @@ impl Rotator {
             if candidate.username != current.username || candidate.host != current.host {
                 continue;
             }
+            // Only the password comes from the older version: where and how
+            // to connect (port, database, TLS) are what AWSCURRENT says now.
+            let candidate = current.with_credentials(None, candidate.password.clone());
             match self.engine.connect(&candidate, "previous").await {
                 Ok(session) => {
                     tracing::warn!(version = %version, "current credentials refused; changing the password with an older version's credentials");
@@ -575,6 +604,21 @@ impl Rotator {
                     pending.username, current.username
                 ),
             ));
+        }
+        // No confused deputy: whoever wrote AWSCURRENT must also know a
+        // password that logs in as its user before the master acts for it
+        // (AWS's multi-user functions do the same).
+        match self.engine.connect(current, "current").await {
+            Ok(_) => {}
+            Err(Error::LoginRefused { user, endpoint, .. }) => {
+                return Err(Error::LoginRefused {
+                    user,
+                    endpoint,
+                    which: "current",
+                    detail: "alternating-users rotation logs in with the AWSCURRENT credentials before it acts as master, and they were refused; nothing was changed".into(),
+                });
+            }
+            Err(e) => return Err(e),
         }
         let master_arn = current.masterarn.clone().unwrap_or_default();
         let master = self.master(&master_arn, current).await?;
@@ -617,7 +661,7 @@ impl Rotator {
                 &current.username,
                 &pending.username,
                 &pending.password,
-                ClonePolicy::default(),
+                self.clone_policy(&master),
             )
             .await?;
         for change in &sync.changes {
@@ -691,22 +735,32 @@ impl Rotator {
                 ),
             ));
         }
-        // Same database as the rotated user. A master secret without "ssl"
-        // (RDS-managed ones never have it) follows the rotated secret.
+        // Same database as the rotated user. TLS is never weaker than the
+        // master secret itself says, whatever the app secret (written by
+        // someone else) asks: the stronger of the two applies.
         let mut master = master.with_dbname(current.dbname.clone());
-        if master.tls == crate::secret::TlsMode::Preferred {
-            master.tls = current.tls;
-        }
+        master.tls = master.tls.stronger(current.tls);
         Ok(master)
+    }
+
+    /// Whether the master may clone superuser-like powers: only the
+    /// function's environment or the master secret can say so, never the app
+    /// secret, whose writer is who this guards against.
+    fn clone_policy(&self, master: &DbSecret) -> ClonePolicy {
+        let master_opt_in = master
+            .other_fields()
+            .get(ALLOW_PRIVILEGED_CLONE_KEY)
+            .is_some_and(|v| v == &serde_json::Value::Bool(true) || v == "true");
+        ClonePolicy {
+            allow_privileged: self.allow_privileged_clone || master_opt_in,
+        }
     }
 
     async fn is_replica(&self, current: &DbSecret, master: &DbSecret) -> Result<bool> {
         let Some(rds) = &self.rds else {
             return Ok(false);
         };
-        let replica = current.host.split('.').next().unwrap_or_default();
-        let source = master.host.split('.').next().unwrap_or_default();
-        rds.is_read_replica_of(replica, identifier_of(source)).await
+        rds.is_read_replica_of(&current.host, &master.host).await
     }
 
     async fn test_secret(&self, meta: &SecretMetadata, token: &str) -> Result<Outcome> {
@@ -869,7 +923,8 @@ pub async fn rotator_for_secret(
     });
     let policy = PasswordPolicy::from_env(engine.default_excluded_characters())?;
     let mut rotator = Rotator::new(store, engine, strategy, policy)
-        .with_username_limit(username_limit_from_env()?);
+        .with_username_limit(username_limit_from_env()?)
+        .allow_privileged_clone(allow_privileged_clone_from_env()?);
     if let Some(rds) = rds {
         rotator = rotator.with_rds(rds);
     }

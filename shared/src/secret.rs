@@ -71,6 +71,22 @@ pub enum TlsMode {
     Disabled,
 }
 
+impl TlsMode {
+    /// The stricter of two settings: Required, then Preferred, then Disabled.
+    pub fn stronger(self, other: TlsMode) -> TlsMode {
+        let rank = |m: TlsMode| match m {
+            TlsMode::Required => 2,
+            TlsMode::Preferred => 1,
+            TlsMode::Disabled => 0,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// A database secret in AWS's format. Unknown keys survive every rotation.
 #[derive(Clone)]
 pub struct DbSecret {

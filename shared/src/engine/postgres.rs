@@ -9,14 +9,20 @@
 //!   server offers it, plaintext with a warning when it offers none;
 //!   `false` → plaintext.
 
+use std::collections::BTreeSet;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Config, NoTls, config::SslMode};
@@ -26,8 +32,10 @@ use super::{
     AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session,
     endpoint,
 };
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
+use crate::strategy::CLONE_SUFFIX;
 
 /// The PostgreSQL engine.
 #[derive(Clone, Debug, Default)]
@@ -52,12 +60,26 @@ impl PostgresEngine {
             .user(&secret.username)
             .password(secret.password.expose())
             .dbname(secret.dbname.as_deref().unwrap_or("postgres"))
-            .application_name("rotor")
-            .connect_timeout(self.options.connect_timeout);
-        if let Some(ip) = self.options.address_for(&secret.host) {
-            config.hostaddr(ip);
-        }
+            .application_name("rotor");
         config
+    }
+
+    /// TCP to the server (or its override address), bounded.
+    async fn dial(&self, secret: &DbSecret, endpoint: &str, bound: Duration) -> Result<TcpStream> {
+        let port = secret.port.unwrap_or(5432);
+        let dial = async {
+            let stream = match self.options.address_for(&secret.host) {
+                Some(ip) => TcpStream::connect((ip, port)).await,
+                None => TcpStream::connect((secret.host.as_str(), port)).await,
+            };
+            stream.map_err(|e| Error::Unreachable {
+                endpoint: endpoint.to_string(),
+                detail: e.to_string(),
+            })
+        };
+        let stream = deadline::bounded(endpoint, "the TCP connection", bound, dial).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 }
 
@@ -90,11 +112,26 @@ impl Engine for PostgresEngine {
     async fn connect(&self, secret: &DbSecret, which: Role) -> Result<Box<dyn Session>> {
         let endpoint = endpoint(secret, 5432);
         let mut config = self.config(secret);
+        // One bound covers the TCP connect, the TLS handshake and the
+        // authentication exchange: a server that accepts TCP and then says
+        // nothing cannot hold the function until Lambda kills it.
+        let bound = deadline::budget(self.options.connect_timeout);
+        let started = std::time::Instant::now();
+        let stream = self.dial(secret, &endpoint, bound).await?;
+        let handshake_bound = bound
+            .saturating_sub(started.elapsed())
+            .max(deadline::MIN_BOUND);
         let fail = |e: tokio_postgres::Error| classify(e, &endpoint, &secret.username, which);
+        let handshake = "the TLS and login handshake";
         let client = match secret.tls {
             TlsMode::Disabled => {
                 config.ssl_mode(SslMode::Disable);
-                let (client, connection) = config.connect(NoTls).await.map_err(fail)?;
+                let stream = CleartextGuard::new(stream, false);
+                let (client, connection) =
+                    deadline::bounded(&endpoint, handshake, handshake_bound, async {
+                        config.connect_raw(stream, NoTls).await.map_err(fail)
+                    })
+                    .await?;
                 tokio::spawn(connection);
                 client
             }
@@ -106,11 +143,25 @@ impl Engine for PostgresEngine {
                     SslMode::Prefer
                 });
                 let used = Arc::new(AtomicBool::new(false));
-                let tls = TrackedTls {
+                let mut tls = TrackedTls {
                     inner: MakeRustlsConnect::new((*self.options.tls.client_config()?).clone()),
                     used: used.clone(),
                 };
-                let (client, connection) = config.connect(tls).await.map_err(fail)?;
+                let connector =
+                    <TrackedTls as MakeTlsConnect<CleartextGuard<TcpStream>>>::make_tls_connect(
+                        &mut tls,
+                        &secret.host,
+                    )
+                    .map_err(|e| Error::Tls {
+                        endpoint: endpoint.clone(),
+                        detail: e.to_string(),
+                    })?;
+                let stream = CleartextGuard::new(stream, true);
+                let (client, connection) =
+                    deadline::bounded(&endpoint, handshake, handshake_bound, async {
+                        config.connect_raw(stream, connector).await.map_err(fail)
+                    })
+                    .await?;
                 tokio::spawn(connection);
                 if !used.load(Ordering::SeqCst) {
                     tracing::warn!(
@@ -121,7 +172,179 @@ impl Engine for PostgresEngine {
                 client
             }
         };
-        Ok(Box::new(PgSession { client, endpoint }))
+        // Statements get a client-side bound from what is left, and a
+        // server-side one just below it (sent with each change, in the same
+        // round trip), so the server rolls back a statement stuck on a lock
+        // rather than committing it after Rotor gave up.
+        let statement_bound = deadline::budget(STATEMENT_TIMEOUT);
+        let server_ms = deadline::server_limit(statement_bound).as_millis();
+        Ok(Box::new(PgSession {
+            client,
+            endpoint,
+            statement_bound,
+            limits: format!(
+                "SET statement_timeout = {server_ms}; SET lock_timeout = {server_ms}; "
+            ),
+        }))
+    }
+}
+
+/// A statement's own bound when no Lambda deadline is closer (CLI, tests).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Watches what a server sends until authentication ends, and refuses a
+/// request for the cleartext password on a connection without TLS: that is
+/// exactly what a man in the middle who stripped TLS would ask for, and
+/// answering it hands over the password. (Over TLS, or once TLS starts, the
+/// guard steps aside: the server is then the verified one.)
+pub struct CleartextGuard<S> {
+    inner: S,
+    state: GuardState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuardState {
+    /// The one-byte answer to SSLRequest comes next.
+    SslAnswer,
+    /// Reading a message header: type, length and (for 'R') the auth code.
+    Header {
+        bytes: [u8; 9],
+        have: usize,
+    },
+    /// Skipping the rest of a message body.
+    Skip(usize),
+    Off,
+}
+
+impl<S> CleartextGuard<S> {
+    pub fn new(inner: S, ssl_requested: bool) -> Self {
+        CleartextGuard {
+            inner,
+            state: if ssl_requested {
+                GuardState::SslAnswer
+            } else {
+                GuardState::Header {
+                    bytes: [0; 9],
+                    have: 0,
+                }
+            },
+        }
+    }
+
+    /// Feeds bytes read from the server; `Err` on a cleartext request.
+    fn inspect(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let fresh = GuardState::Header {
+            bytes: [0; 9],
+            have: 0,
+        };
+        for &byte in data {
+            self.state = match self.state {
+                GuardState::Off => return Ok(()),
+                GuardState::SslAnswer if byte == b'S' => GuardState::Off,
+                GuardState::SslAnswer => fresh,
+                GuardState::Skip(n) if n > 1 => GuardState::Skip(n - 1),
+                GuardState::Skip(_) => fresh,
+                GuardState::Header { mut bytes, have } => {
+                    bytes[have] = byte;
+                    let have = have + 1;
+                    let len =
+                        || u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+                    match (bytes[0], have) {
+                        (b'R', 9) => {
+                            let code = u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]);
+                            match code {
+                                3 => {
+                                    return Err(std::io::Error::new(
+                                        std::io::ErrorKind::PermissionDenied,
+                                        "the server asked for the password in cleartext on a connection without TLS; refused (a server that does this is misconfigured, or someone is in the middle): use scram-sha-256 authentication, or TLS with \"ssl\": true",
+                                    ));
+                                }
+                                0 => GuardState::Off,
+                                _ if len() > 8 => GuardState::Skip(len() - 8),
+                                _ => fresh,
+                            }
+                        }
+                        (b'R', _) => GuardState::Header { bytes, have },
+                        (_, 5) if len() > 4 => GuardState::Skip(len() - 4),
+                        (_, 5) => fresh,
+                        _ => GuardState::Header { bytes, have },
+                    }
+                }
+            };
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CleartextGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if this.state != GuardState::Off => {
+                let fresh = buf.filled()[before..].to_vec();
+                if let Err(e) = this.inspect(&fresh) {
+                    buf.set_filled(before);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CleartextGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A failed statement as Rotor's error: a lock or statement timeout set by
+/// Rotor is a [`Error::Timeout`] (retryable; the server rolled it back).
+fn database_error(
+    endpoint: &str,
+    action: &str,
+    bound: Duration,
+    e: tokio_postgres::Error,
+) -> Error {
+    match e.code() {
+        Some(code)
+            if *code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::QUERY_CANCELED =>
+        {
+            Error::Timeout {
+                endpoint: endpoint.to_string(),
+                what: format!(
+                    "{action} ({}; the server rolled it back)",
+                    e.as_db_error().map_or("timed out", |d| d.message())
+                ),
+                after_ms: u64::try_from(deadline::server_limit(bound).as_millis())
+                    .unwrap_or(u64::MAX),
+            }
+        }
+        _ => Error::Database {
+            endpoint: endpoint.to_string(),
+            action: action.to_string(),
+            detail: e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+        },
     }
 }
 
@@ -265,9 +488,229 @@ impl RoleAttributes {
     }
 }
 
+/// What makes a role superuser-like: cloning any of these would hand the
+/// app secret's writer powers over other roles, the server or its files.
+const SUPERUSER_LIKE_ROLES: &[&str] = &[
+    "pg_execute_server_program",
+    "pg_write_server_files",
+    "pg_read_server_files",
+    "rds_superuser",
+    "rds_replication",
+    "azure_pg_admin",
+    "cloudsqlsuperuser",
+];
+
+/// The comment Rotor puts on a clone it made: `rotor:alternate-of:<base>`.
+fn alternate_marker(base: &str) -> String {
+    format!("rotor:alternate-of:{base}")
+}
+
+/// `(base, clone)` of a template/alternate pair, in either direction.
+fn alternate_pair<'a>(template: &'a str, alternate: &'a str) -> Option<(&'a str, &'a str)> {
+    if alternate.strip_suffix(CLONE_SUFFIX) == Some(template) {
+        Some((template, alternate))
+    } else if template.strip_suffix(CLONE_SUFFIX) == Some(alternate) {
+        Some((alternate, template))
+    } else {
+        None
+    }
+}
+
+/// An existing clone, as the catalogs show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CloneState {
+    attrs: RoleAttributes,
+    superuser: bool,
+    comment: Option<String>,
+    /// (group, with ADMIN OPTION).
+    memberships: Vec<(String, bool)>,
+    /// (database, or "" for every database; `name=value` as stored).
+    settings: BTreeSet<(String, String)>,
+}
+
+/// What the clone of a base must look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct WantedClone {
+    attrs: RoleAttributes,
+    settings: BTreeSet<(String, String)>,
+}
+
+/// One change to a clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum CloneChange {
+    Sql(String),
+    /// Copy one per-role setting of the base (`ALTER ROLE … SET … FROM CURRENT`).
+    Setting {
+        database: String,
+        name: String,
+        value: String,
+    },
+}
+
+impl CloneChange {
+    fn describe(&self) -> String {
+        match self {
+            CloneChange::Sql(sql) => sql.clone(),
+            CloneChange::Setting { database, name, .. } if database.is_empty() => {
+                format!("copy setting {name}")
+            }
+            CloneChange::Setting { database, name, .. } => {
+                format!("copy setting {name} in database {database}")
+            }
+        }
+    }
+}
+
+/// `ALTER ROLE clone [IN DATABASE db] SET name FROM CURRENT; RESET name`.
+fn setting_sql(clone: &str, database: &str, name: &str) -> String {
+    let name: Vec<String> = name.split('.').map(escape_identifier).collect();
+    let name = name.join(".");
+    let scope = if database.is_empty() {
+        String::new()
+    } else {
+        format!(" IN DATABASE {}", escape_identifier(database))
+    };
+    format!(
+        "ALTER ROLE {}{scope} SET {name} FROM CURRENT; RESET {name}",
+        escape_identifier(clone)
+    )
+}
+
+/// The clone is the base's alternate: it logs in, is a member of the base
+/// and of nothing else, and starts every session as the base (`SET role`),
+/// so it has exactly the base's privileges, NOINHERIT included, and what it
+/// creates belongs to the base and stays usable after the next rotation. The
+/// base is the user its owner manages; Rotor never changes it, only its
+/// password.
+///
+/// Refused (the reason says what to do): a base with superuser-like powers
+/// without the opt-in, and an existing clone Rotor did not make.
+fn plan_alternate(
+    base: &str,
+    clone: &str,
+    powers: &[String],
+    have: Option<&CloneState>,
+    want: &WantedClone,
+    policy: ClonePolicy,
+) -> std::result::Result<Vec<CloneChange>, String> {
+    if !powers.is_empty() && !policy.allow_privileged {
+        return Err(format!(
+            "role {base:?} holds superuser-like powers ({}); Rotor will not make or keep an alternate with them for whoever can write the app secret. Use an unprivileged application user, or opt in with ROTOR_ALLOW_PRIVILEGED_CLONE=true on the function or \"rotor_allow_privileged_clone\": true in the master secret",
+            powers.join(", ")
+        ));
+    }
+    let ident = escape_identifier(clone);
+    let base_ident = escape_identifier(base);
+    let marker = alternate_marker(base);
+    let mut plan = Vec::new();
+    let (have_settings, settings_differ) = match have {
+        None => {
+            let fresh = RoleAttributes {
+                createdb: false,
+                createrole: false,
+                inherit: true,
+                replication: false,
+                bypassrls: false,
+                connlimit: -1,
+                canlogin: true,
+            };
+            let options: String = fresh
+                .diff(&want.attrs)
+                .iter()
+                .map(|o| format!(" {o}"))
+                .collect();
+            plan.push(CloneChange::Sql(format!(
+                "CREATE ROLE {ident} WITH LOGIN INHERIT{options}"
+            )));
+            plan.push(CloneChange::Sql(format!("GRANT {base_ident} TO {ident}")));
+            plan.push(CloneChange::Sql(format!(
+                "COMMENT ON ROLE {ident} IS {}",
+                escape_literal(&marker)
+            )));
+            (BTreeSet::new(), true)
+        }
+        Some(have) => {
+            let member = have.memberships.iter().find(|(g, _)| g == base);
+            if have.comment.as_deref() != Some(marker.as_str()) && member.is_none() {
+                return Err(format!(
+                    "role {clone:?} exists but Rotor did not make it as the alternate of {base:?} (it has no comment {marker:?} and is not a member of {base:?}); Rotor never takes over a role it did not make. If it is this user's alternate, mark it with COMMENT ON ROLE {ident} IS {}; otherwise rename or drop it",
+                    escape_literal(&marker)
+                ));
+            }
+            if have.superuser && !policy.allow_privileged {
+                return Err(format!(
+                    "role {clone:?} is a superuser; Rotor will not hand out its password. Remove SUPERUSER from it or opt in with ROTOR_ALLOW_PRIVILEGED_CLONE=true"
+                ));
+            }
+            let diff = have.attrs.diff(&want.attrs);
+            if !diff.is_empty() {
+                plan.push(CloneChange::Sql(format!(
+                    "ALTER ROLE {ident} WITH {}",
+                    diff.join(" ")
+                )));
+            }
+            match member {
+                None => plan.push(CloneChange::Sql(format!("GRANT {base_ident} TO {ident}"))),
+                Some((_, true)) => plan.push(CloneChange::Sql(format!(
+                    "REVOKE ADMIN OPTION FOR {base_ident} FROM {ident}"
+                ))),
+                Some((_, false)) => {}
+            }
+            for (group, _) in have.memberships.iter().filter(|(g, _)| g != base) {
+                plan.push(CloneChange::Sql(format!(
+                    "REVOKE {} FROM {ident}",
+                    escape_identifier(group)
+                )));
+            }
+            if have.comment.as_deref() != Some(marker.as_str()) {
+                plan.push(CloneChange::Sql(format!(
+                    "COMMENT ON ROLE {ident} IS {}",
+                    escape_literal(&marker)
+                )));
+            }
+            (have.settings.clone(), have.settings != want.settings)
+        }
+    };
+    if settings_differ {
+        let databases: BTreeSet<&str> = have_settings.iter().map(|(d, _)| d.as_str()).collect();
+        for database in databases {
+            plan.push(CloneChange::Sql(if database.is_empty() {
+                format!("ALTER ROLE {ident} RESET ALL")
+            } else {
+                format!(
+                    "ALTER ROLE {ident} IN DATABASE {} RESET ALL",
+                    escape_identifier(database)
+                )
+            }));
+        }
+        for (database, entry) in &want.settings {
+            let Some((name, value)) = entry.split_once('=') else {
+                continue;
+            };
+            if database.is_empty() && name == "role" {
+                plan.push(CloneChange::Sql(format!(
+                    "ALTER ROLE {ident} SET role = {}",
+                    escape_literal(value)
+                )));
+            } else {
+                plan.push(CloneChange::Setting {
+                    database: database.clone(),
+                    name: name.to_string(),
+                    value: value.to_string(),
+                });
+            }
+        }
+    }
+    Ok(plan)
+}
+
 struct PgSession {
     client: Client,
     endpoint: String,
+    /// Client-side bound of one call.
+    statement_bound: Duration,
+    /// `SET statement_timeout …; SET lock_timeout …;`, sent before changes.
+    limits: String,
 }
 
 impl PgSession {
@@ -342,13 +785,20 @@ impl PgSession {
 
     fn db_error(&self, action: impl Into<String>) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
         let action = action.into();
-        move |e| Error::Database {
-            endpoint: self.endpoint.clone(),
-            action: action.clone(),
-            detail: e
-                .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_string()),
-        }
+        move |e| database_error(&self.endpoint, &action, self.statement_bound, e)
+    }
+
+    /// Runs statements that change something, after the session's
+    /// server-side time limits (same round trip), within the client bound.
+    async fn change(&self, action: &str, sql: &str) -> Result<()> {
+        let text = format!("{}{sql}", self.limits);
+        deadline::bounded(&self.endpoint, action, self.statement_bound, async {
+            self.client
+                .batch_execute(&text)
+                .await
+                .map_err(self.db_error(action))
+        })
+        .await
     }
 
     async fn attributes(&self, user: &str) -> Result<Option<RoleAttributes>> {
@@ -371,26 +821,225 @@ impl PgSession {
         }))
     }
 
-    async fn memberships(&self, user: &str) -> Result<Vec<String>> {
+    async fn align_alternate(
+        &mut self,
+        template: &str,
+        alternate: &str,
+        password: &SecretString,
+        policy: ClonePolicy,
+    ) -> Result<AlternateSync> {
+        let (base, clone) = alternate_pair(template, alternate).ok_or_else(|| Error::Refused {
+            endpoint: self.endpoint.clone(),
+            reason: format!(
+                "{alternate:?} is not the alternate of {template:?} (one must be the other plus \"{CLONE_SUFFIX}\")"
+            ),
+        })?;
+        let powers = self.powers(base).await?.ok_or_else(|| Error::Database {
+            endpoint: self.endpoint.clone(),
+            action: format!("find role {base:?}"),
+            detail: "the rotated user does not exist on this server; check the secret's host and username".into(),
+        })?;
+        let have = self.clone_state(clone).await?;
+        let want = self.wanted_clone(base).await?;
+        let plan = plan_alternate(base, clone, &powers, have.as_ref(), &want, policy).map_err(
+            |reason| Error::Refused {
+                endpoint: self.endpoint.clone(),
+                reason,
+            },
+        )?;
+        if plan.is_empty() {
+            return Ok(AlternateSync::default());
+        }
+        let created = have.is_none();
+        let endpoint = self.endpoint.clone();
+        let bound = self.statement_bound;
+        let fail = |action: String| {
+            let endpoint = endpoint.clone();
+            move |e: tokio_postgres::Error| database_error(&endpoint, &action, bound, e)
+        };
+        // One transaction: the clone never exists half-made or without its
+        // password, and a refusal half-way changes nothing.
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(fail("begin a transaction".into()))?;
+        tx.batch_execute(&self.limits)
+            .await
+            .map_err(fail("set time limits".into()))?;
+        for change in &plan {
+            match change {
+                CloneChange::Sql(sql) => {
+                    tx.batch_execute(sql)
+                        .await
+                        .map_err(fail(format!("run {sql:?}")))?;
+                }
+                CloneChange::Setting {
+                    database,
+                    name,
+                    value,
+                } => {
+                    // set_config parses the stored text exactly as the server
+                    // wrote it (lists included); FROM CURRENT then stores it
+                    // for the clone without Rotor ever quoting a value.
+                    tx.query("SELECT set_config($1, $2, true)", &[name, value])
+                        .await
+                        .map_err(fail(format!(
+                            "copy setting {name:?} of {base:?} to {clone:?} (set it on {clone:?} by hand if this login may not)"
+                        )))?;
+                    tx.batch_execute(&setting_sql(clone, database, name))
+                        .await
+                        .map_err(fail(format!("store setting {name:?} for {clone:?}")))?;
+                }
+            }
+        }
+        if created {
+            tx.batch_execute(&alter_password_sql(clone, password))
+                .await
+                .map_err(fail(format!("set the password of new role {clone:?}")))?;
+        }
+        tx.commit().await.map_err(fail("commit".into()))?;
+        Ok(AlternateSync {
+            created,
+            changes: plan.iter().map(CloneChange::describe).collect(),
+        })
+    }
+
+    /// Superuser-like powers `user` holds directly or through any role it
+    /// is a member of; `None` when the role does not exist.
+    async fn powers(&self, user: &str) -> Result<Option<Vec<String>>> {
         let rows = self
             .client
             .query(
-                "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 ORDER BY 1",
+                "WITH RECURSIVE closure(oid) AS (SELECT oid FROM pg_roles WHERE rolname = $1 UNION SELECT a.roleid FROM pg_auth_members a JOIN closure c ON a.member = c.oid) \
+                 SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls, \
+                        EXISTS (SELECT 1 FROM pg_auth_members a WHERE a.member = r.oid AND a.admin_option) \
+                 FROM closure c JOIN pg_roles r ON r.oid = c.oid",
                 &[&user],
             )
             .await
-            .map_err(self.db_error(format!("read the memberships of role {user:?}")))?;
-        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+            .map_err(self.db_error(format!("read the powers of role {user:?}")))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut powers = Vec::new();
+        for row in rows {
+            let name: String = row.get(0);
+            let via = if name == user {
+                String::new()
+            } else {
+                format!(" via {name:?}")
+            };
+            for (i, power) in [
+                (1, "SUPERUSER"),
+                (2, "CREATEROLE"),
+                (3, "CREATEDB"),
+                (4, "REPLICATION"),
+                (5, "BYPASSRLS"),
+                (6, "ADMIN OPTION on a membership"),
+            ] {
+                if row.get::<_, bool>(i) {
+                    powers.push(format!("{power}{via}"));
+                }
+            }
+            if SUPERUSER_LIKE_ROLES.contains(&name.as_str()) {
+                powers.push(format!("membership in {name}"));
+            }
+        }
+        Ok(Some(powers))
+    }
+
+    /// Per-role settings: (database or "", `name=value`).
+    async fn settings(&self, user: &str) -> Result<BTreeSet<(String, String)>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT coalesce(d.datname::text, ''), unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole LEFT JOIN pg_database d ON d.oid = s.setdatabase WHERE r.rolname = $1",
+                &[&user],
+            )
+            .await
+            .map_err(self.db_error(format!("read the settings of role {user:?}")))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The clone as it is, or `None` when it does not exist.
+    async fn clone_state(&self, clone: &str) -> Result<Option<CloneState>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT rolcreatedb, rolcreaterole, rolinherit, rolreplication, rolbypassrls, rolconnlimit, rolcanlogin, rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &[&clone],
+            )
+            .await
+            .map_err(self.db_error(format!("read role {clone:?}")))?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let memberships = self
+            .client
+            .query(
+                "SELECT g.rolname::text, m.admin_option FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 ORDER BY 1",
+                &[&clone],
+            )
+            .await
+            .map_err(self.db_error(format!("read the memberships of role {clone:?}")))?
+            .into_iter()
+            .map(|m| (m.get(0), m.get(1)))
+            .collect();
+        Ok(Some(CloneState {
+            attrs: RoleAttributes {
+                createdb: r.get(0),
+                createrole: r.get(1),
+                inherit: r.get(2),
+                replication: r.get(3),
+                bypassrls: r.get(4),
+                connlimit: r.get(5),
+                canlogin: r.get(6),
+            },
+            superuser: r.get(7),
+            comment: r.get(8),
+            memberships,
+            settings: self.settings(clone).await?,
+        }))
+    }
+
+    /// What the clone of `base` must look like: the base's connection limit
+    /// (and, when opted in, its attributes), INHERIT and LOGIN, the base's
+    /// settings, and `role = <base>`.
+    async fn wanted_clone(&self, base: &str) -> Result<WantedClone> {
+        let attrs = self.attributes(base).await?.ok_or_else(|| Error::Database {
+            endpoint: self.endpoint.clone(),
+            action: format!("find role {base:?}"),
+            detail: "the rotated user does not exist on this server; check the secret's host and username".into(),
+        })?;
+        let mut settings: BTreeSet<(String, String)> = self
+            .settings(base)
+            .await?
+            .into_iter()
+            .filter(|(db, entry)| !(db.is_empty() && entry.starts_with("role=")))
+            .collect();
+        settings.insert((String::new(), format!("role={base}")));
+        Ok(WantedClone {
+            attrs: RoleAttributes {
+                inherit: true,
+                canlogin: true,
+                ..attrs
+            },
+            settings,
+        })
     }
 }
 
 #[async_trait]
 impl Session for PgSession {
     async fn check(&mut self) -> Result<()> {
-        self.client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(self.db_error("run SELECT 1"))?;
+        deadline::bounded(&self.endpoint, "SELECT 1", self.statement_bound, async {
+            self.client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(self.db_error("run SELECT 1"))
+        })
+        .await?;
         Ok(())
     }
 
@@ -399,10 +1048,11 @@ impl Session for PgSession {
     }
 
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
-        self.client
-            .batch_execute(&alter_password_sql(user, password))
-            .await
-            .map_err(self.db_error(format!("set the password of role {user:?}")))
+        self.change(
+            &format!("set the password of role {user:?}"),
+            &alter_password_sql(user, password),
+        )
+        .await
     }
 
     async fn password_matches(
@@ -454,104 +1104,18 @@ impl Session for PgSession {
         template: &str,
         alternate: &str,
         password: &SecretString,
-        _policy: ClonePolicy,
+        policy: ClonePolicy,
     ) -> Result<AlternateSync> {
-        let want = self.attributes(template).await?.ok_or_else(|| Error::Database {
-            endpoint: self.endpoint.clone(),
-            action: format!("find role {template:?}"),
-            detail: "the current user does not exist on this server; check the secret's host and username".into(),
-        })?;
-        let have = self.attributes(alternate).await?;
-        let mut statements = Vec::new();
-        let mut created = false;
-        let alt = escape_identifier(alternate);
-        let have_members = match &have {
-            None => {
-                created = true;
-                statements.push(format!(
-                    "CREATE ROLE {alt} WITH LOGIN{}",
-                    RoleAttributes {
-                        createdb: false,
-                        createrole: false,
-                        inherit: true,
-                        replication: false,
-                        bypassrls: false,
-                        connlimit: -1,
-                        canlogin: true,
-                    }
-                    .diff(&want)
-                    .iter()
-                    .map(|o| format!(" {o}"))
-                    .collect::<String>()
-                ));
-                Vec::new()
-            }
-            Some(have) => {
-                let diff = have.diff(&want);
-                if !diff.is_empty() {
-                    statements.push(format!("ALTER ROLE {alt} WITH {}", diff.join(" ")));
-                }
-                self.memberships(alternate).await?
-            }
-        };
-        // AWS's function: the clone is granted the current user itself, so it
-        // inherits every privilege the current user holds. The reverse grant
-        // (base user member of its clone) would be circular, so it is skipped.
-        let mut wanted_groups = self.memberships(template).await?;
-        if alternate.strip_suffix("_clone") == Some(template) || created {
-            wanted_groups.push(template.to_string());
-        }
-        wanted_groups.retain(|g| g != alternate);
-        wanted_groups.sort();
-        wanted_groups.dedup();
-        for group in wanted_groups {
-            if !have_members.contains(&group) {
-                statements.push(format!("GRANT {} TO {alt}", escape_identifier(&group)));
-            }
-        }
-        if statements.is_empty() {
-            return Ok(AlternateSync::default());
-        }
         let endpoint = self.endpoint.clone();
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(|e| Error::Database {
-                endpoint: endpoint.clone(),
-                action: "begin a transaction".into(),
-                detail: e.to_string(),
-            })?;
-        for sql in &statements {
-            tx.batch_execute(sql).await.map_err(|e| Error::Database {
-                endpoint: endpoint.clone(),
-                action: format!("run {sql:?}"),
-                detail: e
-                    .as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_string()),
-            })?;
-        }
-        if created {
-            // Same transaction: the user never exists without its password.
-            tx.batch_execute(&alter_password_sql(alternate, password))
-                .await
-                .map_err(|e| Error::Database {
-                    endpoint: endpoint.clone(),
-                    action: format!("set the password of new role {alternate:?}"),
-                    detail: e
-                        .as_db_error()
-                        .map_or_else(|| e.to_string(), |d| d.message().to_string()),
-                })?;
-        }
-        tx.commit().await.map_err(|e| Error::Database {
-            endpoint: endpoint.clone(),
-            action: "commit".into(),
-            detail: e.to_string(),
-        })?;
-        Ok(AlternateSync {
-            created,
-            changes: statements,
-        })
+        let bound = self.statement_bound;
+        let what = format!("aligning {alternate:?} with {template:?}");
+        deadline::bounded(
+            &endpoint,
+            &what,
+            bound,
+            self.align_alternate(template, alternate, password, policy),
+        )
+        .await
     }
 
     async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()> {
