@@ -9,6 +9,7 @@
 mod dynamic;
 mod inventory;
 mod rotation;
+mod safety;
 mod stores;
 
 use std::future::Future;
@@ -53,6 +54,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(stores::trials(&env));
     trials.extend(rotation::trials(&env));
+    trials.extend(safety::trials(&env));
     trials.extend(dynamic::trials(&env));
     trials.extend(inventory::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();

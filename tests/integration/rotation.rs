@@ -889,8 +889,8 @@ async fn resync(env: TestEnv) {
     )
     .await;
     let group = unique("rotor_group");
-    let later_group = unique("rotor_later");
-    f.admin.pg().batch_execute(&format!("CREATE ROLE {g} NOLOGIN; CREATE ROLE {l} NOLOGIN; GRANT {g} TO {u}; ALTER ROLE {u} CREATEDB CONNECTION LIMIT 7", g = ident(&group), l = ident(&later_group), u = ident(&f.user))).await.expect("setup");
+    let stray_group = unique("rotor_stray");
+    f.admin.pg().batch_execute(&format!("CREATE ROLE {g} NOLOGIN; CREATE ROLE {l} NOLOGIN; GRANT {g} TO {u}; ALTER ROLE {u} CONNECTION LIMIT 7", g = ident(&group), l = ident(&stray_group), u = ident(&f.user))).await.expect("setup");
     let rotator = f.rotator();
     f.rotate(&rotator).await;
     let clone = format!("{}_clone", f.user);
@@ -900,7 +900,7 @@ async fn resync(env: TestEnv) {
             let rows = admin.query("SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = $1 ORDER BY 1", &[&user]).await.expect("memberships");
             let attrs = admin
                 .query_one(
-                    "SELECT rolcreatedb, rolconnlimit FROM pg_roles WHERE rolname = $1",
+                    "SELECT rolinherit, rolconnlimit, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
                     &[&user],
                 )
                 .await
@@ -911,33 +911,47 @@ async fn resync(env: TestEnv) {
                     .collect::<Vec<_>>(),
                 attrs.get::<_, bool>(0),
                 attrs.get::<_, i32>(1),
+                attrs.get::<_, Option<String>>(2),
             )
         }
     };
-    let (groups, createdb, limit) = roles(clone.clone()).await;
-    assert!(
-        groups.contains(&f.user) && groups.contains(&group),
-        "clone is granted the user and its groups: {groups:?}"
+    let (groups, inherit, limit, comment) = roles(clone.clone()).await;
+    assert_eq!(
+        groups,
+        vec![f.user.clone()],
+        "the clone is a member of the user and of nothing else (it acts as the user)"
     );
-    assert!(createdb && limit == 7, "clone copies attributes");
-    // Changes made to the current user (now the clone) reach the other user
-    // at the next rotation.
+    assert!(
+        inherit && limit == 7,
+        "clone inherits and copies the connection limit"
+    );
+    assert_eq!(
+        comment.as_deref(),
+        Some(format!("rotor:alternate-of:{}", f.user).as_str()),
+        "Rotor marks the clone it made"
+    );
+    // A membership granted to the clone by hand and a changed attribute are
+    // put back at the next rotation: the clone holds exactly what the user holds.
     f.admin
         .pg()
         .batch_execute(&format!(
-            "GRANT {l} TO {c}; ALTER ROLE {c} CONNECTION LIMIT 9 NOCREATEDB",
-            l = ident(&later_group),
+            "GRANT {l} TO {c}; ALTER ROLE {c} CONNECTION LIMIT 9",
+            l = ident(&stray_group),
             c = ident(&clone)
         ))
         .await
         .expect("change clone");
     f.rotate(&rotator).await;
-    let (groups, createdb, limit) = roles(f.user.clone()).await;
-    assert!(
-        groups.contains(&later_group),
-        "membership re-synced: {groups:?}"
+    let (groups, _, limit, _) = roles(clone.clone()).await;
+    assert_eq!(groups, vec![f.user.clone()], "stray membership revoked");
+    assert_eq!(limit, 7, "connection limit realigned with the user");
+    let (groups, _, limit, _) = roles(f.user.clone()).await;
+    assert_eq!(
+        groups,
+        vec![group.clone()],
+        "the user itself is never changed"
     );
-    assert!(!createdb && limit == 9, "attributes re-synced");
+    assert_eq!(limit, 7);
 }
 
 async fn replica_accepted(env: TestEnv) {
@@ -1110,7 +1124,11 @@ async fn rds_managed_master(env: TestEnv) {
         .moto
         .create_secret(&unique("rotor/managed-master"), &value.to_string())
         .await;
+    // The master secret has no "ssl": the master logs in over verified TLS
+    // whatever the app secret says (the test certificate covers moto's RDS
+    // endpoint names).
     let engine = PostgresEngine::new(ConnectOptions {
+        tls: TlsSettings::with_ca_bundle(Some(env.ca.clone().into())),
         host_overrides: vec![(host.clone(), "127.0.0.1".parse().expect("ip"))],
         ..ConnectOptions::default()
     });
