@@ -79,6 +79,15 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         "time::statement_waiting_on_a_lock_times_out_and_changes_nothing",
         |e| Box::pin(lock_wait(e)),
     );
+    add(
+        "single_user::recovery_tries_the_newest_unlabelled_versions",
+        |e| Box::pin(recovery_newest(e)),
+    );
+    t.push(trial(
+        "safety::store::secretsmanager_list_versions_reads_every_page_newest_first",
+        env,
+        list_versions_pages,
+    ));
     t
 }
 
@@ -768,5 +777,139 @@ async fn lock_wait(env: TestEnv) {
         f.admin.stored_credential(&f.user).await,
         before,
         "the server rolled the change back: the password is unchanged"
+    );
+}
+
+// ---- 10. recovery and version listing ----------------------------------------
+
+async fn recovery_newest(env: TestEnv) {
+    let db = TestDb::new(Kind::Postgres, &env);
+    let f = fixture(
+        &db,
+        Strategy::SingleUser,
+        &unique("rotor_recover"),
+        json!({}),
+    )
+    .await;
+    let mut doc = f.current_json().await;
+    // Abandoned rotations left unlabelled versions; only the newest holds the
+    // password the database has now. AWSCURRENT and AWSPREVIOUS were lost.
+    let working = new_password();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let password = if n == 4 {
+            working.expose().to_string()
+        } else {
+            format!("stale-password-{n}-x9")
+        };
+        doc["password"] = json!(password);
+        leaks::remember(&password);
+        let id = uuid::Uuid::new_v4().to_string();
+        f.moto
+            .client
+            .put_secret_value()
+            .secret_id(&f.arn)
+            .client_request_token(&id)
+            .secret_string(doc.to_string())
+            .version_stages("rotor-test")
+            .send()
+            .await
+            .expect("put version");
+        ids.push(id);
+    }
+    f.moto
+        .client
+        .update_secret_version_stage()
+        .secret_id(&f.arn)
+        .version_stage("rotor-test")
+        .remove_from_version_id(ids.last().expect("ids"))
+        .send()
+        .await
+        .expect("unlabel");
+    for lost in ["lost-current-password-1", "lost-previous-password-1"] {
+        doc["password"] = json!(lost);
+        put_current(&f, &f.arn, &doc).await;
+    }
+    f.admin.set_password(&f.user, &working).await;
+    let rotator = f.rotator();
+    let outcome = create_and_set(&f, &rotator)
+        .await
+        .expect("setSecret finds the newest working version");
+    assert_eq!(outcome, rotor::Outcome::PasswordSet);
+}
+
+/// A Secrets Manager endpoint that answers ListSecretVersionIds in two pages
+/// (moto answers in one), newest version on the second page.
+async fn two_page_endpoint() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let Ok(Ok((mut sock, _))) =
+                tokio::time::timeout(Duration::from_secs(20), listener.accept()).await
+            else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Headers, then the body by Content-Length.
+            let body = loop {
+                let Ok(n) = sock.read(&mut chunk).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + len {
+                        break text[end + 4..].to_string();
+                    }
+                }
+            };
+            let second = body.contains("\"NextToken\":\"page-2\"");
+            let reply = if second {
+                json!({"ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:paged-AbCdEf", "Name": "paged",
+                       "Versions": [{"VersionId": "newest-on-page-2", "VersionStages": [], "CreatedDate": 1_700_000_100.5}]})
+            } else {
+                json!({"ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:paged-AbCdEf", "Name": "paged",
+                       "Versions": [{"VersionId": "older-on-page-1", "VersionStages": ["AWSCURRENT"], "CreatedDate": 1_700_000_100.25}],
+                       "NextToken": "page-2"})
+            }
+            .to_string();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+            let _ = sock.write_all(response.as_bytes()).await;
+        }
+    });
+    url
+}
+
+async fn list_versions_pages(env: TestEnv) {
+    use rotor::store::SecretStore;
+    let url = two_page_endpoint().await;
+    let store = SecretsManagerStore::new(env.sm_client_at(&url));
+    let versions = store.list_versions("paged").await.expect("list");
+    assert_eq!(
+        versions,
+        vec![
+            "newest-on-page-2".to_string(),
+            "older-on-page-1".to_string()
+        ],
+        "every page, newest first to the sub-second"
     );
 }

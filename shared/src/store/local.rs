@@ -55,6 +55,20 @@ struct StoredVersion {
     #[serde(default)]
     stages: Vec<String>,
     created: u64,
+    /// Order of creation within the secret: versions made in the same second
+    /// must still sort newest first (recovery tries the newest ones).
+    #[serde(default)]
+    seq: u64,
+}
+
+/// The next creation number of a secret's versions.
+fn next_seq(secret: &StoredSecret) -> u64 {
+    secret
+        .versions
+        .values()
+        .map(|v| v.seq)
+        .max()
+        .map_or(0, |m| m + 1)
 }
 
 impl std::fmt::Debug for StoredVersion {
@@ -196,12 +210,14 @@ impl LocalStore {
                 });
             secret.last_changed = Some(now());
             let id = uuid::Uuid::new_v4().to_string();
+            let seq = next_seq(secret);
             secret.versions.insert(
                 id.clone(),
                 StoredVersion {
                     value: Some(value.expose().to_string()),
                     stages: vec![],
                     created: now(),
+                    seq,
                 },
             );
             move_stage(name, secret, AWSCURRENT, Some(&id), None, true)?;
@@ -224,12 +240,14 @@ impl LocalStore {
                 )));
             }
             let token = uuid::Uuid::new_v4().to_string();
+            let seq = next_seq(secret);
             secret.versions.insert(
                 token.clone(),
                 StoredVersion {
                     value: None,
                     stages: vec![],
                     created: now(),
+                    seq,
                 },
             );
             move_stage(&name, secret, AWSPENDING, Some(&token), None, true)?;
@@ -462,12 +480,14 @@ impl SecretStore for LocalStore {
                     });
                 }
                 None => {
+                    let seq = next_seq(s);
                     s.versions.insert(
                         token.to_string(),
                         StoredVersion {
                             value: Some(value.expose().to_string()),
                             stages: vec![],
                             created: now(),
+                            seq,
                         },
                     );
                 }
@@ -525,8 +545,8 @@ impl SecretStore for LocalStore {
                 .iter()
                 .filter(|(_, v)| v.value.is_some())
                 .collect();
-            // Newest first; ties (same second) keep a stable order.
-            v.sort_by_key(|(_, v)| std::cmp::Reverse(v.created));
+            // Newest first, by second and then by order of creation.
+            v.sort_by_key(|(_, v)| std::cmp::Reverse((v.created, v.seq)));
             Ok(v.into_iter().map(|(id, _)| id.clone()).collect())
         })
     }

@@ -285,21 +285,41 @@ impl SecretStore for SecretsManagerStore {
     }
 
     async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>> {
-        let out = self
-            .client
-            .list_secret_version_ids()
-            .secret_id(secret_id)
-            .include_deprecated(true)
-            .send()
-            .await
-            .map_err(|e| store_error("ListSecretVersionIds", secret_id, e))?;
-        let mut versions: Vec<_> = out
-            .versions
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|v| Some((v.created_date.map(|d| d.secs()).unwrap_or(0), v.version_id?)))
-            .collect();
-        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+        // Every page: the newest versions may be on any of them.
+        let mut versions = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .list_secret_version_ids()
+                .secret_id(secret_id)
+                .include_deprecated(true)
+                .max_results(100)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| store_error("ListSecretVersionIds", secret_id, e))?;
+            versions.extend(
+                out.versions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|v| {
+                        let created = v
+                            .created_date
+                            .map_or((0, 0), |d| (d.secs(), d.subsec_nanos()));
+                        Some((created, v.version_id?))
+                    }),
+            );
+            match out.next_token {
+                Some(token) if !token.is_empty() => next_token = Some(token),
+                _ => break,
+            }
+        }
+        // Newest first, to the sub-second. Equal dates (moto gives every
+        // version the time of the call) keep the reverse of the listing
+        // order, which is the order of creation.
+        versions.reverse();
+        versions.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
         Ok(versions.into_iter().map(|(_, id)| id).collect())
     }
 }
