@@ -259,7 +259,17 @@ impl Rotator {
             store = self.store.kind(),
         );
         let started = Instant::now();
-        let result = self.step(event, how).instrument(span.clone()).await;
+        let step = self.step(event, how).instrument(span.clone());
+        // In Lambda, the whole step (Secrets Manager calls included) ends
+        // while there is still time to log and report; each database call
+        // has its own, shorter bound inside.
+        let result = match crate::deadline::remaining() {
+            Some(left) => {
+                let what = format!("the {} step", event.step);
+                crate::deadline::bounded(&event.secret_id, &what, left, step).await
+            }
+            None => step.await,
+        };
         let millis = started.elapsed().as_secs_f64() * 1000.0;
         let _enter = span.enter();
         match &result {

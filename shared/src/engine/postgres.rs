@@ -1312,6 +1312,182 @@ mod tests {
         assert!(!sql.contains(pw.expose()));
     }
 
+    fn plain() -> RoleAttributes {
+        RoleAttributes {
+            createdb: false,
+            createrole: false,
+            inherit: true,
+            replication: false,
+            bypassrls: false,
+            connlimit: -1,
+            canlogin: true,
+        }
+    }
+
+    fn want(settings: &[(&str, &str)]) -> WantedClone {
+        WantedClone {
+            attrs: plain(),
+            settings: settings
+                .iter()
+                .map(|(d, e)| (d.to_string(), e.to_string()))
+                .collect(),
+        }
+    }
+
+    fn sql(plan: &[CloneChange]) -> Vec<String> {
+        plan.iter().map(CloneChange::describe).collect()
+    }
+
+    #[test]
+    fn a_new_clone_acts_as_its_user_and_is_marked() {
+        let plan = plan_alternate(
+            "app",
+            "app_clone",
+            &[],
+            None,
+            &want(&[("", "role=app"), ("", "search_path=a, b")]),
+            ClonePolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&plan),
+            [
+                "CREATE ROLE \"app_clone\" WITH LOGIN INHERIT",
+                "GRANT \"app\" TO \"app_clone\"",
+                "COMMENT ON ROLE \"app_clone\" IS 'rotor:alternate-of:app'",
+                "ALTER ROLE \"app_clone\" SET role = 'app'",
+                "copy setting search_path",
+            ]
+        );
+    }
+
+    #[test]
+    fn superuser_like_powers_need_the_opt_in() {
+        let powers = vec!["CREATEROLE".to_string()];
+        let e = plan_alternate(
+            "app",
+            "app_clone",
+            &powers,
+            None,
+            &want(&[]),
+            ClonePolicy::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("CREATEROLE") && e.contains("ROTOR_ALLOW_PRIVILEGED_CLONE"),
+            "{e}"
+        );
+        let allowed = ClonePolicy {
+            allow_privileged: true,
+        };
+        assert!(plan_alternate("app", "app_clone", &powers, None, &want(&[]), allowed).is_ok());
+    }
+
+    #[test]
+    fn an_unmarked_clone_is_refused_and_a_marked_one_realigned() {
+        let mut have = CloneState {
+            attrs: RoleAttributes {
+                createdb: true,
+                ..plain()
+            },
+            superuser: false,
+            comment: None,
+            memberships: vec![("stray".into(), false)],
+            settings: BTreeSet::new(),
+        };
+        let wanted = want(&[("", "role=app")]);
+        let e = plan_alternate(
+            "app",
+            "app_clone",
+            &[],
+            Some(&have),
+            &wanted,
+            ClonePolicy::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("did not make"), "{e}");
+        // AWS's clones are members of the user: accepted, then marked.
+        have.memberships.push(("app".into(), true));
+        let plan = plan_alternate(
+            "app",
+            "app_clone",
+            &[],
+            Some(&have),
+            &wanted,
+            ClonePolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&plan),
+            [
+                "ALTER ROLE \"app_clone\" WITH NOCREATEDB",
+                "REVOKE ADMIN OPTION FOR \"app\" FROM \"app_clone\"",
+                "REVOKE \"stray\" FROM \"app_clone\"",
+                "COMMENT ON ROLE \"app_clone\" IS 'rotor:alternate-of:app'",
+                "ALTER ROLE \"app_clone\" SET role = 'app'",
+            ]
+        );
+        // Aligned: nothing to do.
+        let aligned = CloneState {
+            attrs: plain(),
+            superuser: false,
+            comment: Some("rotor:alternate-of:app".into()),
+            memberships: vec![("app".into(), false)],
+            settings: wanted.settings.clone(),
+        };
+        assert!(
+            plan_alternate(
+                "app",
+                "app_clone",
+                &[],
+                Some(&aligned),
+                &wanted,
+                ClonePolicy::default()
+            )
+            .unwrap()
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn pairs_in_both_directions() {
+        assert_eq!(
+            alternate_pair("app", "app_clone"),
+            Some(("app", "app_clone"))
+        );
+        assert_eq!(
+            alternate_pair("app_clone", "app"),
+            Some(("app", "app_clone"))
+        );
+        assert_eq!(alternate_pair("app", "dba"), None);
+    }
+
+    #[test]
+    fn cleartext_request_refused_only_without_tls() {
+        let cleartext = b"R\0\0\0\x08\0\0\0\x03";
+        // No SSLRequest: the first message is the request.
+        let mut guard = CleartextGuard::new((), false);
+        assert!(guard.inspect(cleartext).is_err());
+        // SSLRequest answered 'N', a notice first, the request split in two reads.
+        let mut guard = CleartextGuard::new((), true);
+        assert!(guard.inspect(b"NN\0\0\0\x06hi").is_ok());
+        assert!(guard.inspect(&cleartext[..4]).is_ok());
+        assert!(guard.inspect(&cleartext[4..]).is_err());
+        // TLS accepted: the guard steps aside.
+        let mut guard = CleartextGuard::new((), true);
+        assert!(guard.inspect(b"S").is_ok());
+        assert!(guard.inspect(cleartext).is_ok());
+        // SCRAM then AuthenticationOk: the guard ends.
+        let mut guard = CleartextGuard::new((), false);
+        assert!(
+            guard
+                .inspect(b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0")
+                .is_ok()
+        );
+        assert!(guard.inspect(b"R\0\0\0\x08\0\0\0\0").is_ok());
+        assert!(guard.inspect(cleartext).is_ok());
+    }
+
     #[test]
     fn attribute_diff() {
         let base = RoleAttributes {
