@@ -6,6 +6,11 @@
 //! `v_<prefix>_<expiry, base 36 seconds>_<random>` — at most 29 characters,
 //! within MySQL's 32 — so listing users with a role's prefix lists its leases,
 //! and the sweep needs nothing but the database to know what has expired.
+//! A name is not enough to make a user Rotor's: Rotor grants every user it
+//! creates the marker role [`crate::engine::LEASE_MARKER`], and lists, sweeps
+//! and drops only users that hold it and whose names are exactly one of the
+//! role's lease names ([`leases_of_role`]). Users a DBA made with similar
+//! names are never touched.
 //! PostgreSQL enforces the expiry itself (`VALID UNTIL`); MySQL and MariaDB
 //! have no such clause, so the sweep removes their users on time.
 //!
@@ -244,21 +249,70 @@ fn to_base36(mut n: u64) -> String {
     digits.iter().rev().collect()
 }
 
-/// Reads a dynamic username; `None` for any other user.
+/// Length of a lease name's random part.
+const RANDOM_LEN: usize = 6;
+
+/// Reads a dynamic username; `None` for any other name.
+///
+/// The name must be exactly what [`lease_username`] makes: a prefix of 1 to
+/// [`MAX_PREFIX`] lowercase letters or digits, an expiry in canonical base 36
+/// (lowercase, no leading zero, so it round-trips) and six lowercase
+/// letters or digits. A name that merely resembles one (`v_orders_2024_x`,
+/// `v_orders_00ab_abcdef`, `v_a_b_1_abcdef`) is not a lease. Shape alone does
+/// not make a user Rotor's: the engines also require the lease marker
+/// ([`crate::engine::LEASE_MARKER`]) that Rotor sets when it creates one.
 pub fn parse_lease(username: &str) -> Option<Lease> {
+    let lower_alnum = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     let rest = username.strip_prefix(DYNAMIC_PREFIX)?;
-    let mut parts = rest.rsplitn(3, '_');
-    let random = parts.next()?;
-    let expiry = parts.next()?;
-    let prefix = parts.next()?;
-    if random.len() != 6 || prefix.is_empty() || expiry.is_empty() {
+    let mut parts = rest.split('_');
+    let (prefix, expiry, random) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || prefix.is_empty()
+        || prefix.len() > MAX_PREFIX
+        || !lower_alnum(prefix)
+        || random.len() != RANDOM_LEN
+        || !lower_alnum(random)
+        || expiry.is_empty()
+        || !lower_alnum(expiry)
+    {
+        return None;
+    }
+    let expires_at = u64::from_str_radix(expiry, 36).ok()?;
+    if to_base36(expires_at) != expiry {
         return None;
     }
     Some(Lease {
         username: username.to_string(),
         prefix: prefix.to_string(),
-        expires_at: u64::from_str_radix(expiry, 36).ok()?,
+        expires_at,
     })
+}
+
+impl RoleDefinition {
+    /// The lease `username` stands for, when it is exactly one of this
+    /// role's lease names (see [`parse_lease`]; the prefix must be the
+    /// role's own, not merely start with it).
+    pub fn lease_of(&self, username: &str) -> Option<Lease> {
+        parse_lease(username).filter(|l| l.prefix == self.username_prefix)
+    }
+}
+
+/// This role's leases that exist now: users that carry Rotor's lease marker
+/// (the engine lists only those) and whose names are exactly this role's
+/// lease names. Everything else with a similar name is left alone.
+pub async fn leases_of_role(
+    session: &mut dyn Session,
+    role: &RoleDefinition,
+) -> Result<Vec<Lease>> {
+    Ok(session
+        .users_with_prefix(&role.user_prefix())
+        .await?
+        .iter()
+        .filter_map(|user| role.lease_of(user))
+        .collect())
 }
 
 pub use crate::principal::principal_allowed;
@@ -421,6 +475,41 @@ mod tests {
         assert_eq!(lease.expires_at, 4_102_444_800);
         assert!(parse_lease("app_user").is_none());
         assert!(parse_lease("v_x_y").is_none());
+    }
+
+    #[test]
+    fn only_exact_lease_names_parse() {
+        let name = lease_username("orders", 1_900_000_000).unwrap();
+        let expiry = name.rsplit('_').nth(1).unwrap().to_string();
+        assert!(parse_lease(&name).is_some());
+        for lookalike in [
+            // A leading zero: the expiry does not round-trip.
+            format!("v_orders_0{expiry}_abcdef"),
+            // Upper case: Rotor never writes it.
+            format!("v_orders_{}_abcdef", expiry.to_ascii_uppercase()),
+            format!("v_orders_{expiry}_ABCDEF"),
+            // A fourth part: the prefix would read as "orders_x".
+            format!("v_orders_x_{expiry}_abcdef"),
+            // Random part of the wrong length or alphabet.
+            format!("v_orders_{expiry}_abcde"),
+            format!("v_orders_{expiry}_abc-ef"),
+            // A prefix longer than any role's.
+            format!("v_abcdefghijk_{expiry}_abcdef"),
+            // Beyond u64.
+            "v_orders_zzzzzzzzzzzzzzzzzzzz_abcdef".to_string(),
+            format!("v__{expiry}_abcdef"),
+        ] {
+            assert!(parse_lease(&lookalike).is_none(), "{lookalike} parsed");
+        }
+        let role = RoleDefinition::parse(
+            &SecretString::new(r#"{"engine":"postgres","masterarn":"m","username_prefix":"ord"}"#),
+            "rotor/roles/ord",
+            "arn:x",
+        )
+        .unwrap();
+        assert!(role.lease_of(&name).is_none(), "another role's prefix");
+        let own = lease_username("ord", 1_900_000_000).unwrap();
+        assert_eq!(role.lease_of(&own).map(|l| l.prefix), Some("ord".into()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The sweep (`expire-credentials`, `rotor sweep`): every few minutes,
 //!
-//! - drop every dynamic user whose expiry has passed (ending its sessions,
+//! - drop every dynamic user (a lease Rotor created: marked, exactly named,
+//!   see [`super::leases_of_role`]) whose expiry has passed (ending its sessions,
 //!   handing its objects to the role's `owner_role`), with bounded
 //!   concurrency and connections per database;
 //! - rotate static secrets tagged `rotor:max-age` whose last rotation is
@@ -21,7 +22,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Caller, Dynamic, RoleDefinition, parse_lease};
+use super::{Caller, Dynamic, RoleDefinition, leases_of_role, parse_lease};
 use crate::audit::{AuditRecord, record};
 use crate::engine::DropReport;
 use crate::error::Result;
@@ -143,21 +144,22 @@ impl Dynamic {
             let master = self.master_secret(role).await?;
             let engine = self.engine(&role.engine)?;
             let mut session = engine.connect(&master, "master").await?;
-            let users = session.users_with_prefix(&role.user_prefix()).await?;
-            Ok::<_, crate::Error>((master, engine, session, users))
+            let leases = leases_of_role(session.as_mut(), role).await?;
+            Ok::<_, crate::Error>((master, engine, session, leases))
         }
         .await;
-        let (master, engine, first_session, users) = match listed {
+        let (master, engine, first_session, leases) = match listed {
             Ok(l) => l,
             Err(e) => {
                 report.push(failed(&role.name, e));
                 return;
             }
         };
-        report.users_seen += users.len();
-        let expired: Vec<String> = users
+        report.users_seen += leases.len();
+        let expired: Vec<String> = leases
             .into_iter()
-            .filter(|u| parse_lease(u).is_some_and(|l| l.expires_at <= options.now))
+            .filter(|l| l.expires_at <= options.now)
+            .map(|l| l.username)
             .collect();
         if expired.is_empty() {
             return;

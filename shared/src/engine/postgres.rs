@@ -23,8 +23,8 @@ use tokio_postgres::{Client, Config, NoTls, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session,
-    endpoint,
+    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, LEASE_MARKER,
+    Role, Session, endpoint,
 };
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
@@ -270,23 +270,94 @@ struct PgSession {
     endpoint: String,
 }
 
+/// SQL: whether the role `r` directly holds the lease marker named by `$2`.
+const HOLDS_MARKER: &str = "EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid AND g.rolname = $2)";
+
 impl PgSession {
+    /// Which of `users` exist, each with whether it carries the lease marker.
+    async fn existing_with_marker(&self, users: &[String]) -> Result<Vec<(String, bool)>> {
+        let sql = format!(
+            "SELECT r.rolname::text, {HOLDS_MARKER} FROM pg_roles r WHERE r.rolname = ANY($1)"
+        );
+        Ok(self
+            .client
+            .query(&sql, &[&users, &LEASE_MARKER])
+            .await
+            .map_err(self.db_error("list the users to drop"))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn not_a_lease(&self, user: &str) -> Error {
+        Error::Refused {
+            endpoint: self.endpoint.clone(),
+            reason: format!(
+                "{user:?} is not a dynamic user Rotor created (it does not hold the {LEASE_MARKER} marker role); Rotor drops only its own users: drop it by hand if it must go"
+            ),
+        }
+    }
+
+    /// Makes sure the marker role exists and confers nothing: it must not
+    /// log in, be a superuser or be a member of anything, since every
+    /// dynamic user inherits from it.
+    async fn ensure_lease_marker(&self) -> Result<()> {
+        let unsafe_marker: Option<bool> = self
+            .client
+            .query_opt(
+                "SELECT rolcanlogin OR rolsuper OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = $1",
+                &[&LEASE_MARKER],
+            )
+            .await
+            .map_err(self.db_error(format!("look up the lease marker role {LEASE_MARKER}")))?
+            .map(|r| r.get(0));
+        match unsafe_marker {
+            Some(false) => Ok(()),
+            Some(true) => Err(Error::Refused {
+                endpoint: self.endpoint.clone(),
+                reason: format!(
+                    "the lease marker role {LEASE_MARKER} can log in, is a superuser or belongs to other roles, and every dynamic user would inherit that; make it NOLOGIN NOSUPERUSER and revoke its memberships"
+                ),
+            }),
+            None => match self
+                .client
+                .batch_execute(&format!(
+                    "CREATE ROLE {} NOLOGIN",
+                    escape_identifier(LEASE_MARKER)
+                ))
+                .await
+            {
+                Ok(()) => Ok(()),
+                // Another issue created it meanwhile.
+                Err(e)
+                    if e.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                        || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(self.db_error(format!(
+                    "create the lease marker role {LEASE_MARKER} (the master needs CREATEROLE)"
+                ))(e)),
+            },
+        }
+    }
+
     /// Drops a batch of users in one transaction (see `drop_users`).
     async fn drop_batch(
         &mut self,
         users: &[String],
         owner_role: Option<&str>,
     ) -> Result<Vec<(String, Result<DropReport>)>> {
-        let existing: Vec<String> = self
-            .client
-            .query(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY($1)",
-                &[&users],
-            )
-            .await
-            .map_err(self.db_error("list the users to drop"))?
-            .into_iter()
-            .map(|r| r.get(0))
+        let found = self.existing_with_marker(users).await?;
+        let existing: Vec<String> = found
+            .iter()
+            .filter(|(_, marked)| *marked)
+            .map(|(u, _)| u.clone())
+            .collect();
+        let unmarked: Vec<&String> = found
+            .iter()
+            .filter(|(_, marked)| !*marked)
+            .map(|(u, _)| u)
             .collect();
         let mut ended: std::collections::HashMap<String, u64> = Default::default();
         if !existing.is_empty() {
@@ -327,6 +398,9 @@ impl PgSession {
         Ok(users
             .iter()
             .map(|u| {
+                if unmarked.contains(&u) {
+                    return (u.clone(), Err(self.not_a_lease(u)));
+                }
                 let existed = existing.contains(u);
                 (
                     u.clone(),
@@ -566,16 +640,16 @@ impl Session for PgSession {
         if let Some(limit) = user.max_connections {
             sql.push_str(&format!(" CONNECTION LIMIT {limit}"));
         }
-        if !user.member_of.is_empty() {
-            let groups: Vec<String> = user
-                .member_of
-                .iter()
-                .map(|g| escape_identifier(g))
-                .collect();
-            sql.push_str(&format!(" IN ROLE {}", groups.join(", ")));
-        }
+        // The marker is granted in the same statement: the user never
+        // exists unmarked.
+        let groups: Vec<String> = std::iter::once(LEASE_MARKER)
+            .chain(user.member_of.iter().map(String::as_str))
+            .map(escape_identifier)
+            .collect();
+        sql.push_str(&format!(" IN ROLE {}", groups.join(", ")));
         // The master joins the new role so that it may later REASSIGN and
         // DROP what the user owns (PostgreSQL requires membership in both).
+        self.ensure_lease_marker().await?;
         let sql = format!(
             "BEGIN; {sql}; GRANT {} TO CURRENT_USER; COMMIT;",
             escape_identifier(&user.username)
@@ -591,12 +665,12 @@ impl Session for PgSession {
     }
 
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT r.rolname::text FROM pg_roles r WHERE starts_with(r.rolname, $1) AND {HOLDS_MARKER} ORDER BY 1"
+        );
         let rows = self
             .client
-            .query(
-                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1",
-                &[&prefix],
-            )
+            .query(&sql, &[&prefix, &LEASE_MARKER])
             .await
             .map_err(self.db_error("list dynamic users"))?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
@@ -636,8 +710,14 @@ impl Session for PgSession {
     }
 
     async fn drop_user(&mut self, user: &str, owner_role: Option<&str>) -> Result<DropReport> {
-        if self.attributes(user).await?.is_none() {
-            return Ok(DropReport::default());
+        match self
+            .existing_with_marker(&[user.to_string()])
+            .await?
+            .first()
+        {
+            None => return Ok(DropReport::default()),
+            Some((_, false)) => return Err(self.not_a_lease(user)),
+            Some((_, true)) => {}
         }
         let ident = escape_identifier(user);
         // No new logins while the sessions end and the role goes.
