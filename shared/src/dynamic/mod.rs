@@ -39,6 +39,10 @@ use crate::store::{AWSCURRENT, ListFilter, SecretStore, VersionRef};
 pub const DYNAMIC_PREFIX: &str = "v_";
 /// Longest role prefix inside a username.
 pub const MAX_PREFIX: usize = 10;
+/// Longest lifetime any role may allow (`max_ttl`): 32 days, Vault's
+/// default system maximum TTL. Dynamic credentials are meant to be short;
+/// a login that must live longer belongs in a rotated static secret.
+pub const MAX_TTL: u64 = 32 * 86_400;
 
 /// How to mint credentials for one role.
 #[derive(Clone, Debug)]
@@ -148,6 +152,14 @@ impl RoleDefinition {
         })?;
         let default_ttl = duration_field(&doc, "default_ttl", &bad)?.unwrap_or(3600);
         let max_ttl = duration_field(&doc, "max_ttl", &bad)?.unwrap_or(default_ttl.max(86_400));
+        if max_ttl > MAX_TTL || default_ttl > MAX_TTL {
+            return Err(bad(format!(
+                "max_ttl {} (or default_ttl {}) is longer than Rotor's maximum of {}; use a rotated static secret for longer-lived logins",
+                crate::time::format_duration(max_ttl),
+                crate::time::format_duration(default_ttl),
+                crate::time::format_duration(MAX_TTL)
+            )));
+        }
         if default_ttl > max_ttl {
             return Err(bad(format!(
                 "default_ttl {} is longer than max_ttl {}",
@@ -204,6 +216,38 @@ impl RoleDefinition {
             username_prefix,
             allowed_principals,
         })
+    }
+
+    /// The lifetime granted for a requested `ttl` (`None`: the role's
+    /// default) and the expiry it gives from `now`: `(ttl, expires_at)`.
+    /// A zero ttl, one above `max_ttl`, or an expiry beyond the clock's
+    /// range is refused.
+    pub fn lease_expiry(&self, ttl: Option<u64>, now: u64) -> Result<(u64, u64)> {
+        let ttl = ttl.unwrap_or(self.default_ttl);
+        if ttl == 0 {
+            return Err(Error::BadRequest(format!(
+                "ttl 0 gives a credential that is expired when issued; ask for at least 1s (role {}'s default is {})",
+                self.name,
+                crate::time::format_duration(self.default_ttl)
+            )));
+        }
+        if ttl > self.max_ttl {
+            return Err(Error::BadRequest(format!(
+                "ttl {} is longer than role {}'s max_ttl {}; ask for at most {}",
+                crate::time::format_duration(ttl),
+                self.name,
+                crate::time::format_duration(self.max_ttl),
+                crate::time::format_duration(self.max_ttl)
+            )));
+        }
+        let expires_at = now.checked_add(ttl).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "ttl {} from now is beyond the clock's range; ask for at most {}",
+                crate::time::format_duration(ttl),
+                crate::time::format_duration(self.max_ttl)
+            ))
+        })?;
+        Ok((ttl, expires_at))
     }
 
     /// The prefix every user of this role carries.
@@ -475,6 +519,79 @@ mod tests {
         assert_eq!(lease.expires_at, 4_102_444_800);
         assert!(parse_lease("app_user").is_none());
         assert!(parse_lease("v_x_y").is_none());
+    }
+
+    /// A `Dynamic` over an in-memory store holding one role (whose master
+    /// secret does not exist: nothing here may get as far as connecting).
+    fn dynamic_with_role(role_json: &str) -> Dynamic {
+        let store = crate::store::LocalStore::in_memory();
+        store
+            .put_current("rotor/roles/ttl", &SecretString::new(role_json))
+            .unwrap();
+        Dynamic::new(Arc::new(store), ConnectOptions::default()).with_roles_prefix("rotor/roles/")
+    }
+
+    fn cli() -> Caller {
+        Caller {
+            arn: "cli:test".into(),
+            via: "cli",
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn ttl_zero_is_refused() {
+        let dynamic = dynamic_with_role(r#"{"engine":"postgres","masterarn":"missing"}"#);
+        let err = dynamic
+            .issue("ttl", Some(0), &cli(), false)
+            .await
+            .expect_err("a zero ttl");
+        assert_eq!(err.kind(), "BadRequest", "{err}");
+        assert!(err.to_string().contains("ttl"), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn huge_ttl_fails_cleanly_without_overflow() {
+        // A role that allows anything, and a caller that asks for everything:
+        // now + ttl must not overflow (a panic, or a wrapped expiry in 1970).
+        let dynamic = dynamic_with_role(
+            r#"{"engine":"postgres","masterarn":"missing","default_ttl":60,"max_ttl":18446744073709551615}"#,
+        );
+        let err = dynamic
+            .issue("ttl", Some(u64::MAX), &cli(), false)
+            .await
+            .expect_err("an overflowing ttl");
+        assert!(
+            matches!(err.kind(), "BadRequest" | "BadSecret"),
+            "refused before connecting: {err}"
+        );
+    }
+
+    #[test]
+    fn max_ttl_is_capped() {
+        let parse =
+            |json: &str| RoleDefinition::parse(&SecretString::new(json), "rotor/roles/ci", "arn:x");
+        let at_cap = parse(r#"{"engine":"postgres","masterarn":"m","max_ttl":"32d"}"#).unwrap();
+        assert_eq!(at_cap.max_ttl, MAX_TTL);
+        for json in [
+            r#"{"engine":"postgres","masterarn":"m","max_ttl":"33d"}"#,
+            r#"{"engine":"postgres","masterarn":"m","max_ttl":18446744073709551615}"#,
+            r#"{"engine":"postgres","masterarn":"m","default_ttl":"40d"}"#,
+        ] {
+            let err = parse(json).expect_err(json).to_string();
+            assert!(err.contains("32d"), "{json}: {err}");
+        }
+        let role = at_cap;
+        assert_eq!(
+            role.lease_expiry(Some(60), 1_000).unwrap(),
+            (60, 1_060),
+            "ttl and expiry"
+        );
+        assert_eq!(role.lease_expiry(None, 1_000).unwrap(), (3600, 4_600));
+        assert!(
+            role.lease_expiry(Some(60), u64::MAX - 10).is_err(),
+            "overflow"
+        );
+        assert!(role.lease_expiry(Some(0), 1_000).is_err());
     }
 
     #[test]
