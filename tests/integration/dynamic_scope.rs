@@ -6,7 +6,9 @@ use libtest_mimic::Trial;
 use rotor::dynamic::revoke::RevokeTarget;
 use rotor::dynamic::sweep::SweepOptions;
 use rotor::dynamic::{Caller, lease_username};
-use rotor_tests::{DynamicRole, Kind, TestDb, TestEnv, dynamic_role, leaks, new_password};
+use rotor_tests::{
+    DynamicRole, Kind, TestDb, TestEnv, dynamic_role, leaks, new_password, pg_ident, unique,
+};
 use serde_json::json;
 
 use crate::trial;
@@ -21,6 +23,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             move |env| lookalikes_survive(TestDb::new(kind, &env)),
         ));
     }
+    t.push(trial(
+        "dynamic_scope::postgres::dropped_lease_leaves_owner_role_no_escalation_path",
+        env,
+        |env| no_escalation_through_owner_role(TestDb::new(Kind::Postgres, &env)),
+    ));
     t
 }
 
@@ -149,4 +156,138 @@ async fn lookalikes_survive(db: TestDb) {
     for user in &lookalikes {
         drop_by_hand(&r, user).await;
     }
+}
+
+/// A plain login on the test PostgreSQL.
+async fn pg_login(db: &TestDb, user: &str, password: &str) -> tokio_postgres::Client {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(db.host())
+        .port(db.port())
+        .user(user)
+        .password(password)
+        .dbname(db.dbname());
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("login as {user}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// PostgreSQL 15: when a lease is dropped, `REASSIGN OWNED` hands what it
+/// owns to `owner_role`. A SECURITY DEFINER function or a view the lease
+/// made over a table it cannot read would then run with `owner_role`'s
+/// rights for anyone (functions are executable by PUBLIC by default; the
+/// lease granted the view to PUBLIC), and a PUBLIC grant it made on its own
+/// table would stay. None of that may survive the drop; the lease's own
+/// table does, owned by `owner_role`.
+async fn no_escalation_through_owner_role(db: TestDb) {
+    let r = dynamic_role(&db, json!({})).await;
+    let admin = r.admin.pg();
+    let secret_table = unique("rotor_secret");
+    let (function, view, own_table) = (
+        unique("rotor_fn"),
+        unique("rotor_view"),
+        unique("rotor_mig"),
+    );
+    let (st, f, v, t) = (
+        pg_ident(&secret_table),
+        pg_ident(&function),
+        pg_ident(&view),
+        pg_ident(&own_table),
+    );
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE public.{st} (v text); INSERT INTO public.{st} VALUES ('owner only'); ALTER TABLE public.{st} OWNER TO {o}; GRANT USAGE, CREATE ON SCHEMA public TO {o}",
+            o = pg_ident(&r.owner)
+        ))
+        .await
+        .expect("owner's table");
+    let c = r
+        .dynamic
+        .issue(&r.name, Some(600), &cli(), false)
+        .await
+        .expect("issue");
+    leaks::remember(c.password.expose());
+    let lease = pg_login(&db, &c.username, c.password.expose()).await;
+    lease
+        .batch_execute(&format!(
+            "CREATE FUNCTION public.{f}() RETURNS bigint LANGUAGE sql SECURITY DEFINER AS $$ SELECT count(*) FROM public.{st} $$;
+             CREATE VIEW public.{v} AS SELECT * FROM public.{st};
+             GRANT SELECT ON public.{v} TO PUBLIC;
+             CREATE TABLE public.{t} (id int);
+             GRANT ALL ON public.{t} TO PUBLIC;"
+        ))
+        .await
+        .expect("the lease creates its objects");
+    assert!(
+        lease
+            .query_one(&format!("SELECT public.{f}()"), &[])
+            .await
+            .is_err(),
+        "the lease itself cannot read the owner's table"
+    );
+    drop(lease);
+    // Anyone: a login with nothing granted.
+    let probe = unique("rotor_probe");
+    let probe_pw = new_password();
+    r.admin.create_user(&probe, &probe_pw).await;
+
+    let report = r
+        .dynamic
+        .revoke(&RevokeTarget::User(c.username.clone()), false, &cli(), None)
+        .await
+        .expect("revoke");
+    assert!(report.failures.is_empty(), "{report:?}");
+
+    let anyone = pg_login(&db, &probe, probe_pw.expose()).await;
+    let through_function = anyone.query_one(&format!("SELECT public.{f}()"), &[]).await;
+    assert!(
+        through_function.is_err(),
+        "after the drop, anyone reads owner_role's table through the lease's SECURITY DEFINER function: {:?}; report: {report:?}",
+        through_function.map(|r| r.get::<_, i64>(0))
+    );
+    let through_view = anyone
+        .query(&format!("SELECT v FROM public.{v}"), &[])
+        .await;
+    assert!(
+        through_view.is_err(),
+        "after the drop, anyone reads owner_role's table through the lease's view: {:?}",
+        through_view.map(|rows| rows.len())
+    );
+    let public_write = anyone
+        .batch_execute(&format!("INSERT INTO public.{t} VALUES (1)"))
+        .await;
+    assert!(
+        public_write.is_err(),
+        "the lease's PUBLIC grant on its table survived the drop"
+    );
+    let owner: String = admin
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = $1",
+            &[&own_table],
+        )
+        .await
+        .expect("the lease's table is kept")
+        .get(0);
+    assert_eq!(
+        owner, r.owner,
+        "the lease's table now belongs to owner_role"
+    );
+    let evidence = serde_json::to_string(&report.revoked[0]).expect("json");
+    for name in [&function, &view] {
+        assert!(
+            evidence.contains(name.as_str()),
+            "the revocation evidence names {name}: {evidence}"
+        );
+    }
+    drop(anyone);
+    admin
+        .batch_execute(&format!(
+            "DROP FUNCTION IF EXISTS public.{f}(); DROP VIEW IF EXISTS public.{v}; DROP TABLE public.{t}; DROP TABLE public.{st}; DROP ROLE {}",
+            pg_ident(&probe)
+        ))
+        .await
+        .expect("cleanup");
 }

@@ -101,6 +101,16 @@ pub struct DropReport {
     pub sessions_ended: u64,
     /// Objects it owned were handed to the owner role first.
     pub objects_reassigned: bool,
+    /// Objects it owned that would have run or read with the owner role's
+    /// rights once handed over, dropped before the hand-over (PostgreSQL:
+    /// SECURITY DEFINER functions and procedures, views and rules over
+    /// tables it did not own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects_dropped: Vec<String>,
+    /// Grants to PUBLIC it had made on what it owned, revoked before the
+    /// hand-over.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub public_grants_revoked: Vec<String>,
 }
 
 /// A logged-in connection.

@@ -785,7 +785,7 @@ impl Session for MySession {
         Ok(DropReport {
             existed: true,
             sessions_ended,
-            objects_reassigned: false,
+            ..DropReport::default()
         })
     }
 }
