@@ -118,7 +118,16 @@ async fn lookalikes_survive(db: TestDb) {
             "the sweep acted on {user}: {report:?}"
         );
     }
-    assert_eq!(report.failures, 0, "{report:?}");
+    // Only this role's actions: the sweep also visits every tagged secret
+    // in the shared moto, which other tests own.
+    assert!(
+        report
+            .actions
+            .iter()
+            .filter(|a| a.reason.contains(&r.name))
+            .all(|a| a.outcome == "done"),
+        "{report:?}"
+    );
 
     let by_role = r
         .dynamic
