@@ -68,11 +68,19 @@ async fn run(db: &TestDb, users: usize, concurrency: usize) -> serde_json::Value
     let names: Vec<String> = (0..users)
         .map(|_| lease_username(&definition.username_prefix, expired_at).expect("name"))
         .collect();
+    // Marked as Rotor's, as `issue` does (the sweep drops nothing else).
+    let marker = rotor::engine::LEASE_MARKER;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{marker}') THEN CREATE ROLE \"{marker}\" NOLOGIN; END IF; END $$"
+        ))
+        .await
+        .expect("marker role");
     for chunk in names.chunks(500) {
         let mut sql = String::from("BEGIN;");
         for n in chunk {
             sql.push_str(&format!(
-                "CREATE ROLE \"{n}\" LOGIN VALID UNTIL '{}' IN ROLE \"{}\"; GRANT \"{n}\" TO \"{master}\";",
+                "CREATE ROLE \"{n}\" LOGIN VALID UNTIL '{}' IN ROLE \"{marker}\", \"{}\"; GRANT \"{n}\" TO \"{master}\";",
                 rotor::time::rfc3339(expired_at),
                 role.group
             ));

@@ -7,6 +7,7 @@
 //! suite over stores); later engines add themselves to [`engines`].
 
 mod dynamic;
+mod dynamic_scope;
 mod inventory;
 mod rotation;
 mod safety;
@@ -56,6 +57,7 @@ fn main() {
     trials.extend(rotation::trials(&env));
     trials.extend(safety::trials(&env));
     trials.extend(dynamic::trials(&env));
+    trials.extend(dynamic_scope::trials(&env));
     trials.extend(inventory::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);

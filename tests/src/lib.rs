@@ -741,6 +741,18 @@ pub async fn dynamic_role(db: &TestDb, extra: Value) -> DynamicRole {
                     mysql_account(&master)
                 ))
                 .await;
+            // Every test has its own master, but the server has one lease
+            // marker role: a master that did not create it needs ADMIN OPTION.
+            let marker = rotor::engine::LEASE_MARKER;
+            admin
+                .exec(&format!("CREATE ROLE IF NOT EXISTS `{marker}`"))
+                .await;
+            admin
+                .exec(&format!(
+                    "GRANT `{marker}` TO {} WITH ADMIN OPTION",
+                    mysql_account(&master)
+                ))
+                .await;
         }
     }
     let master_value = db.secret(&master, master_pw.expose(), json!({}));

@@ -9,7 +9,7 @@ use crate::audit::{AuditRecord, record};
 use crate::engine::DynamicUser;
 use crate::error::{Error, Result};
 use crate::secret::SecretString;
-use crate::time::{format_duration, now, rfc3339};
+use crate::time::{now, rfc3339};
 
 /// A freshly issued credential. Serialised only into the caller's response.
 #[derive(Clone, Debug, Serialize)]
@@ -62,22 +62,17 @@ impl Dynamic {
                 caller.arn, role.name
             )));
         }
-        let ttl = ttl.unwrap_or(role.default_ttl);
-        if ttl > role.max_ttl {
-            audit(
-                "refused",
-                &role.name,
-                json!({"reason": "ttl above max_ttl", "ttl": ttl, "max_ttl": role.max_ttl}),
-            );
-            return Err(Error::BadRequest(format!(
-                "ttl {} is longer than role {}'s max_ttl {}; ask for at most {}",
-                format_duration(ttl),
-                role.name,
-                format_duration(role.max_ttl),
-                format_duration(role.max_ttl)
-            )));
-        }
-        let expires_at = now() + ttl;
+        let (ttl, expires_at) = match role.lease_expiry(ttl, now()) {
+            Ok(granted) => granted,
+            Err(e) => {
+                audit(
+                    "refused",
+                    &role.name,
+                    json!({"reason": "ttl outside 1s..max_ttl", "ttl": ttl, "max_ttl": role.max_ttl}),
+                );
+                return Err(e);
+            }
+        };
         let username = lease_username(&role.username_prefix, expires_at)?;
         let password = self.password(&role.engine)?;
         let (mut session, master) = self.master_session(&role).await?;

@@ -6,6 +6,11 @@
 //! `v_<prefix>_<expiry, base 36 seconds>_<random>` — at most 29 characters,
 //! within MySQL's 32 — so listing users with a role's prefix lists its leases,
 //! and the sweep needs nothing but the database to know what has expired.
+//! A name is not enough to make a user Rotor's: Rotor grants every user it
+//! creates the marker role [`crate::engine::LEASE_MARKER`], and lists, sweeps
+//! and drops only users that hold it and whose names are exactly one of the
+//! role's lease names ([`leases_of_role`]). Users a DBA made with similar
+//! names are never touched.
 //! PostgreSQL enforces the expiry itself (`VALID UNTIL`); MySQL and MariaDB
 //! have no such clause, so the sweep removes their users on time.
 //!
@@ -34,6 +39,10 @@ use crate::store::{AWSCURRENT, ListFilter, SecretStore, VersionRef};
 pub const DYNAMIC_PREFIX: &str = "v_";
 /// Longest role prefix inside a username.
 pub const MAX_PREFIX: usize = 10;
+/// Longest lifetime any role may allow (`max_ttl`): 32 days, Vault's
+/// default system maximum TTL. Dynamic credentials are meant to be short;
+/// a login that must live longer belongs in a rotated static secret.
+pub const MAX_TTL: u64 = 32 * 86_400;
 
 /// How to mint credentials for one role.
 #[derive(Clone, Debug)]
@@ -143,6 +152,14 @@ impl RoleDefinition {
         })?;
         let default_ttl = duration_field(&doc, "default_ttl", &bad)?.unwrap_or(3600);
         let max_ttl = duration_field(&doc, "max_ttl", &bad)?.unwrap_or(default_ttl.max(86_400));
+        if max_ttl > MAX_TTL || default_ttl > MAX_TTL {
+            return Err(bad(format!(
+                "max_ttl {} (or default_ttl {}) is longer than Rotor's maximum of {}; use a rotated static secret for longer-lived logins",
+                crate::time::format_duration(max_ttl),
+                crate::time::format_duration(default_ttl),
+                crate::time::format_duration(MAX_TTL)
+            )));
+        }
         if default_ttl > max_ttl {
             return Err(bad(format!(
                 "default_ttl {} is longer than max_ttl {}",
@@ -201,6 +218,38 @@ impl RoleDefinition {
         })
     }
 
+    /// The lifetime granted for a requested `ttl` (`None`: the role's
+    /// default) and the expiry it gives from `now`: `(ttl, expires_at)`.
+    /// A zero ttl, one above `max_ttl`, or an expiry beyond the clock's
+    /// range is refused.
+    pub fn lease_expiry(&self, ttl: Option<u64>, now: u64) -> Result<(u64, u64)> {
+        let ttl = ttl.unwrap_or(self.default_ttl);
+        if ttl == 0 {
+            return Err(Error::BadRequest(format!(
+                "ttl 0 gives a credential that is expired when issued; ask for at least 1s (role {}'s default is {})",
+                self.name,
+                crate::time::format_duration(self.default_ttl)
+            )));
+        }
+        if ttl > self.max_ttl {
+            return Err(Error::BadRequest(format!(
+                "ttl {} is longer than role {}'s max_ttl {}; ask for at most {}",
+                crate::time::format_duration(ttl),
+                self.name,
+                crate::time::format_duration(self.max_ttl),
+                crate::time::format_duration(self.max_ttl)
+            )));
+        }
+        let expires_at = now.checked_add(ttl).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "ttl {} from now is beyond the clock's range; ask for at most {}",
+                crate::time::format_duration(ttl),
+                crate::time::format_duration(self.max_ttl)
+            ))
+        })?;
+        Ok((ttl, expires_at))
+    }
+
     /// The prefix every user of this role carries.
     pub fn user_prefix(&self) -> String {
         format!("{DYNAMIC_PREFIX}{}_", self.username_prefix)
@@ -244,21 +293,70 @@ fn to_base36(mut n: u64) -> String {
     digits.iter().rev().collect()
 }
 
-/// Reads a dynamic username; `None` for any other user.
+/// Length of a lease name's random part.
+const RANDOM_LEN: usize = 6;
+
+/// Reads a dynamic username; `None` for any other name.
+///
+/// The name must be exactly what [`lease_username`] makes: a prefix of 1 to
+/// [`MAX_PREFIX`] lowercase letters or digits, an expiry in canonical base 36
+/// (lowercase, no leading zero, so it round-trips) and six lowercase
+/// letters or digits. A name that merely resembles one (`v_orders_2024_x`,
+/// `v_orders_00ab_abcdef`, `v_a_b_1_abcdef`) is not a lease. Shape alone does
+/// not make a user Rotor's: the engines also require the lease marker
+/// ([`crate::engine::LEASE_MARKER`]) that Rotor sets when it creates one.
 pub fn parse_lease(username: &str) -> Option<Lease> {
+    let lower_alnum = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
     let rest = username.strip_prefix(DYNAMIC_PREFIX)?;
-    let mut parts = rest.rsplitn(3, '_');
-    let random = parts.next()?;
-    let expiry = parts.next()?;
-    let prefix = parts.next()?;
-    if random.len() != 6 || prefix.is_empty() || expiry.is_empty() {
+    let mut parts = rest.split('_');
+    let (prefix, expiry, random) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || prefix.is_empty()
+        || prefix.len() > MAX_PREFIX
+        || !lower_alnum(prefix)
+        || random.len() != RANDOM_LEN
+        || !lower_alnum(random)
+        || expiry.is_empty()
+        || !lower_alnum(expiry)
+    {
+        return None;
+    }
+    let expires_at = u64::from_str_radix(expiry, 36).ok()?;
+    if to_base36(expires_at) != expiry {
         return None;
     }
     Some(Lease {
         username: username.to_string(),
         prefix: prefix.to_string(),
-        expires_at: u64::from_str_radix(expiry, 36).ok()?,
+        expires_at,
     })
+}
+
+impl RoleDefinition {
+    /// The lease `username` stands for, when it is exactly one of this
+    /// role's lease names (see [`parse_lease`]; the prefix must be the
+    /// role's own, not merely start with it).
+    pub fn lease_of(&self, username: &str) -> Option<Lease> {
+        parse_lease(username).filter(|l| l.prefix == self.username_prefix)
+    }
+}
+
+/// This role's leases that exist now: users that carry Rotor's lease marker
+/// (the engine lists only those) and whose names are exactly this role's
+/// lease names. Everything else with a similar name is left alone.
+pub async fn leases_of_role(
+    session: &mut dyn Session,
+    role: &RoleDefinition,
+) -> Result<Vec<Lease>> {
+    Ok(session
+        .users_with_prefix(&role.user_prefix())
+        .await?
+        .iter()
+        .filter_map(|user| role.lease_of(user))
+        .collect())
 }
 
 pub use crate::principal::principal_allowed;
@@ -421,6 +519,114 @@ mod tests {
         assert_eq!(lease.expires_at, 4_102_444_800);
         assert!(parse_lease("app_user").is_none());
         assert!(parse_lease("v_x_y").is_none());
+    }
+
+    /// A `Dynamic` over an in-memory store holding one role (whose master
+    /// secret does not exist: nothing here may get as far as connecting).
+    fn dynamic_with_role(role_json: &str) -> Dynamic {
+        let store = crate::store::LocalStore::in_memory();
+        store
+            .put_current("rotor/roles/ttl", &SecretString::new(role_json))
+            .unwrap();
+        Dynamic::new(Arc::new(store), ConnectOptions::default()).with_roles_prefix("rotor/roles/")
+    }
+
+    fn cli() -> Caller {
+        Caller {
+            arn: "cli:test".into(),
+            via: "cli",
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn ttl_zero_is_refused() {
+        let dynamic = dynamic_with_role(r#"{"engine":"postgres","masterarn":"missing"}"#);
+        let err = dynamic
+            .issue("ttl", Some(0), &cli(), false)
+            .await
+            .expect_err("a zero ttl");
+        assert_eq!(err.kind(), "BadRequest", "{err}");
+        assert!(err.to_string().contains("ttl"), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn huge_ttl_fails_cleanly_without_overflow() {
+        // A role that allows anything, and a caller that asks for everything:
+        // now + ttl must not overflow (a panic, or a wrapped expiry in 1970).
+        let dynamic = dynamic_with_role(
+            r#"{"engine":"postgres","masterarn":"missing","default_ttl":60,"max_ttl":18446744073709551615}"#,
+        );
+        let err = dynamic
+            .issue("ttl", Some(u64::MAX), &cli(), false)
+            .await
+            .expect_err("an overflowing ttl");
+        assert!(
+            matches!(err.kind(), "BadRequest" | "BadSecret"),
+            "refused before connecting: {err}"
+        );
+    }
+
+    #[test]
+    fn max_ttl_is_capped() {
+        let parse =
+            |json: &str| RoleDefinition::parse(&SecretString::new(json), "rotor/roles/ci", "arn:x");
+        let at_cap = parse(r#"{"engine":"postgres","masterarn":"m","max_ttl":"32d"}"#).unwrap();
+        assert_eq!(at_cap.max_ttl, MAX_TTL);
+        for json in [
+            r#"{"engine":"postgres","masterarn":"m","max_ttl":"33d"}"#,
+            r#"{"engine":"postgres","masterarn":"m","max_ttl":18446744073709551615}"#,
+            r#"{"engine":"postgres","masterarn":"m","default_ttl":"40d"}"#,
+        ] {
+            let err = parse(json).expect_err(json).to_string();
+            assert!(err.contains("32d"), "{json}: {err}");
+        }
+        let role = at_cap;
+        assert_eq!(
+            role.lease_expiry(Some(60), 1_000).unwrap(),
+            (60, 1_060),
+            "ttl and expiry"
+        );
+        assert_eq!(role.lease_expiry(None, 1_000).unwrap(), (3600, 4_600));
+        assert!(
+            role.lease_expiry(Some(60), u64::MAX - 10).is_err(),
+            "overflow"
+        );
+        assert!(role.lease_expiry(Some(0), 1_000).is_err());
+    }
+
+    #[test]
+    fn only_exact_lease_names_parse() {
+        let name = lease_username("orders", 1_900_000_000).unwrap();
+        let expiry = name.rsplit('_').nth(1).unwrap().to_string();
+        assert!(parse_lease(&name).is_some());
+        for lookalike in [
+            // A leading zero: the expiry does not round-trip.
+            format!("v_orders_0{expiry}_abcdef"),
+            // Upper case: Rotor never writes it.
+            format!("v_orders_{}_abcdef", expiry.to_ascii_uppercase()),
+            format!("v_orders_{expiry}_ABCDEF"),
+            // A fourth part: the prefix would read as "orders_x".
+            format!("v_orders_x_{expiry}_abcdef"),
+            // Random part of the wrong length or alphabet.
+            format!("v_orders_{expiry}_abcde"),
+            format!("v_orders_{expiry}_abc-ef"),
+            // A prefix longer than any role's.
+            format!("v_abcdefghijk_{expiry}_abcdef"),
+            // Beyond u64.
+            "v_orders_zzzzzzzzzzzzzzzzzzzz_abcdef".to_string(),
+            format!("v__{expiry}_abcdef"),
+        ] {
+            assert!(parse_lease(&lookalike).is_none(), "{lookalike} parsed");
+        }
+        let role = RoleDefinition::parse(
+            &SecretString::new(r#"{"engine":"postgres","masterarn":"m","username_prefix":"ord"}"#),
+            "rotor/roles/ord",
+            "arn:x",
+        )
+        .unwrap();
+        assert!(role.lease_of(&name).is_none(), "another role's prefix");
+        let own = lease_username("ord", 1_900_000_000).unwrap();
+        assert_eq!(role.lease_of(&own).map(|l| l.prefix), Some("ord".into()));
     }
 
     #[test]

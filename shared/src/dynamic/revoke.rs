@@ -183,7 +183,12 @@ impl Dynamic {
             RevokeTarget::Role(role) => {
                 let role = self.role(role).await?;
                 let (mut session, _) = self.master_session(&role).await?;
-                let users = session.users_with_prefix(&role.user_prefix()).await?;
+                // Only this role's leases that Rotor created (marked, exact names).
+                let users: Vec<String> = super::leases_of_role(session.as_mut(), &role)
+                    .await?
+                    .into_iter()
+                    .map(|l| l.username)
+                    .collect();
                 self.revoke_users(&role, &users, Some(session), dry_run, caller, &mut report)
                     .await;
             }

@@ -1,6 +1,7 @@
 //! The sweep (`expire-credentials`, `rotor sweep`): every few minutes,
 //!
-//! - drop every dynamic user whose expiry has passed (ending its sessions,
+//! - drop every dynamic user (a lease Rotor created: marked, exactly named,
+//!   see [`super::leases_of_role`]) whose expiry has passed (ending its sessions,
 //!   handing its objects to the role's `owner_role`), with bounded
 //!   concurrency and connections per database;
 //! - rotate static secrets tagged `rotor:max-age` whose last rotation is
@@ -21,7 +22,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Caller, Dynamic, RoleDefinition, parse_lease};
+use super::{Caller, Dynamic, RoleDefinition, leases_of_role, parse_lease};
 use crate::audit::{AuditRecord, record};
 use crate::engine::DropReport;
 use crate::error::Result;
@@ -56,7 +57,8 @@ impl Default for SweepOptions {
 /// One thing the sweep did or would do.
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepAction {
-    /// `drop-expired-user`, `rotate-max-age`, `revoke-expired-secret`.
+    /// `drop-expired-user`, `rotate-max-age`, `revoke-expired-secret`,
+    /// `invalid-role` (a role definition that does not parse: always failed).
     pub kind: &'static str,
     pub target: String,
     pub reason: String,
@@ -78,7 +80,8 @@ pub struct SweepReport {
     pub secrets_checked: usize,
     pub actions: Vec<SweepAction>,
     pub failures: usize,
-    /// Role definitions that do not parse (name, error).
+    /// Role definitions that do not parse (name, error); each is also a
+    /// failed `invalid-role` action, counted in `failures`.
     pub invalid_roles: Vec<(String, String)>,
     /// Most master connections open at once to one database.
     pub peak_connections: usize,
@@ -109,10 +112,29 @@ impl Dynamic {
             ..Default::default()
         };
         let (roles, invalid) = self.roles().await?;
-        report.invalid_roles = invalid
-            .into_iter()
-            .map(|(n, e)| (n, e.to_string()))
-            .collect();
+        // A role that cannot be read is a failure, not a note: its users
+        // would never be swept (on MySQL they would never expire).
+        for (name, e) in invalid {
+            let error = e.to_string();
+            record(&AuditRecord {
+                action: "sweep-role",
+                actor: &caller.arn,
+                target: &name,
+                outcome: "failed",
+                detail: json!({"reason": "invalid role definition", "error": error}),
+            });
+            report.push(SweepAction {
+                kind: "invalid-role",
+                target: name.clone(),
+                reason: format!(
+                    "role definition {name} cannot be read, so its users are not swept; fix the secret's value"
+                ),
+                outcome: "failed",
+                error: Some(error.clone()),
+                evidence: None,
+            });
+            report.invalid_roles.push((name, error));
+        }
         report.roles_checked = roles.len();
         for role in &roles {
             self.sweep_role(role, options, caller, &mut report).await;
@@ -143,21 +165,22 @@ impl Dynamic {
             let master = self.master_secret(role).await?;
             let engine = self.engine(&role.engine)?;
             let mut session = engine.connect(&master, "master").await?;
-            let users = session.users_with_prefix(&role.user_prefix()).await?;
-            Ok::<_, crate::Error>((master, engine, session, users))
+            let leases = leases_of_role(session.as_mut(), role).await?;
+            Ok::<_, crate::Error>((master, engine, session, leases))
         }
         .await;
-        let (master, engine, first_session, users) = match listed {
+        let (master, engine, first_session, leases) = match listed {
             Ok(l) => l,
             Err(e) => {
                 report.push(failed(&role.name, e));
                 return;
             }
         };
-        report.users_seen += users.len();
-        let expired: Vec<String> = users
+        report.users_seen += leases.len();
+        let expired: Vec<String> = leases
             .into_iter()
-            .filter(|u| parse_lease(u).is_some_and(|l| l.expires_at <= options.now))
+            .filter(|l| l.expires_at <= options.now)
+            .map(|l| l.username)
             .collect();
         if expired.is_empty() {
             return;
@@ -432,5 +455,51 @@ impl Dynamic {
             Ok(()) => action(reason, "done", None),
             Err(e) => action(reason, "failed", Some(e.to_string())),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ConnectOptions;
+    use crate::secret::SecretString;
+    use crate::store::LocalStore;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn invalid_role_counts_as_a_failure_naming_the_role() {
+        let store = LocalStore::in_memory();
+        // Valid JSON, but no master: this role's users would never expire.
+        store
+            .put_current(
+                "rotor/roles/broken",
+                &SecretString::new(r#"{"engine":"mysql"}"#),
+            )
+            .unwrap();
+        let dynamic = Dynamic::new(Arc::new(store), ConnectOptions::default())
+            .with_roles_prefix("rotor/roles/");
+        let caller = Caller {
+            arn: "cli:test".into(),
+            via: "cli",
+        };
+        let report = dynamic
+            .sweep(&SweepOptions::default(), &caller, None)
+            .await
+            .expect("the sweep itself runs");
+        assert_eq!(
+            report.failures, 1,
+            "an unreadable role is a failure (alarm, exit status): {report:?}"
+        );
+        let action = report
+            .actions
+            .iter()
+            .find(|a| a.outcome == "failed")
+            .expect("a failed action");
+        assert_eq!(action.kind, "invalid-role");
+        assert_eq!(action.target, "rotor/roles/broken");
+        assert!(
+            action.error.as_deref().unwrap_or("").contains("masterarn"),
+            "{action:?}"
+        );
+        assert_eq!(report.invalid_roles.len(), 1);
     }
 }

@@ -68,6 +68,16 @@ pub struct ClonePolicy {
     pub allow_privileged: bool,
 }
 
+/// The marker that makes a user one of Rotor's dynamic users: a role with
+/// no login and no privileges, granted to every dynamic user when Rotor
+/// creates it (PostgreSQL: a NOLOGIN group role; MySQL 8 and MariaDB: a
+/// role). Rotor lists, sweeps and drops only users that hold it directly,
+/// whatever their names look like. Only a login that may grant this role
+/// (PostgreSQL: CREATEROLE up to 15, ADMIN OPTION on it from 16; MySQL:
+/// ROLE_ADMIN or ADMIN OPTION; MariaDB: ADMIN OPTION) can put it on a user.
+/// Grant it nothing: every dynamic user would inherit what it holds.
+pub const LEASE_MARKER: &str = "rotor_lease";
+
 /// A dynamic user to create: a login that dies on its own.
 #[derive(Clone, Debug)]
 pub struct DynamicUser {
@@ -91,6 +101,16 @@ pub struct DropReport {
     pub sessions_ended: u64,
     /// Objects it owned were handed to the owner role first.
     pub objects_reassigned: bool,
+    /// Objects it owned that would have run or read with the owner role's
+    /// rights once handed over, dropped before the hand-over (PostgreSQL:
+    /// SECURITY DEFINER functions and procedures, views and rules over
+    /// tables it did not own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects_dropped: Vec<String>,
+    /// Grants to PUBLIC it had made on what it owned, revoked before the
+    /// hand-over.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub public_grants_revoked: Vec<String>,
 }
 
 /// A logged-in connection.
@@ -139,10 +159,14 @@ pub trait Session: Send {
         policy: ClonePolicy,
     ) -> Result<AlternateSync>;
 
-    /// Creates a dynamic user (fails if the name exists).
+    /// Creates a dynamic user (fails if the name exists) and marks it as
+    /// Rotor's with [`LEASE_MARKER`] (creating the marker role when missing).
+    /// A user that cannot be marked is not left behind.
     async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()>;
 
-    /// Login users whose names start with `prefix`.
+    /// Users whose names start with `prefix` and that carry
+    /// [`LEASE_MARKER`]: the dynamic users Rotor created. Users without the
+    /// marker are never listed, whatever their names.
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>>;
 
     /// Ends `user`'s sessions (only those started before `before`, seconds
@@ -151,7 +175,9 @@ pub trait Session: Send {
 
     /// Ends the user's sessions, hands what it owns to `owner_role` (when
     /// given and the engine has object ownership), and drops it. Dropping a
-    /// user that is already gone succeeds with `existed: false`.
+    /// user that is already gone succeeds with `existed: false`. A user that
+    /// exists without [`LEASE_MARKER`] is refused ([`crate::Error::Refused`])
+    /// and left untouched: Rotor drops only users it created.
     async fn drop_user(&mut self, user: &str, owner_role: Option<&str>) -> Result<DropReport>;
 
     /// Drops many users; engines may batch. One result per user, in order.

@@ -19,8 +19,8 @@ use mysql_async::{Conn, OptsBuilder, SslOpts};
 use sha1::{Digest, Sha1};
 
 use super::{
-    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session,
-    endpoint,
+    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, LEASE_MARKER,
+    Role, Session, endpoint,
 };
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
@@ -684,6 +684,7 @@ impl Session for MySession {
     }
 
     async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()> {
+        self.ensure_lease_marker().await?;
         let statement =
             create_user_statement(self.version, &user.username, "%", user.password.expose());
         let statement = PasswordStatement {
@@ -698,34 +699,28 @@ impl Session for MySession {
             &format!("create dynamic user {:?}", user.username),
         )
         .await?;
+        // MySQL has no transactional DDL: the marker follows at once, and a
+        // user that cannot be marked (or given its roles) is removed again,
+        // so no unmarked login is left behind.
         let who = account(&user.username, "%");
-        for group in &user.member_of {
-            self.exec(&format!("GRANT {} TO {who}", quote_name(group)))
-                .await?;
-        }
-        if let Some(first) = user.member_of.first() {
-            // MariaDB keeps one default role; MySQL 8 may activate them all.
-            let sql = match self.version.flavor {
-                Flavor::MariaDb => format!("SET DEFAULT ROLE {} FOR {who}", quote_name(first)),
-                Flavor::MySql => format!("SET DEFAULT ROLE ALL TO {who}"),
-            };
-            self.exec(&sql).await?;
+        let finished = self.mark_and_grant(&who, user).await;
+        if let Err(e) = finished {
+            if let Err(cleanup) = self.exec(&format!("DROP USER IF EXISTS {who}")).await {
+                tracing::warn!(user = %user.username, error = %cleanup, "could not remove a dynamic user that was created but not finished");
+            }
+            return Err(e);
         }
         Ok(())
     }
 
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
-        let sql = match self.version.flavor {
-            Flavor::MariaDb => {
-                "SELECT DISTINCT User FROM mysql.user WHERE LEFT(User, CHAR_LENGTH(?)) = ? AND is_role <> 'Y' ORDER BY User"
-            }
-            Flavor::MySql => {
-                "SELECT DISTINCT User FROM mysql.user WHERE LEFT(User, CHAR_LENGTH(?)) = ? ORDER BY User"
-            }
-        };
+        self.require_roles()?;
+        let sql = marked_users_sql(self.version.flavor);
         let fail = self.fail("list dynamic users".into());
         let conn = self.conn()?;
-        conn.exec(sql, (prefix, prefix)).await.map_err(&fail)
+        conn.exec(sql, (LEASE_MARKER, prefix, prefix))
+            .await
+            .map_err(&fail)
     }
 
     async fn end_sessions(&mut self, user: &str, _before: Option<f64>) -> Result<u64> {
@@ -759,6 +754,21 @@ impl Session for MySession {
         if accounts.is_empty() {
             return Ok(DropReport::default());
         }
+        // Only the accounts Rotor marked; same-named accounts on other
+        // hosts that a DBA made are left alone.
+        let marked = self.marked_hosts(user).await?;
+        let accounts: Vec<Account> = accounts
+            .into_iter()
+            .filter(|a| marked.contains(&a.host))
+            .collect();
+        if accounts.is_empty() {
+            return Err(Error::Refused {
+                endpoint: self.endpoint.to_string(),
+                reason: format!(
+                    "{user:?} is not a dynamic user Rotor created (no account of it holds the {LEASE_MARKER} marker role); Rotor drops only its own users: drop it by hand if it must go"
+                ),
+            });
+        }
         for a in &accounts {
             // No new logins while the sessions end.
             self.exec(&format!(
@@ -775,14 +785,174 @@ impl Session for MySession {
         Ok(DropReport {
             existed: true,
             sessions_ended,
-            objects_reassigned: false,
+            ..DropReport::default()
         })
+    }
+}
+
+/// Lists users carrying the lease marker whose names start with a prefix;
+/// parameters: marker, prefix, prefix.
+///
+/// - MariaDB keeps role grants in `mysql.roles_mapping` (`User`, `Host`,
+///   `Role`; MariaDB Knowledge Base, "mysql.roles_mapping Table").
+/// - MySQL 8 keeps them in `mysql.role_edges` (`FROM_USER`@`FROM_HOST` is the
+///   role, `TO_USER`@`TO_HOST` the grantee; MySQL 8.0 Reference Manual,
+///   6.2.3 "Grant Tables"); a role created by name alone has host `%`.
+pub fn marked_users_sql(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => {
+            "SELECT DISTINCT u.User FROM mysql.user u JOIN mysql.roles_mapping m ON m.User = u.User AND m.Host = u.Host WHERE m.Role = ? AND LEFT(u.User, CHAR_LENGTH(?)) = ? AND u.is_role <> 'Y' ORDER BY u.User"
+        }
+        Flavor::MySql => {
+            "SELECT DISTINCT u.User FROM mysql.user u JOIN mysql.role_edges e ON e.TO_USER = u.User AND e.TO_HOST = u.Host WHERE e.FROM_USER = ? AND e.FROM_HOST = '%' AND LEFT(u.User, CHAR_LENGTH(?)) = ? ORDER BY u.User"
+        }
+    }
+}
+
+/// The host parts of a user's accounts that carry the lease marker;
+/// parameters: marker, user. Same tables as [`marked_users_sql`].
+pub fn marked_hosts_sql(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => {
+            "SELECT DISTINCT Host FROM mysql.roles_mapping WHERE Role = ? AND User = ? ORDER BY Host"
+        }
+        Flavor::MySql => {
+            "SELECT DISTINCT TO_HOST FROM mysql.role_edges WHERE FROM_USER = ? AND FROM_HOST = '%' AND TO_USER = ? ORDER BY TO_HOST"
+        }
+    }
+}
+
+/// The statement that makes a dynamic user's roles active at login.
+///
+/// MariaDB keeps one default role (`SET DEFAULT ROLE role FOR user`, MariaDB
+/// Knowledge Base "SET DEFAULT ROLE"); MySQL 8 takes a list
+/// (`SET DEFAULT ROLE role [, role] TO user`, MySQL 8.0 Reference Manual
+/// 15.7.1.9). The marker role is never made active: it confers nothing.
+pub fn default_role_statement(flavor: Flavor, who: &str, member_of: &[String]) -> Option<String> {
+    let first = member_of.first()?;
+    Some(match flavor {
+        Flavor::MariaDb => format!("SET DEFAULT ROLE {} FOR {who}", quote_name(first)),
+        Flavor::MySql => format!(
+            "SET DEFAULT ROLE {} TO {who}",
+            member_of
+                .iter()
+                .map(|g| quote_name(g))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// Dynamic users: the lease marker.
+impl MySession {
+    /// Roles exist on MariaDB and on MySQL 8.0 and later; without them Rotor
+    /// cannot mark the users it creates, so it makes none.
+    fn require_roles(&self) -> Result<()> {
+        if self.version.flavor == Flavor::MySql && self.version.major < 8 {
+            return Err(Error::Refused {
+                endpoint: self.endpoint.to_string(),
+                reason: format!(
+                    "dynamic credentials need MySQL 8.0 or later, or MariaDB: Rotor marks the users it creates with the role {LEASE_MARKER}, and MySQL {}.{} has no roles",
+                    self.version.major, self.version.minor
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates the marker role when missing and checks that it holds
+    /// nothing (only `GRANT USAGE ON *.*`): a dynamic user could use
+    /// whatever it held.
+    async fn ensure_lease_marker(&mut self) -> Result<()> {
+        self.require_roles()?;
+        let marker = quote_name(LEASE_MARKER);
+        self.exec(&format!("CREATE ROLE IF NOT EXISTS {marker}"))
+            .await?;
+        let fail = self.fail(format!(
+            "show the grants of the lease marker role {LEASE_MARKER}"
+        ));
+        let conn = self.conn()?;
+        let grants: Vec<String> = conn
+            .query(format!("SHOW GRANTS FOR {marker}"))
+            .await
+            .map_err(&fail)?;
+        if let Some(extra) = grants
+            .iter()
+            .find(|g| !g.to_ascii_uppercase().starts_with("GRANT USAGE ON *.* TO"))
+        {
+            return Err(Error::Refused {
+                endpoint: self.endpoint.to_string(),
+                reason: format!(
+                    "the lease marker role {LEASE_MARKER} holds more than USAGE ({extra}), and every dynamic user would get it; revoke it from {LEASE_MARKER}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Grants the marker, then the role's groups and default role.
+    async fn mark_and_grant(&mut self, who: &str, user: &DynamicUser) -> Result<()> {
+        let marker = quote_name(LEASE_MARKER);
+        self.exec(&format!("GRANT {marker} TO {who}"))
+            .await
+            .map_err(|e| match e {
+                Error::Database {
+                    endpoint, detail, ..
+                } => Error::Database {
+                    endpoint,
+                    action: format!(
+                        "grant the lease marker role {LEASE_MARKER} to a new dynamic user (the master needs ADMIN OPTION on it: GRANT {LEASE_MARKER} TO <master> WITH ADMIN OPTION, or ROLE_ADMIN on MySQL)"
+                    ),
+                    detail,
+                },
+                other => other,
+            })?;
+        for group in &user.member_of {
+            self.exec(&format!("GRANT {} TO {who}", quote_name(group)))
+                .await?;
+        }
+        if let Some(sql) = default_role_statement(self.version.flavor, who, &user.member_of) {
+            self.exec(&sql).await?;
+        }
+        Ok(())
+    }
+
+    /// The host parts of `user`'s accounts that carry the marker.
+    async fn marked_hosts(&mut self, user: &str) -> Result<Vec<String>> {
+        self.require_roles()?;
+        let sql = marked_hosts_sql(self.version.flavor);
+        let fail = self.fail(format!("read the role grants of {user:?}"));
+        let conn = self.conn()?;
+        conn.exec(sql, (LEASE_MARKER, user)).await.map_err(&fail)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_marker_statements_per_server() {
+        // MariaDB: roles_mapping; MySQL 8: role_edges, roles at host '%'.
+        let m = marked_users_sql(Flavor::MariaDb);
+        assert!(m.contains("mysql.roles_mapping") && m.contains("is_role <> 'Y'"));
+        let m = marked_users_sql(Flavor::MySql);
+        assert!(m.contains("mysql.role_edges") && m.contains("FROM_HOST = '%'"));
+        assert_eq!(marked_users_sql(Flavor::MySql).matches('?').count(), 3);
+        assert_eq!(marked_hosts_sql(Flavor::MariaDb).matches('?').count(), 2);
+        assert!(marked_hosts_sql(Flavor::MySql).contains("TO_USER = ?"));
+        let groups = vec!["app_rw".to_string(), "audit".to_string()];
+        assert_eq!(
+            default_role_statement(Flavor::MySql, "`v_a_1_abcdef`@`%`", &groups).as_deref(),
+            Some("SET DEFAULT ROLE `app_rw`, `audit` TO `v_a_1_abcdef`@`%`"),
+            "the marker is not made active"
+        );
+        assert_eq!(
+            default_role_statement(Flavor::MariaDb, "`v_a_1_abcdef`@`%`", &groups).as_deref(),
+            Some("SET DEFAULT ROLE `app_rw` FOR `v_a_1_abcdef`@`%`")
+        );
+        assert_eq!(default_role_statement(Flavor::MySql, "u", &[]), None);
+    }
 
     fn v(s: &str) -> ServerVersion {
         ServerVersion::parse(s).unwrap()

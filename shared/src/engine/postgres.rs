@@ -29,8 +29,8 @@ use tokio_postgres::{Client, Config, NoTls, config::SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session,
-    endpoint,
+    AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, LEASE_MARKER,
+    Role, Session, endpoint,
 };
 use crate::deadline;
 use crate::error::{Error, Result};
@@ -713,25 +713,227 @@ struct PgSession {
     limits: String,
 }
 
+/// What a dynamic user owns that would run or read with `owner_role`'s
+/// rights once `REASSIGN OWNED` hands it over, and what it opened to
+/// PUBLIC; one row per object: owner, what it is, how it goes.
+///
+/// - SECURITY DEFINER functions and procedures run as their owner, and
+///   PUBLIC may execute functions by default: all of them go (a body is
+///   opaque, so there is no telling what it reads).
+/// - Views, materialized views and rules are checked with their owner's
+///   rights: those over a table (or view) the user did not own go. Views
+///   only over the user's own tables stay, handed over with them.
+/// - Grants to PUBLIC on its tables, views, sequences and schemas are
+///   revoked: they would remain, granted by `owner_role`.
+const OWNER_ROLE_HAZARDS: &str = "
+SELECT o.rolname::text, 'revoke', 'PUBLIC grant on ' || c.oid::regclass::text,
+       format('REVOKE ALL ON TABLE %s FROM PUBLIC', c.oid::regclass)
+  FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner
+ WHERE o.rolname = ANY($1) AND EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = 0)
+UNION ALL
+SELECT o.rolname::text, 'revoke', 'PUBLIC grant on schema ' || quote_ident(n.nspname),
+       format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', n.nspname)
+  FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+ WHERE o.rolname = ANY($1) AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a WHERE a.grantee = 0)
+UNION ALL
+SELECT DISTINCT o.rolname::text,
+       CASE WHEN r.rulename = '_RETURN' THEN c.relkind::text ELSE 'rule' END,
+       CASE WHEN r.rulename <> '_RETURN' THEN 'rule ' || quote_ident(r.rulename) || ' on ' || c.oid::regclass::text
+            WHEN c.relkind = 'm' THEN 'materialized view ' || c.oid::regclass::text
+            ELSE 'view ' || c.oid::regclass::text END,
+       CASE WHEN r.rulename <> '_RETURN' THEN format('DROP RULE %I ON %s', r.rulename, c.oid::regclass)
+            ELSE c.oid::regclass::text END
+  FROM pg_rewrite r
+  JOIN pg_class c ON c.oid = r.ev_class
+  JOIN pg_roles o ON o.oid = c.relowner
+  JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                  AND d.refclassid = 'pg_class'::regclass
+  JOIN pg_class ref ON ref.oid = d.refobjid
+ WHERE o.rolname = ANY($1) AND ref.relowner <> c.relowner
+UNION ALL
+SELECT o.rolname::text, 'routine', CASE p.prokind WHEN 'p' THEN 'security definer procedure ' ELSE 'security definer function ' END || p.oid::regprocedure::text,
+       p.oid::regprocedure::text
+  FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+ WHERE o.rolname = ANY($1) AND p.prosecdef";
+
+/// One object found by [`OWNER_ROLE_HAZARDS`].
+struct Hazard {
+    owner: String,
+    /// `revoke`, `rule`, `v` (view), `m` (materialized view), `routine`.
+    kind: String,
+    what: String,
+    /// The statement, or for views and routines the name to drop.
+    target: String,
+}
+
+/// The statements that remove `hazards`, in an order that respects their
+/// dependencies: grants first, then rules, views, materialized views and
+/// routines; each kind in one statement, so objects of the same kind that
+/// depend on each other go together. Anything else depending on them makes
+/// the drop fail (RESTRICT), and nothing changes.
+fn hazard_statements(hazards: &[Hazard]) -> Vec<String> {
+    let of = |kind: &str| -> Vec<&str> {
+        hazards
+            .iter()
+            .filter(|h| h.kind == kind)
+            .map(|h| h.target.as_str())
+            .collect()
+    };
+    let mut out: Vec<String> = of("revoke").into_iter().map(str::to_string).collect();
+    out.extend(of("rule").into_iter().map(str::to_string));
+    for (kind, drop) in [
+        ("v", "DROP VIEW"),
+        ("m", "DROP MATERIALIZED VIEW"),
+        ("routine", "DROP ROUTINE"),
+    ] {
+        let names = of(kind);
+        if !names.is_empty() {
+            out.push(format!("{drop} {}", names.join(", ")));
+        }
+    }
+    out
+}
+
+/// The evidence for one user: what of its objects went, what grants were revoked.
+fn hazard_report(user: &str, hazards: &[Hazard]) -> DropReport {
+    let mine = |revoke: bool| -> Vec<String> {
+        hazards
+            .iter()
+            .filter(|h| h.owner == user && (h.kind == "revoke") == revoke)
+            .map(|h| h.what.clone())
+            .collect()
+    };
+    DropReport {
+        objects_dropped: mine(false),
+        public_grants_revoked: mine(true),
+        ..DropReport::default()
+    }
+}
+
+/// What a failed drop was doing, naming the objects it had to remove first
+/// (so the operator can deal with them: usually something else depends on
+/// one of them).
+fn hazard_action(action: &str, hazards: &[Hazard]) -> String {
+    if hazards.is_empty() {
+        return action.to_string();
+    }
+    let what: Vec<&str> = hazards.iter().map(|h| h.what.as_str()).collect();
+    format!(
+        "{action} after removing what would run with owner_role's rights ({}); nothing was changed: drop or re-own those objects by hand (something else may depend on them), then revoke again",
+        what.join(", ")
+    )
+}
+
+/// SQL: whether the role `r` directly holds the lease marker named by `$2`.
+const HOLDS_MARKER: &str = "EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid AND g.rolname = $2)";
+
 impl PgSession {
+    /// Which of `users` exist, each with whether it carries the lease marker.
+    async fn existing_with_marker(&self, users: &[String]) -> Result<Vec<(String, bool)>> {
+        let sql = format!(
+            "SELECT r.rolname::text, {HOLDS_MARKER} FROM pg_roles r WHERE r.rolname = ANY($1)"
+        );
+        Ok(self
+            .client
+            .query(&sql, &[&users, &LEASE_MARKER])
+            .await
+            .map_err(self.db_error("list the users to drop"))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    /// What `users` own that must not be handed to `owner_role` as it is.
+    async fn owner_role_hazards(&self, users: &[String]) -> Result<Vec<Hazard>> {
+        Ok(self
+            .client
+            .query(OWNER_ROLE_HAZARDS, &[&users])
+            .await
+            .map_err(
+                self.db_error("list what the users own that would run with owner_role's rights"),
+            )?
+            .into_iter()
+            .map(|r| Hazard {
+                owner: r.get(0),
+                kind: r.get(1),
+                what: r.get(2),
+                target: r.get(3),
+            })
+            .collect())
+    }
+
+    fn not_a_lease(&self, user: &str) -> Error {
+        Error::Refused {
+            endpoint: self.endpoint.clone(),
+            reason: format!(
+                "{user:?} is not a dynamic user Rotor created (it does not hold the {LEASE_MARKER} marker role); Rotor drops only its own users: drop it by hand if it must go"
+            ),
+        }
+    }
+
+    /// Makes sure the marker role exists and confers nothing: it must not
+    /// log in, be a superuser or be a member of anything, since every
+    /// dynamic user inherits from it.
+    async fn ensure_lease_marker(&self) -> Result<()> {
+        let unsafe_marker: Option<bool> = self
+            .client
+            .query_opt(
+                "SELECT rolcanlogin OR rolsuper OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = $1",
+                &[&LEASE_MARKER],
+            )
+            .await
+            .map_err(self.db_error(format!("look up the lease marker role {LEASE_MARKER}")))?
+            .map(|r| r.get(0));
+        match unsafe_marker {
+            Some(false) => Ok(()),
+            Some(true) => Err(Error::Refused {
+                endpoint: self.endpoint.clone(),
+                reason: format!(
+                    "the lease marker role {LEASE_MARKER} can log in, is a superuser or belongs to other roles, and every dynamic user would inherit that; make it NOLOGIN NOSUPERUSER and revoke its memberships"
+                ),
+            }),
+            None => match self
+                .client
+                .batch_execute(&format!(
+                    "CREATE ROLE {} NOLOGIN",
+                    escape_identifier(LEASE_MARKER)
+                ))
+                .await
+            {
+                Ok(()) => Ok(()),
+                // Another issue created it meanwhile.
+                Err(e)
+                    if e.code() == Some(&SqlState::DUPLICATE_OBJECT)
+                        || e.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(self.db_error(format!(
+                    "create the lease marker role {LEASE_MARKER} (the master needs CREATEROLE)"
+                ))(e)),
+            },
+        }
+    }
+
     /// Drops a batch of users in one transaction (see `drop_users`).
     async fn drop_batch(
         &mut self,
         users: &[String],
         owner_role: Option<&str>,
     ) -> Result<Vec<(String, Result<DropReport>)>> {
-        let existing: Vec<String> = self
-            .client
-            .query(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY($1)",
-                &[&users],
-            )
-            .await
-            .map_err(self.db_error("list the users to drop"))?
-            .into_iter()
-            .map(|r| r.get(0))
+        let found = self.existing_with_marker(users).await?;
+        let existing: Vec<String> = found
+            .iter()
+            .filter(|(_, marked)| *marked)
+            .map(|(u, _)| u.clone())
+            .collect();
+        let unmarked: Vec<&String> = found
+            .iter()
+            .filter(|(_, marked)| !*marked)
+            .map(|(u, _)| u)
             .collect();
         let mut ended: std::collections::HashMap<String, u64> = Default::default();
+        let mut hazards: Vec<Hazard> = Vec::new();
         if !existing.is_empty() {
             let idents: Vec<String> = existing.iter().map(|u| escape_identifier(u)).collect();
             let lock: String = idents
@@ -756,6 +958,12 @@ impl PgSession {
             let list = idents.join(", ");
             let mut sql = String::from("BEGIN;");
             if let Some(owner) = owner_role {
+                // The users can no longer log in: what they own is final.
+                hazards = self.owner_role_hazards(&existing).await?;
+                for statement in hazard_statements(&hazards) {
+                    sql.push_str(&statement);
+                    sql.push(';');
+                }
                 sql.push_str(&format!(
                     "REASSIGN OWNED BY {list} TO {}; DROP OWNED BY {list};",
                     escape_identifier(owner)
@@ -764,12 +972,18 @@ impl PgSession {
             sql.push_str(&format!("DROP ROLE IF EXISTS {list}; COMMIT;"));
             if let Err(e) = self.client.batch_execute(&sql).await {
                 let _ = self.client.batch_execute("ROLLBACK").await;
-                return Err(self.db_error("drop a batch of users")(e));
+                return Err(self
+                    .db_error(hazard_action("drop a batch of users", &hazards))(
+                    e
+                ));
             }
         }
         Ok(users
             .iter()
             .map(|u| {
+                if unmarked.contains(&u) {
+                    return (u.clone(), Err(self.not_a_lease(u)));
+                }
                 let existed = existing.contains(u);
                 (
                     u.clone(),
@@ -777,6 +991,7 @@ impl PgSession {
                         existed,
                         sessions_ended: ended.get(u).copied().unwrap_or(0),
                         objects_reassigned: existed && owner_role.is_some(),
+                        ..hazard_report(u, &hazards)
                     }),
                 )
             })
@@ -1130,16 +1345,16 @@ impl Session for PgSession {
         if let Some(limit) = user.max_connections {
             sql.push_str(&format!(" CONNECTION LIMIT {limit}"));
         }
-        if !user.member_of.is_empty() {
-            let groups: Vec<String> = user
-                .member_of
-                .iter()
-                .map(|g| escape_identifier(g))
-                .collect();
-            sql.push_str(&format!(" IN ROLE {}", groups.join(", ")));
-        }
+        // The marker is granted in the same statement: the user never
+        // exists unmarked.
+        let groups: Vec<String> = std::iter::once(LEASE_MARKER)
+            .chain(user.member_of.iter().map(String::as_str))
+            .map(escape_identifier)
+            .collect();
+        sql.push_str(&format!(" IN ROLE {}", groups.join(", ")));
         // The master joins the new role so that it may later REASSIGN and
         // DROP what the user owns (PostgreSQL requires membership in both).
+        self.ensure_lease_marker().await?;
         let sql = format!(
             "BEGIN; {sql}; GRANT {} TO CURRENT_USER; COMMIT;",
             escape_identifier(&user.username)
@@ -1155,12 +1370,12 @@ impl Session for PgSession {
     }
 
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT r.rolname::text FROM pg_roles r WHERE starts_with(r.rolname, $1) AND {HOLDS_MARKER} ORDER BY 1"
+        );
         let rows = self
             .client
-            .query(
-                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1",
-                &[&prefix],
-            )
+            .query(&sql, &[&prefix, &LEASE_MARKER])
             .await
             .map_err(self.db_error("list dynamic users"))?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
@@ -1200,8 +1415,14 @@ impl Session for PgSession {
     }
 
     async fn drop_user(&mut self, user: &str, owner_role: Option<&str>) -> Result<DropReport> {
-        if self.attributes(user).await?.is_none() {
-            return Ok(DropReport::default());
+        match self
+            .existing_with_marker(&[user.to_string()])
+            .await?
+            .first()
+        {
+            None => return Ok(DropReport::default()),
+            Some((_, false)) => return Err(self.not_a_lease(user)),
+            Some((_, true)) => {}
         }
         let ident = escape_identifier(user);
         // No new logins while the sessions end and the role goes.
@@ -1211,7 +1432,13 @@ impl Session for PgSession {
             .map_err(self.db_error(format!("lock {user:?}")))?;
         let sessions_ended = self.end_sessions(user, None).await?;
         let mut sql = String::from("BEGIN;");
+        let mut hazards = Vec::new();
         if let Some(owner) = owner_role {
+            hazards = self.owner_role_hazards(&[user.to_string()]).await?;
+            for statement in hazard_statements(&hazards) {
+                sql.push_str(&statement);
+                sql.push(';');
+            }
             sql.push_str(&format!(
                 "REASSIGN OWNED BY {ident} TO {}; DROP OWNED BY {ident};",
                 escape_identifier(owner)
@@ -1220,19 +1447,18 @@ impl Session for PgSession {
         sql.push_str(&format!("DROP ROLE IF EXISTS {ident}; COMMIT;"));
         if let Err(e) = self.client.batch_execute(&sql).await {
             let _ = self.client.batch_execute("ROLLBACK").await;
-            return Err(self.db_error(format!(
-                "drop {user:?}{}",
-                if owner_role.is_none() {
-                    " (it may own objects: set owner_role on its role)"
-                } else {
-                    ""
-                }
-            ))(e));
+            let action = if owner_role.is_none() {
+                format!("drop {user:?} (it may own objects: set owner_role on its role)")
+            } else {
+                hazard_action(&format!("drop {user:?}"), &hazards)
+            };
+            return Err(self.db_error(action)(e));
         }
         Ok(DropReport {
             existed: true,
             sessions_ended,
             objects_reassigned: owner_role.is_some(),
+            ..hazard_report(user, &hazards)
         })
     }
 }
@@ -1486,6 +1712,43 @@ mod tests {
         );
         assert!(guard.inspect(b"R\0\0\0\x08\0\0\0\0").is_ok());
         assert!(guard.inspect(cleartext).is_ok());
+    }
+
+    #[test]
+    fn owner_role_hazards_go_in_dependency_order() {
+        let h = |kind: &str, target: &str| Hazard {
+            owner: "v_a_1_abcdef".into(),
+            kind: kind.into(),
+            what: format!("{kind} {target}"),
+            target: target.into(),
+        };
+        let hazards = [
+            h("routine", "f()"),
+            h("v", "v1"),
+            h("revoke", "REVOKE ALL ON TABLE t FROM PUBLIC"),
+            h("v", "v2"),
+            h("m", "mv"),
+            h("rule", "DROP RULE r ON t"),
+        ];
+        assert_eq!(
+            hazard_statements(&hazards),
+            [
+                "REVOKE ALL ON TABLE t FROM PUBLIC",
+                "DROP RULE r ON t",
+                "DROP VIEW v1, v2",
+                "DROP MATERIALIZED VIEW mv",
+                "DROP ROUTINE f()",
+            ]
+        );
+        let report = hazard_report("v_a_1_abcdef", &hazards);
+        assert_eq!(report.public_grants_revoked.len(), 1);
+        assert_eq!(report.objects_dropped.len(), 5);
+        assert!(
+            hazard_report("someone_else", &hazards)
+                .objects_dropped
+                .is_empty()
+        );
+        assert!(hazard_action("drop x", &hazards).contains("v v1"));
     }
 
     #[test]

@@ -67,8 +67,28 @@ fn text(v: &Value, path: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The account a principal names: a bare account id, or the account field
+/// of any IAM or STS ARN in any partition
+/// (`arn:<partition>:iam|sts::<account>:…`, assumed-role and federated-user
+/// sessions included). `None` for service and other non-account principals.
+fn principal_account(principal: &str) -> Option<&str> {
+    if !principal.is_empty() && principal.chars().all(|c| c.is_ascii_digit()) {
+        return Some(principal);
+    }
+    let mut fields = principal.split(':');
+    let (arn, _partition, service, _region, account) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    (arn == "arn" && matches!(service, "iam" | "sts") && !account.is_empty()).then_some(account)
+}
+
 /// Whether a resource policy grants anyone (`*`) or another account.
-/// Returns the status that fires.
+/// Returns the status that fires. An `Allow` with `NotPrincipal` grants
+/// everyone but the principals it lists, so it is public.
 pub fn policy_exposure(policy: &str, own_account: &str) -> Option<&'static str> {
     let doc: Value = serde_json::from_str(policy).ok()?;
     let statements = match doc.get("Statement")? {
@@ -79,6 +99,9 @@ pub fn policy_exposure(policy: &str, own_account: &str) -> Option<&'static str> 
     for st in statements {
         if st.get("Effect").and_then(Value::as_str) != Some("Allow") {
             continue;
+        }
+        if st.get("NotPrincipal").is_some() {
+            return Some("public_policy");
         }
         let principals: Vec<String> = match st.get("Principal") {
             Some(Value::String(s)) => vec![s.clone()],
@@ -99,12 +122,7 @@ pub fn policy_exposure(policy: &str, own_account: &str) -> Option<&'static str> 
             if p == "*" {
                 return Some("public_policy");
             }
-            let account = p
-                .strip_prefix("arn:aws:iam::")
-                .and_then(|r| r.split(':').next())
-                .map(str::to_string)
-                .or_else(|| p.chars().all(|c| c.is_ascii_digit()).then(|| p.clone()));
-            if let Some(a) = account
+            if let Some(a) = principal_account(&p)
                 && a != own_account
             {
                 worst = Some("cross_account_policy");
@@ -269,5 +287,41 @@ mod tests {
         assert_eq!(policy_exposure(own, "123456789012"), None);
         let deny = r#"{"Statement":{"Effect":"Deny","Principal":"*","Action":"*"}}"#;
         assert_eq!(policy_exposure(deny, "123456789012"), None);
+    }
+
+    #[test]
+    fn not_principal_allow_is_public() {
+        // Allow with NotPrincipal: everyone except the listed principals.
+        let all_but_one = r#"{"Statement":[{"Effect":"Allow","NotPrincipal":{"AWS":"arn:aws:iam::123456789012:role/app"},"Action":"secretsmanager:GetSecretValue","Resource":"*"}]}"#;
+        assert_eq!(
+            policy_exposure(all_but_one, "123456789012"),
+            Some("public_policy")
+        );
+        // Deny with NotPrincipal narrows access: nothing to report.
+        let deny_others = r#"{"Statement":{"Effect":"Deny","NotPrincipal":{"AWS":"arn:aws:iam::123456789012:role/app"},"Action":"*"}}"#;
+        assert_eq!(policy_exposure(deny_others, "123456789012"), None);
+    }
+
+    #[test]
+    fn other_accounts_sessions_and_partitions_are_cross_account() {
+        for principal in [
+            "arn:aws:sts::999999999999:assumed-role/admin/session",
+            "arn:aws-cn:iam::999999999999:role/reader",
+            "arn:aws-us-gov:iam::999999999999:user/ops",
+            "arn:aws:sts::999999999999:federated-user/bob",
+        ] {
+            let policy = format!(
+                r#"{{"Statement":{{"Effect":"Allow","Principal":{{"AWS":"{principal}"}},"Action":"*"}}}}"#
+            );
+            assert_eq!(
+                policy_exposure(&policy, "123456789012"),
+                Some("cross_account_policy"),
+                "{principal}"
+            );
+        }
+        let own_session = r#"{"Statement":{"Effect":"Allow","Principal":{"AWS":"arn:aws:sts::123456789012:assumed-role/app/x"},"Action":"*"}}"#;
+        assert_eq!(policy_exposure(own_session, "123456789012"), None);
+        let service = r#"{"Statement":{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"*"}}"#;
+        assert_eq!(policy_exposure(service, "123456789012"), None);
     }
 }
