@@ -440,3 +440,70 @@ Outputs:
     );
     assert_eq!(logical_prefix("postgres-single-user"), "PostgresSingleUser");
 }
+
+/// The `AWS::Lambda::Permission`s whose `FunctionName` is `!Ref <function>`.
+fn permissions_of<'a>(t: &'a Template, function: &str) -> Vec<(&'a String, &'a Resource)> {
+    let target = format!("!Ref {function}");
+    t.resources
+        .iter()
+        .filter(|(_, r)| r.kind == "AWS::Lambda::Permission")
+        .filter(|(_, r)| r.value_at(6, "FunctionName").as_deref() == Some(target.as_str()))
+        .collect()
+}
+
+/// Issue 17, item 1: the caller's identity comes from the function URL's
+/// signed request, so nobody may invoke `issue-credential` any other way.
+/// Its URL uses `AWS_IAM`; its resource policy allows `lambda:InvokeFunction`
+/// only with `lambda:InvokedViaFunctionUrl` and `lambda:InvokeFunctionUrl`
+/// only for `AWS_IAM`, and nothing else.
+#[test]
+fn issue_credential_is_invoked_only_through_its_iam_url() {
+    let t = load();
+    let function = t
+        .resources
+        .get("IssueCredentialFunction")
+        .expect("IssueCredentialFunction");
+    assert!(
+        function.mentions("FunctionUrlConfig:")
+            && function.value_at(8, "AuthType").as_deref() == Some("AWS_IAM"),
+        "IssueCredentialFunction needs FunctionUrlConfig with AuthType: AWS_IAM"
+    );
+    let permissions = permissions_of(&t, "IssueCredentialFunction");
+    let mut problems = Vec::new();
+    let (mut invoke, mut url) = (0, 0);
+    for (name, p) in &permissions {
+        match p.value_at(6, "Action").as_deref() {
+            Some("lambda:InvokeFunction") => {
+                invoke += 1;
+                if p.value_at(6, "InvokedViaFunctionUrl").as_deref() != Some("true") {
+                    problems.push(format!(
+                        "{name} allows lambda:InvokeFunction without `InvokedViaFunctionUrl: true`: a direct invoke could forge the caller"
+                    ));
+                }
+            }
+            Some("lambda:InvokeFunctionUrl") => {
+                url += 1;
+                if p.value_at(6, "FunctionUrlAuthType").as_deref() != Some("AWS_IAM") {
+                    problems.push(format!("{name} needs `FunctionUrlAuthType: AWS_IAM`"));
+                }
+            }
+            other => problems.push(format!(
+                "{name} grants {other:?} on IssueCredentialFunction; only the URL's two invoke actions belong there"
+            )),
+        }
+        if p.mentions("Principal: \"*\"") || p.mentions("Principal: '*'") {
+            problems.push(format!("{name} grants to everyone"));
+        }
+    }
+    if invoke == 0 {
+        problems.push(
+            "no AWS::Lambda::Permission with lambda:InvokeFunction and InvokedViaFunctionUrl: true on IssueCredentialFunction".into(),
+        );
+    }
+    if url == 0 {
+        problems.push(
+            "no AWS::Lambda::Permission with lambda:InvokeFunctionUrl and FunctionUrlAuthType: AWS_IAM on IssueCredentialFunction".into(),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

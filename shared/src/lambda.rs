@@ -111,12 +111,73 @@ mod dynamic_functions {
     }
 
     /// The caller's IAM ARN, from a function URL request with `AWS_IAM` auth.
-    pub fn url_caller(event: &Value) -> Option<String> {
-        event
-            .pointer("/requestContext/authorizer/iam/userArn")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
+    ///
+    /// A function URL hands the function a payload it builds itself (format
+    /// 2.0): `version`, `requestContext.apiId` (the URL id),
+    /// `requestContext.domainName` (`<url id>.lambda-url.<region>.on.aws`),
+    /// `requestContext.http`, and, with `AWS_IAM` auth,
+    /// `requestContext.authorizer.iam` with the signer's `accessKey`,
+    /// `accountId` and `userArn`. A direct `Invoke` hands the function
+    /// whatever JSON the invoker wrote. This check refuses a payload that
+    /// lacks those fields or whose parts disagree (the ARN's account is not
+    /// the signer's, the domain is not this region's function URL domain).
+    ///
+    /// It is a second line of defence only: a direct invoker can write every
+    /// one of these fields. The defence is the function's resource policy
+    /// and the callers' grants, which allow `lambda:InvokeFunction` only
+    /// with `lambda:InvokedViaFunctionUrl` (see infra/README.md).
+    pub fn url_caller(event: &Value) -> Result<String, Error> {
+        let text = |path: &str| {
+            event
+                .pointer(path)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let refuse = |why: &str| {
+            Err(Error::Forbidden(format!(
+                "the request did not come through the function URL ({why}); call the function URL with AuthType AWS_IAM, not lambda:InvokeFunction"
+            )))
+        };
+        if text("/version") != Some("2.0") {
+            return refuse("payload version is not 2.0");
+        }
+        if text("/requestContext/http/method").is_none() {
+            return refuse("no requestContext.http.method");
+        }
+        let Some(url_id) = text("/requestContext/apiId") else {
+            return refuse("no requestContext.apiId");
+        };
+        let Some(domain) = text("/requestContext/domainName") else {
+            return refuse("no requestContext.domainName");
+        };
+        let region = domain
+            .strip_prefix(url_id)
+            .and_then(|d| d.strip_prefix(".lambda-url."))
+            .and_then(|d| d.strip_suffix(".on.aws"))
+            .filter(|r| !r.is_empty() && !r.contains('.'));
+        let Some(region) = region else {
+            return refuse("requestContext.domainName is not <apiId>.lambda-url.<region>.on.aws");
+        };
+        if let Ok(own) = std::env::var("AWS_REGION")
+            && !own.is_empty()
+            && own != region
+        {
+            return refuse("the function URL domain names another region");
+        }
+        if text("/requestContext/domainPrefix").is_some_and(|p| p != url_id) {
+            return refuse("requestContext.domainPrefix is not the apiId");
+        }
+        let (Some(arn), Some(account), Some(_key)) = (
+            text("/requestContext/authorizer/iam/userArn"),
+            text("/requestContext/authorizer/iam/accountId"),
+            text("/requestContext/authorizer/iam/accessKey"),
+        ) else {
+            return refuse("no IAM caller: the function URL must use AuthType AWS_IAM");
+        };
+        if arn.split(':').nth(4) != Some(account) {
+            return refuse("the caller's ARN is not in the signer's account");
+        }
+        Ok(arn.to_string())
     }
 
     /// The JSON body of a function URL request.
@@ -143,11 +204,22 @@ mod dynamic_functions {
 
     /// Handles one function URL request (`issue-credential`).
     pub async fn issue_from_url(dynamic: &Dynamic, event: &Value) -> Value {
-        let Some(arn) = url_caller(event) else {
-            return http(
-                403,
-                json!({"error": "no IAM caller in the request: the function URL must use AuthType AWS_IAM"}),
-            );
+        let arn = match url_caller(event) {
+            Ok(arn) => arn,
+            Err(e) => {
+                tracing::error!(error_kind = e.kind(), error = %e, "issue refused: not a function URL request");
+                crate::audit::record(&crate::audit::AuditRecord {
+                    action: "issue-credential",
+                    actor: "unknown",
+                    target: "(none)",
+                    outcome: "refused",
+                    detail: json!({
+                        "reason": e.to_string(),
+                        "claimed_caller": event.pointer("/requestContext/authorizer/iam/userArn"),
+                    }),
+                });
+                return http(403, json!({"error": e.to_string(), "kind": e.kind()}));
+            }
         };
         let caller = Caller {
             arn,

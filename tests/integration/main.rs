@@ -7,6 +7,7 @@
 //! suite over stores); later engines add themselves to [`engines`].
 
 mod dynamic;
+mod dynamic_authz;
 mod inventory;
 mod rotation;
 mod stores;
@@ -54,6 +55,7 @@ fn main() {
     trials.extend(stores::trials(&env));
     trials.extend(rotation::trials(&env));
     trials.extend(dynamic::trials(&env));
+    trials.extend(dynamic_authz::trials(&env));
     trials.extend(inventory::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);
