@@ -26,6 +26,21 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         Kind::Postgres,
         |d| Box::pin(direct_invoke_forged(d)),
     );
+    add(
+        "role_outside_the_prefix_refused_with_the_generic_answer",
+        Kind::Postgres,
+        |d| Box::pin(outside_prefix(d)),
+    );
+    add(
+        "app_secret_with_masterarn_is_not_a_role",
+        Kind::Postgres,
+        |d| Box::pin(app_secret_not_a_role(d)),
+    );
+    for kind in Kind::ALL {
+        add("privileged_member_of_or_owner_role_refused", kind, |d| {
+            Box::pin(privileged_refused(d))
+        });
+    }
     t
 }
 
@@ -145,5 +160,153 @@ async fn direct_invoke_forged(db: TestDb) {
     leaks::remember(c["password"].as_str().expect("password"));
     assert!(parse_lease(c["username"].as_str().expect("username")).is_some());
     cleanup(&r).await;
-    let _ = unique;
+}
+
+/// The HTTP answer without its per-request id.
+fn answer_without_request_id(response: &Value) -> (Value, Value) {
+    let mut body = body_of(response);
+    if let Some(o) = body.as_object_mut() {
+        o.remove("request_id");
+    }
+    (response["statusCode"].clone(), body)
+}
+
+/// Item 2: only secrets under the roles prefix are roles, by name or ARN;
+/// and whoever is not allowed learns nothing about what exists.
+async fn outside_prefix(db: TestDb) {
+    let r = dynamic_role(&db, json!({})).await;
+    let master = r.dynamic.role(&r.name).await.expect("role").masterarn;
+    // Somebody who may write secrets elsewhere writes a "role" naming
+    // themselves, any master, and superuser powers.
+    let outside = format!("{}app/{}", r.prefix.trim_end_matches('/'), unique("x"));
+    let outside_arn = r
+        .moto
+        .create_secret(
+            &outside,
+            &json!({"engine": db.engine_key(), "masterarn": master, "dbname": db.dbname(), "allowed_principals": [CALLER]}).to_string(),
+        )
+        .await;
+    let before = user_count(&r).await;
+    let ask = |role: &str, caller: &str| {
+        let event = url_event(caller, &json!({"role": role}).to_string());
+        let dynamic = &r.dynamic;
+        async move { rotor::lambda::issue_from_url(dynamic, &event).await }
+    };
+    let intruder = "arn:aws:sts::123456789012:assumed-role/intruder/s";
+    let answers = vec![
+        ("outside the prefix, by name", ask(&outside, CALLER).await),
+        (
+            "outside the prefix, by ARN",
+            ask(&outside_arn, CALLER).await,
+        ),
+        (
+            "no such secret",
+            ask(&format!("{}{}", r.prefix, unique("nope")), CALLER).await,
+        ),
+        ("no such short name", ask(&unique("nope"), CALLER).await),
+        (
+            "a real role, caller not allowed",
+            ask(&r.name, intruder).await,
+        ),
+        (
+            "a secret outside the prefix, caller not allowed",
+            ask(&outside, intruder).await,
+        ),
+    ];
+    assert_eq!(user_count(&r).await, before, "nothing was issued");
+    let first = answer_without_request_id(&answers[0].1);
+    assert_eq!(first.0, 403, "{}: {}", answers[0].0, answers[0].1);
+    for (what, response) in &answers {
+        assert_eq!(
+            answer_without_request_id(response),
+            first,
+            "{what}: every refusal before the principal check must be the same answer"
+        );
+        let text = response["body"].as_str().unwrap_or("");
+        for leak in [
+            outside.as_str(),
+            r.name.as_str(),
+            "masterarn",
+            "not found",
+            "prefix",
+        ] {
+            assert!(
+                !text.contains(leak),
+                "{what}: the answer mentions {leak:?}: {text}"
+            );
+        }
+    }
+    cleanup(&r).await;
+}
+
+/// Item 2: an alternating-users app secret has `engine` and `masterarn`, so
+/// it parsed as a role; asked for by its name it must not be one.
+async fn app_secret_not_a_role(db: TestDb) {
+    let r = dynamic_role(&db, json!({})).await;
+    let master = r.dynamic.role(&r.name).await.expect("role").masterarn;
+    let app = unique("rotor/app");
+    let value = db.secret(
+        "app_user",
+        "not-a-real-password",
+        json!({"masterarn": master}),
+    );
+    let arn = r.moto.create_secret(&app, &value).await;
+    let cli = Caller {
+        arn: "cli:test".into(),
+        via: "cli",
+    };
+    let before = user_count(&r).await;
+    for id in [app.as_str(), arn.as_str()] {
+        match r.dynamic.issue(id, None, &cli, false).await {
+            Ok(c) => {
+                leaks::remember(c.password.expose());
+                panic!(
+                    "{id}: an app secret was taken as a role and issued {}",
+                    c.username
+                )
+            }
+            Err(e) => assert_eq!(e.kind(), "NotFound", "{id}: {e}"),
+        }
+    }
+    assert_eq!(user_count(&r).await, before);
+}
+
+/// Item 2: `member_of` and `owner_role` refuse superuser-like and
+/// server-file roles unless the deployment allows them.
+async fn privileged_refused(db: TestDb) {
+    let cases: Vec<Value> = match db.kind {
+        Kind::Postgres => vec![
+            json!({"member_of": ["pg_write_server_files"]}),
+            json!({"member_of": ["rds_superuser"]}),
+            json!({"member_of": ["PG_EXECUTE_SERVER_PROGRAM"]}),
+            json!({"owner_role": "pg_read_server_files"}),
+            json!({"member_of": ["cloudsqlsuperuser"]}),
+        ],
+        Kind::MariaDb => vec![
+            json!({"member_of": ["rds_superuser_role"]}),
+            json!({"owner_role": "root"}),
+        ],
+    };
+    for extra in cases {
+        let r = dynamic_role(&db, extra.clone()).await;
+        let before = user_count(&r).await;
+        let cli = Caller {
+            arn: "cli:test".into(),
+            via: "cli",
+        };
+        match r.dynamic.issue(&r.name, None, &cli, false).await {
+            Ok(c) => {
+                leaks::remember(c.password.expose());
+                panic!("{extra}: issued {} with a privileged role", c.username)
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), "Refused", "{extra}: {e}");
+                assert!(
+                    e.to_string().contains("ROTOR_ALLOW_PRIVILEGED_ROLES"),
+                    "{extra}: says how to allow it: {e}"
+                );
+            }
+        }
+        assert_eq!(user_count(&r).await, before, "{extra}: nothing created");
+    }
 }

@@ -261,6 +261,92 @@ pub fn parse_lease(username: &str) -> Option<Lease> {
     })
 }
 
+/// Whether a secret name is a role's: under the roles prefix, with a name
+/// of its own after it.
+pub fn is_role_name(name: &str, roles_prefix: &str) -> bool {
+    name.strip_prefix(roles_prefix)
+        .is_some_and(|rest| !rest.is_empty())
+}
+
+/// Database roles that make whoever holds them a superuser in all but name,
+/// or let them read, write or run files on the server, or end other
+/// sessions. Compared without regard to case.
+///
+/// PostgreSQL: the `pg_*` server-file, signal and all-data roles
+/// (PostgreSQL 15 manual, "Predefined Roles"), RDS's `rds_superuser`,
+/// `rds_replication`, `rds_password` and `rdsadmin`, Azure's
+/// `azure_pg_admin`/`azure_superuser`, Cloud SQL's `cloudsqlsuperuser`,
+/// AlloyDB's `alloydbsuperuser`. MySQL and MariaDB: `root`, RDS's
+/// `rdsadmin`, Aurora MySQL 3's `rds_superuser_role`, Azure's
+/// `azure_superuser`, the `mysql.*` system accounts. MySQL roles whose
+/// *privileges* are administrative under another name are not caught here.
+pub const PRIVILEGED_ROLES: &[&str] = &[
+    "postgres",
+    "rds_superuser",
+    "rdsadmin",
+    "rds_replication",
+    "rds_password",
+    "rdstopmgr",
+    "pg_execute_server_program",
+    "pg_write_server_files",
+    "pg_read_server_files",
+    "pg_signal_backend",
+    "pg_signal_autovacuum_worker",
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_checkpoint",
+    "pg_create_subscription",
+    "pg_use_reserved_connections",
+    "azure_pg_admin",
+    "azure_superuser",
+    "cloudsqlsuperuser",
+    "cloudsqladmin",
+    "alloydbsuperuser",
+    "alloydbadmin",
+    "root",
+    "rds_superuser_role",
+    "mysql.sys",
+    "mysql.session",
+    "mysql.infoschema",
+    "mariadb.sys",
+];
+
+/// `ROTOR_ALLOW_PRIVILEGED_ROLES=true`: roles may name [`PRIVILEGED_ROLES`].
+pub fn allow_privileged_roles_from_env() -> bool {
+    std::env::var("ROTOR_ALLOW_PRIVILEGED_ROLES")
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+impl RoleDefinition {
+    /// The privileged roles among `member_of` and `owner_role`.
+    pub fn privileged_roles(&self) -> Vec<String> {
+        self.member_of
+            .iter()
+            .chain(self.owner_role.as_ref())
+            .filter(|r| {
+                let r = r.to_ascii_lowercase();
+                PRIVILEGED_ROLES.contains(&r.as_str())
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Refuses a role that grants [`PRIVILEGED_ROLES`] unless `allowed`.
+    pub fn check_privileges(&self, allowed: bool) -> Result<()> {
+        let privileged = self.privileged_roles();
+        if privileged.is_empty() || allowed {
+            return Ok(());
+        }
+        Err(Error::Refused {
+            endpoint: format!("role {}", self.name),
+            reason: format!(
+                "member_of/owner_role names {}, which gives superuser-like or server-file powers; remove it, or set ROTOR_ALLOW_PRIVILEGED_ROLES=true on the function if the deployment means to hand these out",
+                privileged.join(", ")
+            ),
+        })
+    }
+}
+
 pub use crate::principal::principal_allowed;
 
 /// Who asked, as established by the caller's transport (never the body).
@@ -276,6 +362,8 @@ pub struct Dynamic {
     store: Arc<dyn SecretStore>,
     options: ConnectOptions,
     roles_prefix: String,
+    /// `ROTOR_ALLOW_PRIVILEGED_ROLES`.
+    allow_privileged_roles: bool,
 }
 
 impl Dynamic {
@@ -285,7 +373,17 @@ impl Dynamic {
             options,
             roles_prefix: std::env::var("ROTOR_ROLES_PREFIX")
                 .unwrap_or_else(|_| "rotor/roles/".into()),
+            allow_privileged_roles: allow_privileged_roles_from_env(),
         }
+    }
+
+    pub fn with_allow_privileged_roles(mut self, allowed: bool) -> Self {
+        self.allow_privileged_roles = allowed;
+        self
+    }
+
+    pub fn allow_privileged_roles(&self) -> bool {
+        self.allow_privileged_roles
     }
 
     pub fn with_roles_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -306,33 +404,41 @@ impl Dynamic {
     }
 
     /// A role by ARN, full name or short name under the roles prefix.
+    ///
+    /// Only a secret whose *name* is under the roles prefix is a role: a
+    /// short name is looked up there and nowhere else, and an ARN is
+    /// described and its name checked. Any other JSON secret with `engine`
+    /// and `masterarn` (an alternating-users app secret has both) is not a
+    /// role, whoever may write it. Every "no such role" is
+    /// [`Error::NotFound`].
     pub async fn role(&self, id: &str) -> Result<RoleDefinition> {
-        let candidates = if id.starts_with("arn:") || id.starts_with(&self.roles_prefix) {
-            vec![id.to_string()]
+        let candidate = if id.starts_with("arn:") || id.starts_with(&self.roles_prefix) {
+            id.to_string()
         } else {
-            vec![format!("{}{id}", self.roles_prefix), id.to_string()]
+            format!("{}{id}", self.roles_prefix)
         };
-        for candidate in &candidates {
-            let meta = match self.store.describe(candidate).await {
-                Ok(meta) => meta,
-                Err(Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let value = self
-                .store
-                .get(&meta.arn, VersionRef::Stage(AWSCURRENT))
-                .await?
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("AWSCURRENT value of role {id}"),
-                })?;
-            return RoleDefinition::parse(&value, &meta.name, &meta.arn);
+        let not_a_role = |why: String| Error::NotFound {
+            what: format!("role {id} ({why})"),
+        };
+        let meta = match self.store.describe(&candidate).await {
+            Ok(meta) => meta,
+            Err(Error::NotFound { .. }) => {
+                return Err(not_a_role(format!("no secret {candidate}")));
+            }
+            Err(e) => return Err(e),
+        };
+        if !is_role_name(&meta.name, &self.roles_prefix) {
+            return Err(not_a_role(format!(
+                "secret {} is not under the roles prefix {}",
+                meta.name, self.roles_prefix
+            )));
         }
-        Err(Error::NotFound {
-            what: format!(
-                "role {id} (looked for secrets {})",
-                candidates.join(" and ")
-            ),
-        })
+        let value = self
+            .store
+            .get(&meta.arn, VersionRef::Stage(AWSCURRENT))
+            .await?
+            .ok_or_else(|| not_a_role(format!("{} has no AWSCURRENT value", meta.name)))?;
+        RoleDefinition::parse(&value, &meta.name, &meta.arn)
     }
 
     /// Every role under the prefix; definitions that do not parse are
@@ -443,6 +549,31 @@ mod tests {
             &allowed
         ));
         assert!(!principal_allowed("anything", &[]));
+    }
+
+    #[test]
+    fn privileged_roles_need_the_deployment_setting() {
+        let role = |json: &str| {
+            RoleDefinition::parse(&SecretString::new(json), "rotor/roles/x", "arn:x").unwrap()
+        };
+        let bad = role(
+            r#"{"engine":"postgres","masterarn":"m","member_of":["app_rw","PG_Write_Server_Files"],"owner_role":"rds_superuser"}"#,
+        );
+        assert_eq!(
+            bad.privileged_roles(),
+            ["PG_Write_Server_Files", "rds_superuser"]
+        );
+        let err = bad.check_privileges(false).unwrap_err();
+        assert_eq!(err.kind(), "Refused");
+        assert!(err.to_string().contains("ROTOR_ALLOW_PRIVILEGED_ROLES"));
+        assert!(bad.check_privileges(true).is_ok(), "allowed by the setting");
+        let ok = role(
+            r#"{"engine":"postgres","masterarn":"m","member_of":["app_rw"],"owner_role":"app_owner"}"#,
+        );
+        assert!(ok.check_privileges(false).is_ok());
+        assert!(is_role_name("rotor/roles/ci", "rotor/roles/"));
+        assert!(!is_role_name("rotor/roles/", "rotor/roles/"));
+        assert!(!is_role_name("rotor/app/ci", "rotor/roles/"));
     }
 
     #[test]
