@@ -204,10 +204,11 @@ mod dynamic_functions {
 
     /// Handles one function URL request (`issue-credential`).
     pub async fn issue_from_url(dynamic: &Dynamic, event: &Value) -> Value {
+        let request_id = request_id(event);
         let arn = match url_caller(event) {
             Ok(arn) => arn,
             Err(e) => {
-                tracing::error!(error_kind = e.kind(), error = %e, "issue refused: not a function URL request");
+                tracing::error!(error_kind = e.kind(), error = %e, request_id = %request_id, "issue refused: not a function URL request");
                 crate::audit::record(&crate::audit::AuditRecord {
                     action: "issue-credential",
                     actor: "unknown",
@@ -218,7 +219,7 @@ mod dynamic_functions {
                         "claimed_caller": event.pointer("/requestContext/authorizer/iam/userArn"),
                     }),
                 });
-                return http(403, json!({"error": e.to_string(), "kind": e.kind()}));
+                return http_error(&e, &request_id);
             }
         };
         let caller = Caller {
@@ -253,17 +254,58 @@ mod dynamic_functions {
         match result {
             Ok(credential) => http(200, json!(credential)),
             Err(e) => {
-                let status = match &e {
-                    Error::Forbidden(_) => 403,
-                    Error::BadRequest(_) | Error::BadEvent(_) | Error::BadSecret { .. } => 400,
-                    Error::NotFound { .. } => 404,
-                    e if e.is_retryable() => 503,
-                    _ => 500,
-                };
-                tracing::error!(error_kind = e.kind(), error = %e, caller = %caller.arn, "issue refused or failed");
-                http(status, json!({"error": e.to_string(), "kind": e.kind()}))
+                tracing::error!(error_kind = e.kind(), error = %e, caller = %caller.arn, request_id = %request_id, "issue refused or failed");
+                http_error(&e, &request_id)
             }
         }
+    }
+
+    /// The id a caller quotes to the operators: the function URL's request
+    /// id (what the caller's `x-amzn-RequestId` shows), else a new one.
+    fn request_id(event: &Value) -> String {
+        event
+            .pointer("/requestContext/requestId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+    }
+
+    /// What an HTTP caller is told about a failure: a stable code, a message
+    /// that names nothing inside the deployment, and the request id. The
+    /// error's own text (hosts, statements, secret names: never a password,
+    /// see `rotor::error`) goes to the log only, under the same request id.
+    /// Refusals about the caller's own request keep their text: it describes
+    /// what the caller sent, and `Forbidden` texts are written for callers.
+    pub fn http_error(e: &Error, request_id: &str) -> Value {
+        let (status, code, message): (u16, &str, String) = match e {
+            Error::Forbidden(_) => (403, "forbidden", e.to_string()),
+            Error::BadRequest(_) => (400, "bad_request", e.to_string()),
+            Error::Refused { .. } => (
+                403,
+                "role_refused",
+                "this deployment refuses the role's definition; its owner must change it".into(),
+            ),
+            Error::BadSecret { .. } => (
+                500,
+                "role_invalid",
+                "the role's definition or its master secret is invalid; an operator must fix it"
+                    .into(),
+            ),
+            e if e.is_retryable() => (
+                503,
+                "unavailable",
+                "the database or the secret store did not answer in time; retry later".into(),
+            ),
+            _ => (
+                500,
+                "issue_failed",
+                "the credential could not be issued; give the request id to the operators".into(),
+            ),
+        };
+        http(
+            status,
+            json!({"error": code, "message": message, "request_id": request_id}),
+        )
     }
 
     /// `issue-credential`: behind a function URL with `AWS_IAM` auth.
@@ -352,8 +394,8 @@ mod dynamic_functions {
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use dynamic_functions::{
-    issue_from_url, run_expire_credentials, run_issue_credential, run_revoke_on_event, url_body,
-    url_caller,
+    http_error, issue_from_url, run_expire_credentials, run_issue_credential, run_revoke_on_event,
+    url_body, url_caller,
 };
 
 #[cfg(feature = "inventory-aws")]

@@ -40,6 +40,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         add("privileged_member_of_or_owner_role_refused", kind, |d| {
             Box::pin(privileged_refused(d))
         });
+        add(
+            "database_error_text_not_returned_to_http_callers",
+            kind,
+            |d| Box::pin(database_error_sanitised(d)),
+        );
     }
     t
 }
@@ -309,4 +314,53 @@ async fn privileged_refused(db: TestDb) {
         }
         assert_eq!(user_count(&r).await, before, "{extra}: nothing created");
     }
+}
+
+/// Item 10: what the database said (hosts, statements, object names) stays
+/// in the logs; the HTTP caller gets a stable code, a generic message and a
+/// request id to quote.
+async fn database_error_sanitised(db: TestDb) {
+    let missing = unique("rotor_nosuchgrp");
+    let r = dynamic_role(&db, json!({"member_of": [missing]})).await;
+    let event = url_event(CALLER, &json!({"role": r.name}).to_string());
+    let request_id = event["requestContext"]["requestId"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+    let response = rotor::lambda::issue_from_url(&r.dynamic, &event).await;
+    let status = response["statusCode"].as_u64().unwrap_or(0);
+    assert!(
+        status >= 500,
+        "a database failure is the server's: {response}"
+    );
+    let text = response["body"].as_str().unwrap_or("").to_string();
+    for internal in [
+        db.host(),
+        &db.port().to_string(),
+        &missing,
+        "GRANT",
+        "does not exist",
+        "Invalid role",
+        "v_",
+    ] {
+        assert!(
+            !text.contains(internal),
+            "the HTTP body carries {internal:?}: {text}"
+        );
+    }
+    let body = body_of(&response);
+    assert_eq!(body["request_id"], json!(request_id), "{text}");
+    assert!(
+        body["error"].as_str().is_some_and(|c| !c.contains(' ')),
+        "a stable error code: {text}"
+    );
+    assert!(body["message"].as_str().is_some(), "{text}");
+    // The detail is in the log, under the same request id.
+    let logged = leaks::captured();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains(&request_id) && l.contains(&missing)),
+        "the log keeps the database's detail with the request id"
+    );
 }
