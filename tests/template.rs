@@ -507,3 +507,56 @@ fn issue_credential_is_invoked_only_through_its_iam_url() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Issue 17, item 3: anyone with `events:PutEvents` on the default bus could
+/// make Rotor drop users and rotate secrets. Rotor's own "Revoke Credential"
+/// events come from a dedicated bus whose policy denies every publisher but
+/// the named ones; AWS-sourced events (GuardDuty, CloudTrail) stay on the
+/// default bus, where only AWS can send them with those sources.
+#[test]
+fn revoke_events_come_from_a_dedicated_bus_with_named_publishers() {
+    let t = load();
+    let mut problems = Vec::new();
+    match t.resources.get("RevokeEventBus") {
+        None => problems.push("no RevokeEventBus (AWS::Events::EventBus)".to_string()),
+        Some(bus) => {
+            if bus.kind != "AWS::Events::EventBus" {
+                problems.push(format!("RevokeEventBus is a {}", bus.kind));
+            }
+            for must in [
+                "Effect: Deny",
+                "Action: events:PutEvents",
+                "ArnNotLike:",
+                "aws:PrincipalArn:",
+                "!Ref RevokeEventPublishers",
+            ] {
+                if !bus.mentions(must) {
+                    problems.push(format!(
+                        "RevokeEventBus's Policy lacks `{must}` (deny PutEvents to all but RevokeEventPublishers)"
+                    ));
+                }
+            }
+        }
+    }
+    let custom = t
+        .resources
+        .get("RevokeOnEventCustomRule")
+        .expect("RevokeOnEventCustomRule");
+    if custom.value_at(6, "EventBusName").as_deref() != Some("!Ref RevokeEventBus") {
+        problems.push("RevokeOnEventCustomRule must listen on `EventBusName: !Ref RevokeEventBus`, not the default bus".into());
+    }
+    let guardduty = t
+        .resources
+        .get("RevokeOnEventGuardDutyRule")
+        .expect("RevokeOnEventGuardDutyRule");
+    if guardduty.value_at(6, "EventBusName").is_some() {
+        problems
+            .push("the GuardDuty rule stays on the default bus (GuardDuty publishes there)".into());
+    }
+    if guardduty.value_at(8, "source").as_deref() != Some("[aws.guardduty]") {
+        problems.push(
+            "the GuardDuty rule must match `source: [aws.guardduty]` and nothing else".into(),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

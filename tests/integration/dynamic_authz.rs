@@ -36,6 +36,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         Kind::Postgres,
         |d| Box::pin(app_secret_not_a_role(d)),
     );
+    add(
+        "revoke_event_outside_the_scope_refused_and_changes_nothing",
+        Kind::Postgres,
+        |d| Box::pin(revoke_outside_scope(d)),
+    );
     for kind in Kind::ALL {
         add("privileged_member_of_or_owner_role_refused", kind, |d| {
             Box::pin(privileged_refused(d))
@@ -363,4 +368,70 @@ async fn database_error_sanitised(db: TestDb) {
             .any(|l| l.contains(&request_id) && l.contains(&missing)),
         "the log keeps the database's detail with the request id"
     );
+}
+
+/// Item 3: a revocation event may act only on secrets in the deployment's
+/// scope (the prefix or tag its IAM policies use): one naming a secret
+/// outside it, directly or through a tag, is refused and changes nothing.
+async fn revoke_outside_scope(db: TestDb) {
+    use rotor::dynamic::revoke::{RevokeScope, from_event};
+    use rotor::store::{SecretStore, SecretsManagerStore};
+    use std::sync::Arc;
+    let f = crate::rotation::fixture(
+        &db,
+        rotor::Strategy::SingleUser,
+        &unique("rotor_scope"),
+        json!({}),
+    )
+    .await;
+    let before = f.current_version().await;
+    let old = f.secret(&before).await;
+    let team = unique("team");
+    f.moto
+        .client
+        .tag_resource()
+        .secret_id(&f.arn)
+        .tags(
+            aws_sdk_secretsmanager::types::Tag::builder()
+                .key("team")
+                .value(&team)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("tag");
+    let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
+    let dynamic = rotor::dynamic::Dynamic::new(store, rotor_tests::dynamic_options(&db))
+        .with_roles_prefix(unique("none/"))
+        .with_revoke_scope(RevokeScope {
+            secret_prefix: Some(unique("rotor/inscope/")),
+            secret_tag: Some(("RotorRotation".into(), "true".into())),
+        });
+    let caller = Caller {
+        arn: "event:rotor".into(),
+        via: "event",
+    };
+    for detail in [
+        json!({"secret": f.arn}),
+        json!({"tag": {"key": "team", "value": team}}),
+    ] {
+        let event =
+            json!({"source": "rotor", "detail-type": "Revoke Credential", "detail": detail});
+        let (target, dry) = from_event(&event, &[])
+            .expect("parse")
+            .expect("not ignored");
+        match dynamic.revoke(&target, dry, &caller, None).await {
+            Err(e) => assert_eq!(e.kind(), "Forbidden", "{detail}: {e}"),
+            Ok(report) => assert!(
+                report.revoked.is_empty(),
+                "{detail}: revoked a secret outside the scope: {report:?}"
+            ),
+        }
+        assert_eq!(
+            f.current_version().await,
+            before,
+            "{detail}: the secret was not rotated"
+        );
+    }
+    assert!(f.logs_in(&old).await, "its credential still works");
 }

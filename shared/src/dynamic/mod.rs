@@ -364,6 +364,8 @@ pub struct Dynamic {
     roles_prefix: String,
     /// `ROTOR_ALLOW_PRIVILEGED_ROLES`.
     allow_privileged_roles: bool,
+    /// Which static secrets revocation may act on.
+    revoke_scope: revoke::RevokeScope,
 }
 
 impl Dynamic {
@@ -374,7 +376,17 @@ impl Dynamic {
             roles_prefix: std::env::var("ROTOR_ROLES_PREFIX")
                 .unwrap_or_else(|_| "rotor/roles/".into()),
             allow_privileged_roles: allow_privileged_roles_from_env(),
+            revoke_scope: revoke::RevokeScope::from_env(),
         }
+    }
+
+    pub fn with_revoke_scope(mut self, scope: revoke::RevokeScope) -> Self {
+        self.revoke_scope = scope;
+        self
+    }
+
+    pub fn revoke_scope(&self) -> &revoke::RevokeScope {
+        &self.revoke_scope
     }
 
     pub fn with_allow_privileged_roles(mut self, allowed: bool) -> Self {
