@@ -468,6 +468,13 @@ fn issue_credential_is_invoked_only_through_its_iam_url() {
             && function.value_at(8, "AuthType").as_deref() == Some("AWS_IAM"),
         "IssueCredentialFunction needs FunctionUrlConfig with AuthType: AWS_IAM"
     );
+    assert_eq!(
+        function
+            .value_at(6, "ReservedConcurrentExecutions")
+            .as_deref(),
+        Some("!Ref IssueCredentialConcurrency"),
+        "issue-credential needs reserved concurrency (issue 17 item 6: a flood of requests must not open unbounded master connections)"
+    );
     let permissions = permissions_of(&t, "IssueCredentialFunction");
     let mut problems = Vec::new();
     let (mut invoke, mut url) = (0, 0);

@@ -41,6 +41,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         Kind::Postgres,
         |d| Box::pin(revoke_outside_scope(d)),
     );
+    add(
+        "role_definition_cached_between_issues",
+        Kind::Postgres,
+        |d| Box::pin(role_cached(d)),
+    );
     for kind in Kind::ALL {
         add("privileged_member_of_or_owner_role_refused", kind, |d| {
             Box::pin(privileged_refused(d))
@@ -434,4 +439,123 @@ async fn revoke_outside_scope(db: TestDb) {
         );
     }
     assert!(f.logs_in(&old).await, "its credential still works");
+}
+
+/// A store that counts the calls naming each secret.
+struct CountingStore {
+    inner: std::sync::Arc<dyn rotor::store::SecretStore>,
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl CountingStore {
+    fn calls_naming(&self, needle: &str) -> usize {
+        self.calls
+            .lock()
+            .map(|c| c.iter().filter(|s| s.contains(needle)).count())
+            .unwrap_or(0)
+    }
+    fn note(&self, op: &str, id: &str) {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(format!("{op} {id}"));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl rotor::store::SecretStore for CountingStore {
+    fn kind(&self) -> &'static str {
+        "counting"
+    }
+    async fn describe(&self, id: &str) -> rotor::Result<rotor::store::SecretMetadata> {
+        self.note("DescribeSecret", id);
+        self.inner.describe(id).await
+    }
+    async fn get(
+        &self,
+        id: &str,
+        version: rotor::store::VersionRef<'_>,
+    ) -> rotor::Result<Option<rotor::SecretString>> {
+        self.note("GetSecretValue", id);
+        self.inner.get(id, version).await
+    }
+    async fn put_pending(
+        &self,
+        id: &str,
+        token: &str,
+        value: &rotor::SecretString,
+        rotation_token: Option<&str>,
+    ) -> rotor::Result<()> {
+        self.note("PutSecretValue", id);
+        self.inner
+            .put_pending(id, token, value, rotation_token)
+            .await
+    }
+    async fn update_stage(
+        &self,
+        id: &str,
+        stage: &str,
+        move_to: Option<&str>,
+        remove_from: Option<&str>,
+    ) -> rotor::Result<()> {
+        self.note("UpdateSecretVersionStage", id);
+        self.inner
+            .update_stage(id, stage, move_to, remove_from)
+            .await
+    }
+    async fn list_versions(&self, id: &str) -> rotor::Result<Vec<String>> {
+        self.note("ListSecretVersionIds", id);
+        self.inner.list_versions(id).await
+    }
+    async fn list_secrets(
+        &self,
+        filter: &rotor::store::ListFilter,
+    ) -> rotor::Result<Vec<rotor::store::SecretSummary>> {
+        self.note("ListSecrets", "*");
+        self.inner.list_secrets(filter).await
+    }
+    async fn tag(&self, id: &str, key: &str, value: &str) -> rotor::Result<()> {
+        self.note("TagResource", id);
+        self.inner.tag(id, key, value).await
+    }
+    async fn request_rotation(&self, id: &str) -> rotor::Result<bool> {
+        self.note("RotateSecret", id);
+        self.inner.request_rotation(id).await
+    }
+}
+
+/// Item 6: every request read the role's secret again. Within the cache's
+/// lifetime a second issue makes no Secrets Manager call for the role.
+async fn role_cached(db: TestDb) {
+    use std::sync::Arc;
+    let r = dynamic_role(&db, json!({})).await;
+    let counting = Arc::new(CountingStore {
+        inner: Arc::new(rotor::store::SecretsManagerStore::new(db.env.sm_client())),
+        calls: std::sync::Mutex::new(Vec::new()),
+    });
+    let dynamic = rotor::dynamic::Dynamic::new(counting.clone(), rotor_tests::dynamic_options(&db))
+        .with_roles_prefix(r.prefix.clone());
+    let short = r.name.trim_start_matches(&r.prefix).to_string();
+    let first = rotor::lambda::issue_from_url(
+        &dynamic,
+        &url_event(CALLER, &json!({"role": short}).to_string()),
+    )
+    .await;
+    assert_eq!(first["statusCode"], 200, "{first}");
+    leaks::remember(body_of(&first)["password"].as_str().unwrap_or(""));
+    let after_first = counting.calls_naming(&short);
+    assert!(after_first >= 1, "the first issue reads the role");
+    let second = rotor::lambda::issue_from_url(
+        &dynamic,
+        &url_event(CALLER, &json!({"role": short}).to_string()),
+    )
+    .await;
+    assert_eq!(second["statusCode"], 200, "{second}");
+    leaks::remember(body_of(&second)["password"].as_str().unwrap_or(""));
+    assert_eq!(
+        counting.calls_naming(&short),
+        after_first,
+        "the second issue within the cache lifetime made Secrets Manager calls for the role: {:?}",
+        counting.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    );
+    cleanup(&r).await;
 }

@@ -366,7 +366,16 @@ pub struct Dynamic {
     allow_privileged_roles: bool,
     /// Which static secrets revocation may act on.
     revoke_scope: revoke::RevokeScope,
+    /// Role definitions read recently, by the id they were asked for: a warm
+    /// function serves repeated requests without Secrets Manager calls.
+    role_cache:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, RoleDefinition)>>,
+    /// `ROTOR_ROLE_CACHE_SECS` (60; 0 turns the cache off).
+    role_cache_ttl: std::time::Duration,
 }
+
+/// Most role definitions a warm function keeps.
+const ROLE_CACHE_MAX: usize = 256;
 
 impl Dynamic {
     pub fn new(store: Arc<dyn SecretStore>, options: ConnectOptions) -> Self {
@@ -377,7 +386,20 @@ impl Dynamic {
                 .unwrap_or_else(|_| "rotor/roles/".into()),
             allow_privileged_roles: allow_privileged_roles_from_env(),
             revoke_scope: revoke::RevokeScope::from_env(),
+            role_cache: std::sync::Mutex::default(),
+            role_cache_ttl: std::time::Duration::from_secs(
+                std::env::var("ROTOR_ROLE_CACHE_SECS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(60),
+            ),
         }
+    }
+
+    /// How long a role definition is reused; zero reads it every time.
+    pub fn with_role_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.role_cache_ttl = ttl;
+        self
     }
 
     pub fn with_revoke_scope(mut self, scope: revoke::RevokeScope) -> Self {
@@ -423,7 +445,34 @@ impl Dynamic {
     /// and `masterarn` (an alternating-users app secret has both) is not a
     /// role, whoever may write it. Every "no such role" is
     /// [`Error::NotFound`].
+    ///
+    /// Definitions are reused for `ROTOR_ROLE_CACHE_SECS` (60 s): a change to
+    /// a role (a principal removed) takes effect within that time.
     pub async fn role(&self, id: &str) -> Result<RoleDefinition> {
+        if !self.role_cache_ttl.is_zero()
+            && let Ok(cache) = self.role_cache.lock()
+            && let Some((at, role)) = cache.get(id)
+            && at.elapsed() < self.role_cache_ttl
+        {
+            return Ok(role.clone());
+        }
+        let role = self.read_role(id).await?;
+        if !self.role_cache_ttl.is_zero()
+            && let Ok(mut cache) = self.role_cache.lock()
+        {
+            if cache.len() >= ROLE_CACHE_MAX {
+                let ttl = self.role_cache_ttl;
+                cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                if cache.len() >= ROLE_CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(id.to_string(), (std::time::Instant::now(), role.clone()));
+        }
+        Ok(role)
+    }
+
+    async fn read_role(&self, id: &str) -> Result<RoleDefinition> {
         let candidate = if id.starts_with("arn:") || id.starts_with(&self.roles_prefix) {
             id.to_string()
         } else {
