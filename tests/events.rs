@@ -201,9 +201,10 @@ fn dynamic_function_events_parse() {
         let value: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
         assert!(
-            rotor::lambda::url_caller(&value).is_some(),
-            "{}: no IAM caller",
-            file.display()
+            rotor::lambda::url_caller(&value).is_ok(),
+            "{}: not a function URL request: {:?}",
+            file.display(),
+            rotor::lambda::url_caller(&value).err()
         );
         let body =
             rotor::lambda::url_body(&value).unwrap_or_else(|e| panic!("{}: {e}", file.display()));

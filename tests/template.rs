@@ -440,3 +440,130 @@ Outputs:
     );
     assert_eq!(logical_prefix("postgres-single-user"), "PostgresSingleUser");
 }
+
+/// The `AWS::Lambda::Permission`s whose `FunctionName` is `!Ref <function>`.
+fn permissions_of<'a>(t: &'a Template, function: &str) -> Vec<(&'a String, &'a Resource)> {
+    let target = format!("!Ref {function}");
+    t.resources
+        .iter()
+        .filter(|(_, r)| r.kind == "AWS::Lambda::Permission")
+        .filter(|(_, r)| r.value_at(6, "FunctionName").as_deref() == Some(target.as_str()))
+        .collect()
+}
+
+/// Issue 17, item 1: the caller's identity comes from the function URL's
+/// signed request, so nobody may invoke `issue-credential` any other way.
+/// Its URL uses `AWS_IAM`; its resource policy allows `lambda:InvokeFunction`
+/// only with `lambda:InvokedViaFunctionUrl` and `lambda:InvokeFunctionUrl`
+/// only for `AWS_IAM`, and nothing else.
+#[test]
+fn issue_credential_is_invoked_only_through_its_iam_url() {
+    let t = load();
+    let function = t
+        .resources
+        .get("IssueCredentialFunction")
+        .expect("IssueCredentialFunction");
+    assert!(
+        function.mentions("FunctionUrlConfig:")
+            && function.value_at(8, "AuthType").as_deref() == Some("AWS_IAM"),
+        "IssueCredentialFunction needs FunctionUrlConfig with AuthType: AWS_IAM"
+    );
+    assert_eq!(
+        function
+            .value_at(6, "ReservedConcurrentExecutions")
+            .as_deref(),
+        Some("!Ref IssueCredentialConcurrency"),
+        "issue-credential needs reserved concurrency (issue 17 item 6: a flood of requests must not open unbounded master connections)"
+    );
+    let permissions = permissions_of(&t, "IssueCredentialFunction");
+    let mut problems = Vec::new();
+    let (mut invoke, mut url) = (0, 0);
+    for (name, p) in &permissions {
+        match p.value_at(6, "Action").as_deref() {
+            Some("lambda:InvokeFunction") => {
+                invoke += 1;
+                if p.value_at(6, "InvokedViaFunctionUrl").as_deref() != Some("true") {
+                    problems.push(format!(
+                        "{name} allows lambda:InvokeFunction without `InvokedViaFunctionUrl: true`: a direct invoke could forge the caller"
+                    ));
+                }
+            }
+            Some("lambda:InvokeFunctionUrl") => {
+                url += 1;
+                if p.value_at(6, "FunctionUrlAuthType").as_deref() != Some("AWS_IAM") {
+                    problems.push(format!("{name} needs `FunctionUrlAuthType: AWS_IAM`"));
+                }
+            }
+            other => problems.push(format!(
+                "{name} grants {other:?} on IssueCredentialFunction; only the URL's two invoke actions belong there"
+            )),
+        }
+        if p.mentions("Principal: \"*\"") || p.mentions("Principal: '*'") {
+            problems.push(format!("{name} grants to everyone"));
+        }
+    }
+    if invoke == 0 {
+        problems.push(
+            "no AWS::Lambda::Permission with lambda:InvokeFunction and InvokedViaFunctionUrl: true on IssueCredentialFunction".into(),
+        );
+    }
+    if url == 0 {
+        problems.push(
+            "no AWS::Lambda::Permission with lambda:InvokeFunctionUrl and FunctionUrlAuthType: AWS_IAM on IssueCredentialFunction".into(),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Issue 17, item 3: anyone with `events:PutEvents` on the default bus could
+/// make Rotor drop users and rotate secrets. Rotor's own "Revoke Credential"
+/// events come from a dedicated bus whose policy denies every publisher but
+/// the named ones; AWS-sourced events (GuardDuty, CloudTrail) stay on the
+/// default bus, where only AWS can send them with those sources.
+#[test]
+fn revoke_events_come_from_a_dedicated_bus_with_named_publishers() {
+    let t = load();
+    let mut problems = Vec::new();
+    match t.resources.get("RevokeEventBus") {
+        None => problems.push("no RevokeEventBus (AWS::Events::EventBus)".to_string()),
+        Some(bus) => {
+            if bus.kind != "AWS::Events::EventBus" {
+                problems.push(format!("RevokeEventBus is a {}", bus.kind));
+            }
+            for must in [
+                "Effect: Deny",
+                "Action: events:PutEvents",
+                "ArnNotLike:",
+                "aws:PrincipalArn:",
+                "!Ref RevokeEventPublishers",
+            ] {
+                if !bus.mentions(must) {
+                    problems.push(format!(
+                        "RevokeEventBus's Policy lacks `{must}` (deny PutEvents to all but RevokeEventPublishers)"
+                    ));
+                }
+            }
+        }
+    }
+    let custom = t
+        .resources
+        .get("RevokeOnEventCustomRule")
+        .expect("RevokeOnEventCustomRule");
+    if custom.value_at(6, "EventBusName").as_deref() != Some("!Ref RevokeEventBus") {
+        problems.push("RevokeOnEventCustomRule must listen on `EventBusName: !Ref RevokeEventBus`, not the default bus".into());
+    }
+    let guardduty = t
+        .resources
+        .get("RevokeOnEventGuardDutyRule")
+        .expect("RevokeOnEventGuardDutyRule");
+    if guardduty.value_at(6, "EventBusName").is_some() {
+        problems
+            .push("the GuardDuty rule stays on the default bus (GuardDuty publishes there)".into());
+    }
+    if guardduty.value_at(8, "source").as_deref() != Some("[aws.guardduty]") {
+        problems.push(
+            "the GuardDuty rule must match `source: [aws.guardduty]` and nothing else".into(),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

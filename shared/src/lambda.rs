@@ -112,12 +112,73 @@ mod dynamic_functions {
     }
 
     /// The caller's IAM ARN, from a function URL request with `AWS_IAM` auth.
-    pub fn url_caller(event: &Value) -> Option<String> {
-        event
-            .pointer("/requestContext/authorizer/iam/userArn")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
+    ///
+    /// A function URL hands the function a payload it builds itself (format
+    /// 2.0): `version`, `requestContext.apiId` (the URL id),
+    /// `requestContext.domainName` (`<url id>.lambda-url.<region>.on.aws`),
+    /// `requestContext.http`, and, with `AWS_IAM` auth,
+    /// `requestContext.authorizer.iam` with the signer's `accessKey`,
+    /// `accountId` and `userArn`. A direct `Invoke` hands the function
+    /// whatever JSON the invoker wrote. This check refuses a payload that
+    /// lacks those fields or whose parts disagree (the ARN's account is not
+    /// the signer's, the domain is not this region's function URL domain).
+    ///
+    /// It is a second line of defence only: a direct invoker can write every
+    /// one of these fields. The defence is the function's resource policy
+    /// and the callers' grants, which allow `lambda:InvokeFunction` only
+    /// with `lambda:InvokedViaFunctionUrl` (see infra/README.md).
+    pub fn url_caller(event: &Value) -> Result<String, Error> {
+        let text = |path: &str| {
+            event
+                .pointer(path)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let refuse = |why: &str| {
+            Err(Error::Forbidden(format!(
+                "the request did not come through the function URL ({why}); call the function URL with AuthType AWS_IAM, not lambda:InvokeFunction"
+            )))
+        };
+        if text("/version") != Some("2.0") {
+            return refuse("payload version is not 2.0");
+        }
+        if text("/requestContext/http/method").is_none() {
+            return refuse("no requestContext.http.method");
+        }
+        let Some(url_id) = text("/requestContext/apiId") else {
+            return refuse("no requestContext.apiId");
+        };
+        let Some(domain) = text("/requestContext/domainName") else {
+            return refuse("no requestContext.domainName");
+        };
+        let region = domain
+            .strip_prefix(url_id)
+            .and_then(|d| d.strip_prefix(".lambda-url."))
+            .and_then(|d| d.strip_suffix(".on.aws"))
+            .filter(|r| !r.is_empty() && !r.contains('.'));
+        let Some(region) = region else {
+            return refuse("requestContext.domainName is not <apiId>.lambda-url.<region>.on.aws");
+        };
+        if let Ok(own) = std::env::var("AWS_REGION")
+            && !own.is_empty()
+            && own != region
+        {
+            return refuse("the function URL domain names another region");
+        }
+        if text("/requestContext/domainPrefix").is_some_and(|p| p != url_id) {
+            return refuse("requestContext.domainPrefix is not the apiId");
+        }
+        let (Some(arn), Some(account), Some(_key)) = (
+            text("/requestContext/authorizer/iam/userArn"),
+            text("/requestContext/authorizer/iam/accountId"),
+            text("/requestContext/authorizer/iam/accessKey"),
+        ) else {
+            return refuse("no IAM caller: the function URL must use AuthType AWS_IAM");
+        };
+        if arn.split(':').nth(4) != Some(account) {
+            return refuse("the caller's ARN is not in the signer's account");
+        }
+        Ok(arn.to_string())
     }
 
     /// The JSON body of a function URL request.
@@ -144,11 +205,23 @@ mod dynamic_functions {
 
     /// Handles one function URL request (`issue-credential`).
     pub async fn issue_from_url(dynamic: &Dynamic, event: &Value) -> Value {
-        let Some(arn) = url_caller(event) else {
-            return http(
-                403,
-                json!({"error": "no IAM caller in the request: the function URL must use AuthType AWS_IAM"}),
-            );
+        let request_id = request_id(event);
+        let arn = match url_caller(event) {
+            Ok(arn) => arn,
+            Err(e) => {
+                tracing::error!(error_kind = e.kind(), error = %e, request_id = %request_id, "issue refused: not a function URL request");
+                crate::audit::record(&crate::audit::AuditRecord {
+                    action: "issue-credential",
+                    actor: "unknown",
+                    target: "(none)",
+                    outcome: "refused",
+                    detail: json!({
+                        "reason": e.to_string(),
+                        "claimed_caller": event.pointer("/requestContext/authorizer/iam/userArn"),
+                    }),
+                });
+                return http_error(&e, &request_id);
+            }
         };
         let caller = Caller {
             arn,
@@ -182,17 +255,58 @@ mod dynamic_functions {
         match result {
             Ok(credential) => http(200, json!(credential)),
             Err(e) => {
-                let status = match &e {
-                    Error::Forbidden(_) => 403,
-                    Error::BadRequest(_) | Error::BadEvent(_) | Error::BadSecret { .. } => 400,
-                    Error::NotFound { .. } => 404,
-                    e if e.is_retryable() => 503,
-                    _ => 500,
-                };
-                tracing::error!(error_kind = e.kind(), error = %e, caller = %caller.arn, "issue refused or failed");
-                http(status, json!({"error": e.to_string(), "kind": e.kind()}))
+                tracing::error!(error_kind = e.kind(), error = %e, caller = %caller.arn, request_id = %request_id, "issue refused or failed");
+                http_error(&e, &request_id)
             }
         }
+    }
+
+    /// The id a caller quotes to the operators: the function URL's request
+    /// id (what the caller's `x-amzn-RequestId` shows), else a new one.
+    fn request_id(event: &Value) -> String {
+        event
+            .pointer("/requestContext/requestId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
+    }
+
+    /// What an HTTP caller is told about a failure: a stable code, a message
+    /// that names nothing inside the deployment, and the request id. The
+    /// error's own text (hosts, statements, secret names: never a password,
+    /// see `rotor::error`) goes to the log only, under the same request id.
+    /// Refusals about the caller's own request keep their text: it describes
+    /// what the caller sent, and `Forbidden` texts are written for callers.
+    pub fn http_error(e: &Error, request_id: &str) -> Value {
+        let (status, code, message): (u16, &str, String) = match e {
+            Error::Forbidden(_) => (403, "forbidden", e.to_string()),
+            Error::BadRequest(_) => (400, "bad_request", e.to_string()),
+            Error::Refused { .. } => (
+                403,
+                "role_refused",
+                "this deployment refuses the role's definition; its owner must change it".into(),
+            ),
+            Error::BadSecret { .. } => (
+                500,
+                "role_invalid",
+                "the role's definition or its master secret is invalid; an operator must fix it"
+                    .into(),
+            ),
+            e if e.is_retryable() => (
+                503,
+                "unavailable",
+                "the database or the secret store did not answer in time; retry later".into(),
+            ),
+            _ => (
+                500,
+                "issue_failed",
+                "the credential could not be issued; give the request id to the operators".into(),
+            ),
+        };
+        http(
+            status,
+            json!({"error": code, "message": message, "request_id": request_id}),
+        )
     }
 
     /// `issue-credential`: behind a function URL with `AWS_IAM` auth.
@@ -281,8 +395,8 @@ mod dynamic_functions {
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use dynamic_functions::{
-    issue_from_url, run_expire_credentials, run_issue_credential, run_revoke_on_event, url_body,
-    url_caller,
+    http_error, issue_from_url, run_expire_credentials, run_issue_credential, run_revoke_on_event,
+    url_body, url_caller,
 };
 
 #[cfg(feature = "inventory-aws")]

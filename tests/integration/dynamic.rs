@@ -116,13 +116,7 @@ async fn logs_in(db: &TestDb, secret: &DbSecret) -> rotor::Result<Box<dyn rotor:
 }
 
 fn url_event(arn: &str, body: &str) -> Value {
-    json!({
-        "version": "2.0",
-        "rawPath": "/",
-        "requestContext": {"authorizer": {"iam": {"userArn": arn, "accountId": "123456789012"}}, "http": {"method": "POST"}},
-        "body": body,
-        "isBase64Encoded": false,
-    })
+    crate::dynamic_authz::url_event(arn, body)
 }
 
 async fn issue_checks_caller(db: TestDb) {

@@ -8,6 +8,7 @@
 
 mod dynamic;
 mod dynamic_scope;
+mod dynamic_authz;
 mod inventory;
 mod rotation;
 mod safety;
@@ -58,6 +59,7 @@ fn main() {
     trials.extend(safety::trials(&env));
     trials.extend(dynamic::trials(&env));
     trials.extend(dynamic_scope::trials(&env));
+    trials.extend(dynamic_authz::trials(&env));
     trials.extend(inventory::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);

@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 use crate::secret::SecretString;
 use crate::time::{now, rfc3339};
 
+/// The one answer for every caller that may not use the role it named,
+/// whether the role exists or not.
+pub const NOT_ALLOWED: &str = "no role of that name exists that this caller may use; ask the role's owner to add your IAM principal to its allowed_principals";
+
 /// A freshly issued credential. Serialised only into the caller's response.
 #[derive(Clone, Debug, Serialize)]
 pub struct IssuedCredential {
@@ -41,7 +45,6 @@ impl Dynamic {
         caller: &Caller,
         enforce_principals: bool,
     ) -> Result<IssuedCredential> {
-        let role = self.role(role_id).await?;
         let audit = |outcome: &str, target: &str, detail: serde_json::Value| {
             record(&AuditRecord {
                 action: "issue-credential",
@@ -51,16 +54,37 @@ impl Dynamic {
                 detail,
             })
         };
+        let role = match self.role(role_id).await {
+            Ok(role) => role,
+            // A caller whose identity the transport vouches for learns
+            // nothing from a failed lookup: "no such secret", "not under the
+            // roles prefix", "does not parse" and "not allowed" are one
+            // answer. The detail goes to the audit record and the log.
+            Err(e) if enforce_principals && !e.is_retryable() => {
+                audit(
+                    "refused",
+                    role_id,
+                    json!({"reason": "no usable role", "error": e.to_string(), "via": caller.via}),
+                );
+                return Err(Error::Forbidden(NOT_ALLOWED.into()));
+            }
+            Err(e) => return Err(e),
+        };
         if enforce_principals && !principal_allowed(&caller.arn, &role.allowed_principals) {
             audit(
                 "refused",
                 &role.name,
                 json!({"reason": "principal not allowed", "via": caller.via}),
             );
-            return Err(Error::Forbidden(format!(
-                "{} may not request credentials for role {}; add it to the role's allowed_principals",
-                caller.arn, role.name
-            )));
+            return Err(Error::Forbidden(NOT_ALLOWED.into()));
+        }
+        if let Err(e) = role.check_privileges(self.allow_privileged_roles()) {
+            audit(
+                "refused",
+                &role.name,
+                json!({"reason": "privileged member_of/owner_role", "roles": role.privileged_roles(), "via": caller.via}),
+            );
+            return Err(e);
         }
         let (ttl, expires_at) = match role.lease_expiry(ttl, now()) {
             Ok(granted) => granted,

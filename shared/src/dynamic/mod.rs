@@ -359,6 +359,92 @@ pub async fn leases_of_role(
         .collect())
 }
 
+/// Whether a secret name is a role's: under the roles prefix, with a name
+/// of its own after it.
+pub fn is_role_name(name: &str, roles_prefix: &str) -> bool {
+    name.strip_prefix(roles_prefix)
+        .is_some_and(|rest| !rest.is_empty())
+}
+
+/// Database roles that make whoever holds them a superuser in all but name,
+/// or let them read, write or run files on the server, or end other
+/// sessions. Compared without regard to case.
+///
+/// PostgreSQL: the `pg_*` server-file, signal and all-data roles
+/// (PostgreSQL 15 manual, "Predefined Roles"), RDS's `rds_superuser`,
+/// `rds_replication`, `rds_password` and `rdsadmin`, Azure's
+/// `azure_pg_admin`/`azure_superuser`, Cloud SQL's `cloudsqlsuperuser`,
+/// AlloyDB's `alloydbsuperuser`. MySQL and MariaDB: `root`, RDS's
+/// `rdsadmin`, Aurora MySQL 3's `rds_superuser_role`, Azure's
+/// `azure_superuser`, the `mysql.*` system accounts. MySQL roles whose
+/// *privileges* are administrative under another name are not caught here.
+pub const PRIVILEGED_ROLES: &[&str] = &[
+    "postgres",
+    "rds_superuser",
+    "rdsadmin",
+    "rds_replication",
+    "rds_password",
+    "rdstopmgr",
+    "pg_execute_server_program",
+    "pg_write_server_files",
+    "pg_read_server_files",
+    "pg_signal_backend",
+    "pg_signal_autovacuum_worker",
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_checkpoint",
+    "pg_create_subscription",
+    "pg_use_reserved_connections",
+    "azure_pg_admin",
+    "azure_superuser",
+    "cloudsqlsuperuser",
+    "cloudsqladmin",
+    "alloydbsuperuser",
+    "alloydbadmin",
+    "root",
+    "rds_superuser_role",
+    "mysql.sys",
+    "mysql.session",
+    "mysql.infoschema",
+    "mariadb.sys",
+];
+
+/// `ROTOR_ALLOW_PRIVILEGED_ROLES=true`: roles may name [`PRIVILEGED_ROLES`].
+pub fn allow_privileged_roles_from_env() -> bool {
+    std::env::var("ROTOR_ALLOW_PRIVILEGED_ROLES")
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+impl RoleDefinition {
+    /// The privileged roles among `member_of` and `owner_role`.
+    pub fn privileged_roles(&self) -> Vec<String> {
+        self.member_of
+            .iter()
+            .chain(self.owner_role.as_ref())
+            .filter(|r| {
+                let r = r.to_ascii_lowercase();
+                PRIVILEGED_ROLES.contains(&r.as_str())
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Refuses a role that grants [`PRIVILEGED_ROLES`] unless `allowed`.
+    pub fn check_privileges(&self, allowed: bool) -> Result<()> {
+        let privileged = self.privileged_roles();
+        if privileged.is_empty() || allowed {
+            return Ok(());
+        }
+        Err(Error::Refused {
+            endpoint: format!("role {}", self.name),
+            reason: format!(
+                "member_of/owner_role names {}, which gives superuser-like or server-file powers; remove it, or set ROTOR_ALLOW_PRIVILEGED_ROLES=true on the function if the deployment means to hand these out",
+                privileged.join(", ")
+            ),
+        })
+    }
+}
+
 pub use crate::principal::principal_allowed;
 
 /// Who asked, as established by the caller's transport (never the body).
@@ -374,7 +460,20 @@ pub struct Dynamic {
     store: Arc<dyn SecretStore>,
     options: ConnectOptions,
     roles_prefix: String,
+    /// `ROTOR_ALLOW_PRIVILEGED_ROLES`.
+    allow_privileged_roles: bool,
+    /// Which static secrets revocation may act on.
+    revoke_scope: revoke::RevokeScope,
+    /// Role definitions read recently, by the id they were asked for: a warm
+    /// function serves repeated requests without Secrets Manager calls.
+    role_cache:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, RoleDefinition)>>,
+    /// `ROTOR_ROLE_CACHE_SECS` (60; 0 turns the cache off).
+    role_cache_ttl: std::time::Duration,
 }
+
+/// Most role definitions a warm function keeps.
+const ROLE_CACHE_MAX: usize = 256;
 
 impl Dynamic {
     pub fn new(store: Arc<dyn SecretStore>, options: ConnectOptions) -> Self {
@@ -383,7 +482,40 @@ impl Dynamic {
             options,
             roles_prefix: std::env::var("ROTOR_ROLES_PREFIX")
                 .unwrap_or_else(|_| "rotor/roles/".into()),
+            allow_privileged_roles: allow_privileged_roles_from_env(),
+            revoke_scope: revoke::RevokeScope::from_env(),
+            role_cache: std::sync::Mutex::default(),
+            role_cache_ttl: std::time::Duration::from_secs(
+                std::env::var("ROTOR_ROLE_CACHE_SECS")
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(60),
+            ),
         }
+    }
+
+    /// How long a role definition is reused; zero reads it every time.
+    pub fn with_role_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.role_cache_ttl = ttl;
+        self
+    }
+
+    pub fn with_revoke_scope(mut self, scope: revoke::RevokeScope) -> Self {
+        self.revoke_scope = scope;
+        self
+    }
+
+    pub fn revoke_scope(&self) -> &revoke::RevokeScope {
+        &self.revoke_scope
+    }
+
+    pub fn with_allow_privileged_roles(mut self, allowed: bool) -> Self {
+        self.allow_privileged_roles = allowed;
+        self
+    }
+
+    pub fn allow_privileged_roles(&self) -> bool {
+        self.allow_privileged_roles
     }
 
     pub fn with_roles_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -404,33 +536,68 @@ impl Dynamic {
     }
 
     /// A role by ARN, full name or short name under the roles prefix.
+    ///
+    /// Only a secret whose *name* is under the roles prefix is a role: a
+    /// short name is looked up there and nowhere else, and an ARN is
+    /// described and its name checked. Any other JSON secret with `engine`
+    /// and `masterarn` (an alternating-users app secret has both) is not a
+    /// role, whoever may write it. Every "no such role" is
+    /// [`Error::NotFound`].
+    ///
+    /// Definitions are reused for `ROTOR_ROLE_CACHE_SECS` (60 s): a change to
+    /// a role (a principal removed) takes effect within that time.
     pub async fn role(&self, id: &str) -> Result<RoleDefinition> {
-        let candidates = if id.starts_with("arn:") || id.starts_with(&self.roles_prefix) {
-            vec![id.to_string()]
-        } else {
-            vec![format!("{}{id}", self.roles_prefix), id.to_string()]
-        };
-        for candidate in &candidates {
-            let meta = match self.store.describe(candidate).await {
-                Ok(meta) => meta,
-                Err(Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let value = self
-                .store
-                .get(&meta.arn, VersionRef::Stage(AWSCURRENT))
-                .await?
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("AWSCURRENT value of role {id}"),
-                })?;
-            return RoleDefinition::parse(&value, &meta.name, &meta.arn);
+        if !self.role_cache_ttl.is_zero()
+            && let Ok(cache) = self.role_cache.lock()
+            && let Some((at, role)) = cache.get(id)
+            && at.elapsed() < self.role_cache_ttl
+        {
+            return Ok(role.clone());
         }
-        Err(Error::NotFound {
-            what: format!(
-                "role {id} (looked for secrets {})",
-                candidates.join(" and ")
-            ),
-        })
+        let role = self.read_role(id).await?;
+        if !self.role_cache_ttl.is_zero()
+            && let Ok(mut cache) = self.role_cache.lock()
+        {
+            if cache.len() >= ROLE_CACHE_MAX {
+                let ttl = self.role_cache_ttl;
+                cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                if cache.len() >= ROLE_CACHE_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(id.to_string(), (std::time::Instant::now(), role.clone()));
+        }
+        Ok(role)
+    }
+
+    async fn read_role(&self, id: &str) -> Result<RoleDefinition> {
+        let candidate = if id.starts_with("arn:") || id.starts_with(&self.roles_prefix) {
+            id.to_string()
+        } else {
+            format!("{}{id}", self.roles_prefix)
+        };
+        let not_a_role = |why: String| Error::NotFound {
+            what: format!("role {id} ({why})"),
+        };
+        let meta = match self.store.describe(&candidate).await {
+            Ok(meta) => meta,
+            Err(Error::NotFound { .. }) => {
+                return Err(not_a_role(format!("no secret {candidate}")));
+            }
+            Err(e) => return Err(e),
+        };
+        if !is_role_name(&meta.name, &self.roles_prefix) {
+            return Err(not_a_role(format!(
+                "secret {} is not under the roles prefix {}",
+                meta.name, self.roles_prefix
+            )));
+        }
+        let value = self
+            .store
+            .get(&meta.arn, VersionRef::Stage(AWSCURRENT))
+            .await?
+            .ok_or_else(|| not_a_role(format!("{} has no AWSCURRENT value", meta.name)))?;
+        RoleDefinition::parse(&value, &meta.name, &meta.arn)
     }
 
     /// Every role under the prefix; definitions that do not parse are
@@ -649,6 +816,31 @@ mod tests {
             &allowed
         ));
         assert!(!principal_allowed("anything", &[]));
+    }
+
+    #[test]
+    fn privileged_roles_need_the_deployment_setting() {
+        let role = |json: &str| {
+            RoleDefinition::parse(&SecretString::new(json), "rotor/roles/x", "arn:x").unwrap()
+        };
+        let bad = role(
+            r#"{"engine":"postgres","masterarn":"m","member_of":["app_rw","PG_Write_Server_Files"],"owner_role":"rds_superuser"}"#,
+        );
+        assert_eq!(
+            bad.privileged_roles(),
+            ["PG_Write_Server_Files", "rds_superuser"]
+        );
+        let err = bad.check_privileges(false).unwrap_err();
+        assert_eq!(err.kind(), "Refused");
+        assert!(err.to_string().contains("ROTOR_ALLOW_PRIVILEGED_ROLES"));
+        assert!(bad.check_privileges(true).is_ok(), "allowed by the setting");
+        let ok = role(
+            r#"{"engine":"postgres","masterarn":"m","member_of":["app_rw"],"owner_role":"app_owner"}"#,
+        );
+        assert!(ok.check_privileges(false).is_ok());
+        assert!(is_role_name("rotor/roles/ci", "rotor/roles/"));
+        assert!(!is_role_name("rotor/roles/", "rotor/roles/"));
+        assert!(!is_role_name("rotor/app/ci", "rotor/roles/"));
     }
 
     #[test]

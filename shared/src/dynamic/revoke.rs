@@ -152,6 +152,49 @@ pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarg
     }
 }
 
+/// The static secrets a revocation may rotate: those whose name starts
+/// with `secret_prefix` or that carry the tag `secret_tag` (key, value) —
+/// the same scope the deployment's IAM policies give the functions
+/// (`ROTOR_SECRET_PREFIX`, `ROTOR_SECRET_TAG_KEY`/`ROTOR_SECRET_TAG_VALUE`,
+/// set by the template from SecretNamePrefix and SecretTagKey/Value).
+/// Neither set: every secret (the CLI, acting with its operator's rights).
+/// Roles are scoped by the roles prefix already.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevokeScope {
+    pub secret_prefix: Option<String>,
+    pub secret_tag: Option<(String, String)>,
+}
+
+impl RevokeScope {
+    pub fn from_env() -> RevokeScope {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        RevokeScope {
+            secret_prefix: var("ROTOR_SECRET_PREFIX"),
+            secret_tag: var("ROTOR_SECRET_TAG_KEY")
+                .map(|k| (k, var("ROTOR_SECRET_TAG_VALUE").unwrap_or_default())),
+        }
+    }
+
+    /// Whether this deployment's scope has any limit at all.
+    pub fn is_limited(&self) -> bool {
+        self.secret_prefix.is_some() || self.secret_tag.is_some()
+    }
+
+    /// Whether a secret with this name and these tags is in scope.
+    pub fn contains(&self, name: &str, tags: &std::collections::BTreeMap<String, String>) -> bool {
+        if !self.is_limited() {
+            return true;
+        }
+        self.secret_prefix
+            .as_deref()
+            .is_some_and(|p| name.starts_with(p))
+            || self
+                .secret_tag
+                .as_ref()
+                .is_some_and(|(k, v)| tags.get(k) == Some(v))
+    }
+}
+
 /// `ROTOR_IGNORE_PRINCIPALS`: comma-separated ARN patterns of Rotor's roles.
 pub fn ignored_principals_from_env() -> Vec<String> {
     std::env::var("ROTOR_IGNORE_PRINCIPALS")
@@ -193,6 +236,7 @@ impl Dynamic {
                     .await;
             }
             RevokeTarget::Secret(secret) => {
+                self.check_in_scope(secret, caller).await?;
                 self.revoke_secret(secret, dry_run, caller, rds.clone(), &mut report)
                     .await;
             }
@@ -208,14 +252,18 @@ impl Dynamic {
                     .into_iter()
                     .filter(|s| s.tags.get(key) == Some(value))
                 {
-                    if s.name.starts_with(self.roles_prefix()) {
+                    if super::is_role_name(&s.name, self.roles_prefix()) {
                         let r = RevokeTarget::Role(s.name.clone());
                         let sub = Box::pin(self.revoke(&r, dry_run, caller, rds.clone())).await?;
                         report.revoked.extend(sub.revoked);
                         report.failures.extend(sub.failures);
-                    } else {
+                    } else if self.revoke_scope().contains(&s.name, &s.tags) {
                         self.revoke_secret(&s.arn, dry_run, caller, rds.clone(), &mut report)
                             .await;
+                    } else {
+                        // Whoever may tag a secret must not thereby make
+                        // Rotor rotate it: only secrets in scope count.
+                        tracing::info!(secret = %s.name, "tagged secret outside the deployment's scope: left alone");
                     }
                 }
             }
@@ -237,6 +285,28 @@ impl Dynamic {
             }
         }
         Ok(report)
+    }
+
+    /// Refuses a static secret outside the deployment's [`RevokeScope`].
+    async fn check_in_scope(&self, secret: &str, caller: &Caller) -> Result<()> {
+        if !self.revoke_scope().is_limited() {
+            return Ok(());
+        }
+        let meta = self.store().describe(secret).await?;
+        if self.revoke_scope().contains(&meta.name, &meta.tags) {
+            return Ok(());
+        }
+        record(&AuditRecord {
+            action: "revoke",
+            actor: &caller.arn,
+            target: &meta.arn,
+            outcome: "refused",
+            detail: json!({"reason": "secret outside the deployment's scope"}),
+        });
+        Err(Error::Forbidden(format!(
+            "secret {} is outside this deployment's scope (ROTOR_SECRET_PREFIX, ROTOR_SECRET_TAG_KEY/VALUE); nothing was changed. Revoke it from the CLI or from the deployment that rotates it",
+            meta.name
+        )))
     }
 
     /// Static secrets whose host starts with `<instance>.` (or is it) and
