@@ -80,7 +80,14 @@ impl TestEnv {
             .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
             .credentials_provider(creds)
             .endpoint_url(url)
-            .retry_config(aws_sdk_secretsmanager::config::retry::RetryConfig::disabled())
+            // moto answers HTTP 500 now and then when calls race inside it
+            // ("dictionary changed size during iteration"); the SDK retries
+            // server errors as it does against the real service.
+            .retry_config(
+                aws_sdk_secretsmanager::config::retry::RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(std::time::Duration::from_millis(50)),
+            )
             .build();
         SmClient::from_conf(config)
     }
@@ -883,7 +890,11 @@ impl TestEnv {
                 "rotor-tests",
             )))
             .endpoint_url(&self.moto_url)
-            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(std::time::Duration::from_millis(50)),
+            )
             .build()
     }
 }
