@@ -450,7 +450,7 @@ pub fn alter_password_sql(user: &str, password: &SecretString) -> String {
     )
 }
 
-/// Role attributes copied from one user to its alternate.
+/// Role attributes the clone mirrors from its user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct RoleAttributes {
     createdb: bool,
@@ -462,7 +462,23 @@ struct RoleAttributes {
     canlogin: bool,
 }
 
+/// The `pg_roles` columns [`RoleAttributes::from_row`] reads, in order.
+const ROLE_ATTRIBUTE_COLUMNS: &str = "rolcreatedb, rolcreaterole, rolinherit, rolreplication, rolbypassrls, rolconnlimit, rolcanlogin";
+
 impl RoleAttributes {
+    /// The first columns of a row selected with [`ROLE_ATTRIBUTE_COLUMNS`].
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        RoleAttributes {
+            createdb: r.get(0),
+            createrole: r.get(1),
+            inherit: r.get(2),
+            replication: r.get(3),
+            bypassrls: r.get(4),
+            connlimit: r.get(5),
+            canlogin: r.get(6),
+        }
+    }
+
     /// The `ALTER ROLE … WITH` options that make `self` look like `want`.
     fn diff(&self, want: &RoleAttributes) -> Vec<String> {
         let mut out = Vec::new();
@@ -1020,20 +1036,12 @@ impl PgSession {
         let row = self
             .client
             .query_opt(
-                "SELECT rolcreatedb, rolcreaterole, rolinherit, rolreplication, rolbypassrls, rolconnlimit, rolcanlogin FROM pg_roles WHERE rolname = $1",
+                &format!("SELECT {ROLE_ATTRIBUTE_COLUMNS} FROM pg_roles WHERE rolname = $1"),
                 &[&user],
             )
             .await
             .map_err(self.db_error(format!("read the attributes of role {user:?}")))?;
-        Ok(row.map(|r| RoleAttributes {
-            createdb: r.get(0),
-            createrole: r.get(1),
-            inherit: r.get(2),
-            replication: r.get(3),
-            bypassrls: r.get(4),
-            connlimit: r.get(5),
-            canlogin: r.get(6),
-        }))
+        Ok(row.as_ref().map(RoleAttributes::from_row))
     }
 
     async fn align_alternate(
@@ -1182,7 +1190,7 @@ impl PgSession {
         let row = self
             .client
             .query_opt(
-                "SELECT rolcreatedb, rolcreaterole, rolinherit, rolreplication, rolbypassrls, rolconnlimit, rolcanlogin, rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+                &format!("SELECT {ROLE_ATTRIBUTE_COLUMNS}, rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1"),
                 &[&clone],
             )
             .await
@@ -1202,15 +1210,7 @@ impl PgSession {
             .map(|m| (m.get(0), m.get(1)))
             .collect();
         Ok(Some(CloneState {
-            attrs: RoleAttributes {
-                createdb: r.get(0),
-                createrole: r.get(1),
-                inherit: r.get(2),
-                replication: r.get(3),
-                bypassrls: r.get(4),
-                connlimit: r.get(5),
-                canlogin: r.get(6),
-            },
+            attrs: RoleAttributes::from_row(&r),
             superuser: r.get(7),
             comment: r.get(8),
             memberships,
