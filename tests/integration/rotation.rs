@@ -958,46 +958,7 @@ async fn replica_accepted(env: TestEnv) {
     let db = TestDb::new(Kind::Postgres, &env);
     // moto's RDS: a primary and its read replica. Their endpoints do not
     // resolve, so the engine maps them to the test server.
-    let rds = env.rds_client();
-    let primary = unique("rotor-primary").replace('_', "-");
-    let replica = unique("rotor-replica").replace('_', "-");
-    rds.create_db_instance()
-        .db_instance_identifier(&primary)
-        .engine("postgres")
-        .db_instance_class("db.t3.micro")
-        .master_username("admin")
-        .master_user_password("not-used-1234")
-        .allocated_storage(20)
-        .port(i32::from(env.pg_port))
-        .send()
-        .await
-        .expect("create primary");
-    rds.create_db_instance_read_replica()
-        .db_instance_identifier(&replica)
-        .source_db_instance_identifier(&primary)
-        .send()
-        .await
-        .expect("create replica");
-    let host_of = |id: String| {
-        let rds = rds.clone();
-        async move {
-            let out = rds
-                .describe_db_instances()
-                .db_instance_identifier(&id)
-                .send()
-                .await
-                .expect("describe");
-            out.db_instances
-                .unwrap_or_default()
-                .remove(0)
-                .endpoint
-                .and_then(|e| e.address)
-                .expect("address")
-        }
-    };
-    let primary_host = host_of(primary.clone()).await;
-    let replica_host = host_of(replica.clone()).await;
-    assert_ne!(primary_host, replica_host);
+    let (primary_host, _, replica_host) = env.rds_primary_and_replica().await;
     let f = fixture(
         &db,
         Strategy::AlternatingUsers,

@@ -438,38 +438,7 @@ async fn revoked_membership(env: TestEnv) {
 
 async fn look_alike_replica(env: TestEnv) {
     let db = TestDb::new(Kind::Postgres, &env);
-    let rds = env.rds_client();
-    let primary = unique("rotor-prim").replace('_', "-");
-    let replica = unique("rotor-repl").replace('_', "-");
-    rds.create_db_instance()
-        .db_instance_identifier(&primary)
-        .engine("postgres")
-        .db_instance_class("db.t3.micro")
-        .master_username("admin")
-        .master_user_password("not-used-1234")
-        .allocated_storage(20)
-        .port(i32::from(env.pg_port))
-        .send()
-        .await
-        .expect("create primary");
-    rds.create_db_instance_read_replica()
-        .db_instance_identifier(&replica)
-        .source_db_instance_identifier(&primary)
-        .send()
-        .await
-        .expect("create replica");
-    let primary_host = rds
-        .describe_db_instances()
-        .db_instance_identifier(&primary)
-        .send()
-        .await
-        .expect("describe")
-        .db_instances
-        .unwrap_or_default()
-        .remove(0)
-        .endpoint
-        .and_then(|e| e.address)
-        .expect("address");
+    let (primary_host, replica, _) = env.rds_primary_and_replica().await;
     let f = fixture(
         &db,
         Strategy::AlternatingUsers,

@@ -105,6 +105,53 @@ impl TestEnv {
         aws_sdk_rds::Client::from_conf(config)
     }
 
+    /// A primary instance and its read replica in moto's RDS, on the test
+    /// cluster's port: (primary endpoint, replica id, replica endpoint).
+    /// The endpoints do not resolve; tests map them with host overrides.
+    pub async fn rds_primary_and_replica(&self) -> (String, String, String) {
+        let rds = self.rds_client();
+        let primary = unique("rotor-primary").replace('_', "-");
+        let replica = unique("rotor-replica").replace('_', "-");
+        rds.create_db_instance()
+            .db_instance_identifier(&primary)
+            .engine("postgres")
+            .db_instance_class("db.t3.micro")
+            .master_username("admin")
+            .master_user_password("not-used-1234")
+            .allocated_storage(20)
+            .port(i32::from(self.pg_port))
+            .send()
+            .await
+            .expect("create primary");
+        rds.create_db_instance_read_replica()
+            .db_instance_identifier(&replica)
+            .source_db_instance_identifier(&primary)
+            .send()
+            .await
+            .expect("create replica");
+        let mut hosts = Vec::new();
+        for id in [&primary, &replica] {
+            let out = rds
+                .describe_db_instances()
+                .db_instance_identifier(id)
+                .send()
+                .await
+                .expect("describe");
+            hosts.push(
+                out.db_instances
+                    .unwrap_or_default()
+                    .remove(0)
+                    .endpoint
+                    .and_then(|e| e.address)
+                    .expect("address"),
+            );
+        }
+        let replica_host = hosts.pop().expect("replica host");
+        let primary_host = hosts.pop().expect("primary host");
+        assert_ne!(primary_host, replica_host);
+        (primary_host, replica, replica_host)
+    }
+
     /// The PostgreSQL engine trusting the test CA.
     pub fn engine_with_ca(&self, ca: &str) -> PostgresEngine {
         PostgresEngine::new(ConnectOptions {
