@@ -77,12 +77,6 @@ impl ServerVersion {
             Flavor::MySql => 16,
         }
     }
-
-    /// Whether the server still speaks `SET PASSWORD … = '<hash>'` and
-    /// `IDENTIFIED … AS '<hash>'` for native accounts.
-    fn is_mysql8_or_later(&self) -> bool {
-        self.flavor == Flavor::MySql && self.major >= 8
-    }
 }
 
 /// `'*' + HEX(SHA1(SHA1(password)))`: the `mysql_native_password` hash.
@@ -128,30 +122,122 @@ fn literal(value: &str) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub struct PasswordStatement {
     pub sql: String,
-    /// The SQL contains the plaintext (only over TLS).
+    /// The SQL contains the plaintext (sent only over TLS).
     pub carries_plaintext: bool,
 }
 
-/// The statement with which a user changes its own password.
-pub fn own_password_statement(version: ServerVersion, password: &str) -> PasswordStatement {
-    if version.is_mysql8_or_later() {
+impl PasswordStatement {
+    fn hash(sql: String) -> Self {
         PasswordStatement {
-            sql: format!(
-                "ALTER USER CURRENT_USER() IDENTIFIED BY {}",
-                literal(password)
-            ),
-            carries_plaintext: true,
-        }
-    } else {
-        PasswordStatement {
-            sql: format!("SET PASSWORD = '{}'", native_password_hash(password)),
+            sql,
             carries_plaintext: false,
         }
+    }
+
+    fn plaintext(sql: String) -> Self {
+        PasswordStatement {
+            sql,
+            carries_plaintext: true,
+        }
+    }
+}
+
+const NATIVE: &str = "mysql_native_password";
+
+impl ServerVersion {
+    fn at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
+        (self.major, self.minor, self.patch) >= (major, minor, patch)
+    }
+
+    /// MySQL 5.7.6 changed `SET PASSWORD = '<string>'` from "a hash" to
+    /// "cleartext" and added `ALTER USER … IDENTIFIED WITH … AS '<hash>'`
+    /// (MySQL 5.7 manual, 13.7.1.7 SET PASSWORD and 13.7.1.1 ALTER USER).
+    fn mysql_5_7_6_or_later(&self) -> bool {
+        self.flavor == Flavor::MySql && self.at_least(5, 7, 6)
+    }
+
+    /// Whether an account using `plugin` (`None`: unknown) may be given the
+    /// `mysql_native_password` hash. MySQL 9.0 removed that plugin (MySQL 9.0
+    /// manual, 8.4.1.1 "Native Pluggable Authentication": removed); 8.4 ships
+    /// it disabled, so on 8.x the hash is used only for accounts that already
+    /// use it (the plugin is then loaded). MySQL 5.x and MariaDB default to it.
+    fn native_hash_fits(&self, plugin: Option<&str>) -> bool {
+        let native = matches!(plugin, None | Some("") | Some(NATIVE));
+        match self.flavor {
+            Flavor::MariaDb => native,
+            Flavor::MySql if self.major >= 9 => false,
+            Flavor::MySql if self.major >= 8 => plugin == Some(NATIVE),
+            Flavor::MySql => native,
+        }
+    }
+}
+
+/// The statements with which the logged-in user changes its own password,
+/// best first. A later one is tried only when the server refuses an earlier
+/// one for lack of privilege (an access-denied error: nothing changed).
+/// `plugin` is the account's authentication plugin when known (MySQL:
+/// `SHOW CREATE USER CURRENT_USER()`, which needs no privilege for oneself).
+///
+/// - MariaDB, MySQL < 5.7.6: `SET PASSWORD = '<hash>'` reads the string as
+///   the hash and needs no privilege for one's own account (MySQL 5.6 / 5.7
+///   manual, SET PASSWORD, "before 5.7.6: 'hash_string'"; MariaDB, SET PASSWORD).
+/// - MySQL 5.7.6+ with a native account: `ALTER USER CURRENT_USER()
+///   IDENTIFIED WITH mysql_native_password AS '<hash>'`. The manual's
+///   own-password exception (ALTER USER: "any client … can change the
+///   password for that account") is stated for `IDENTIFIED BY`; the
+///   `USER()` form accepts only `IDENTIFIED BY` (MySQL 8.0 manual,
+///   15.7.1.1 ALTER USER, `user_func_auth_option`). Without the CREATE
+///   USER privilege the server may refuse the `AS` form, so:
+/// - then `SET PASSWORD = '<literal>'`: cleartext that the server hashes
+///   with the account's own plugin (MySQL 8.0 manual, 15.7.1.10 SET
+///   PASSWORD), needing no privilege; sent only over TLS.
+pub fn own_password_statements(
+    version: ServerVersion,
+    plugin: Option<&str>,
+    password: &str,
+) -> Vec<PasswordStatement> {
+    let hash = native_password_hash(password);
+    if !version.mysql_5_7_6_or_later() {
+        return vec![
+            if version.native_hash_fits(plugin) || version.flavor == Flavor::MySql {
+                PasswordStatement::hash(format!("SET PASSWORD = '{hash}'"))
+            } else {
+                // MariaDB ed25519 and friends: PASSWORD() hashes for the
+                // account's plugin (MariaDB 10.4+, SET PASSWORD).
+                PasswordStatement::plaintext(format!(
+                    "SET PASSWORD = PASSWORD({})",
+                    literal(password)
+                ))
+            },
+        ];
+    }
+    let literal = PasswordStatement::plaintext(format!("SET PASSWORD = {}", literal(password)));
+    if version.native_hash_fits(plugin) {
+        vec![
+            PasswordStatement::hash(format!(
+                "ALTER USER CURRENT_USER() IDENTIFIED WITH {NATIVE} AS '{hash}'"
+            )),
+            literal,
+        ]
+    } else {
+        vec![literal]
     }
 }
 
 /// The statement with which an administrator sets `user@host`'s password;
 /// `plugin` is the account's authentication plugin when known.
+///
+/// - MariaDB: `SET PASSWORD FOR … = '<hash>'` (native accounts); other
+///   plugins are switched to native with the hash (`ALTER USER … IDENTIFIED
+///   VIA mysql_native_password USING '<hash>'`, MariaDB ALTER USER), which
+///   keeps the password out of SQL text and logs in as before.
+/// - MySQL < 5.7.6: `SET PASSWORD FOR … = '<hash>'` (no `ALTER USER …
+///   IDENTIFIED` before 5.7.6; MySQL 5.6 manual, 13.7.1.7 SET PASSWORD).
+/// - MySQL 5.7.6+, native account: `ALTER USER … IDENTIFIED WITH
+///   mysql_native_password AS '<hash>'` (MySQL 5.7 manual, 13.7.1.1).
+/// - Otherwise (caching_sha2_password, MySQL 9): `SET PASSWORD FOR … =
+///   '<literal>'`, hashed by the account's own plugin (MySQL 8.0 manual,
+///   15.7.1.10), only over TLS.
 pub fn set_password_statement(
     version: ServerVersion,
     user: &str,
@@ -162,47 +248,73 @@ pub fn set_password_statement(
     let who = account(user, host);
     let hash = native_password_hash(password);
     match version.flavor {
-        Flavor::MariaDb => PasswordStatement {
-            sql: format!("SET PASSWORD FOR {who} = '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql if !version.is_mysql8_or_later() => PasswordStatement {
-            sql: format!("ALTER USER {who} IDENTIFIED WITH mysql_native_password AS '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql if plugin == Some("mysql_native_password") => PasswordStatement {
-            sql: format!("ALTER USER {who} IDENTIFIED WITH mysql_native_password AS '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql => PasswordStatement {
-            sql: format!("ALTER USER {who} IDENTIFIED BY {}", literal(password)),
-            carries_plaintext: true,
-        },
+        Flavor::MariaDb if version.native_hash_fits(plugin) => {
+            PasswordStatement::hash(format!("SET PASSWORD FOR {who} = '{hash}'"))
+        }
+        Flavor::MariaDb => PasswordStatement::hash(format!(
+            "ALTER USER {who} IDENTIFIED VIA {NATIVE} USING '{hash}'"
+        )),
+        Flavor::MySql if !version.mysql_5_7_6_or_later() => {
+            PasswordStatement::hash(format!("SET PASSWORD FOR {who} = '{hash}'"))
+        }
+        Flavor::MySql if version.native_hash_fits(plugin) => PasswordStatement::hash(format!(
+            "ALTER USER {who} IDENTIFIED WITH {NATIVE} AS '{hash}'"
+        )),
+        Flavor::MySql => {
+            PasswordStatement::plaintext(format!("SET PASSWORD FOR {who} = {}", literal(password)))
+        }
     }
 }
 
-/// The statement creating `user@host` with a password.
+/// The statement creating `user@host` with a password (dynamic users: the
+/// server's default plugin).
 pub fn create_user_statement(
     version: ServerVersion,
     user: &str,
     host: &str,
     password: &str,
 ) -> PasswordStatement {
+    create_account_statement(version, user, host, None, password)
+}
+
+/// The statement creating `user@host` with a password, using `plugin` (the
+/// template account's plugin, when known).
+///
+/// - MariaDB, MySQL < 5.7.6: `CREATE USER … IDENTIFIED BY PASSWORD
+///   '<hash>'` (MySQL 5.6 manual, 13.7.1.2 CREATE USER; MariaDB CREATE USER).
+/// - MySQL 5.7.6+ where the native hash fits: `IDENTIFIED WITH
+///   mysql_native_password AS '<hash>'` (MySQL 5.7 manual, 13.7.1.2).
+/// - Otherwise (MySQL 8.x non-native, 8.x unknown, 9.x): `IDENTIFIED WITH
+///   <plugin> BY '<literal>'` (or the server default), only over TLS.
+pub fn create_account_statement(
+    version: ServerVersion,
+    user: &str,
+    host: &str,
+    plugin: Option<&str>,
+    password: &str,
+) -> PasswordStatement {
     let who = account(user, host);
     let hash = native_password_hash(password);
-    match version.flavor {
-        Flavor::MariaDb => PasswordStatement {
-            sql: format!("CREATE USER {who} IDENTIFIED BY PASSWORD '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql if !version.is_mysql8_or_later() => PasswordStatement {
-            sql: format!("CREATE USER {who} IDENTIFIED WITH mysql_native_password AS '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql => PasswordStatement {
-            sql: format!("CREATE USER {who} IDENTIFIED BY {}", literal(password)),
-            carries_plaintext: true,
-        },
+    if !version.mysql_5_7_6_or_later() {
+        return PasswordStatement::hash(format!(
+            "CREATE USER {who} IDENTIFIED BY PASSWORD '{hash}'"
+        ));
+    }
+    let plugin = plugin.filter(|p| !p.is_empty());
+    if version.native_hash_fits(plugin) {
+        return PasswordStatement::hash(format!(
+            "CREATE USER {who} IDENTIFIED WITH {NATIVE} AS '{hash}'"
+        ));
+    }
+    match plugin.filter(|p| p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        Some(plugin) => PasswordStatement::plaintext(format!(
+            "CREATE USER {who} IDENTIFIED WITH {plugin} BY {}",
+            literal(password)
+        )),
+        None => PasswordStatement::plaintext(format!(
+            "CREATE USER {who} IDENTIFIED BY {}",
+            literal(password)
+        )),
     }
 }
 
@@ -298,6 +410,30 @@ impl MysqlEngine {
             Ok(Err(e)) => Err(classify(e, &endpoint, &secret.username, which)),
         }
     }
+}
+
+/// Server errors that mean "this login may not do that" (nothing changed):
+/// 1044 access denied to database, 1142 command denied, 1227 specific
+/// privilege needed, 1370 routine access denied.
+fn is_access_denied(code: u16) -> bool {
+    matches!(code, 1044 | 1142 | 1227 | 1370)
+}
+
+/// The plugin named in a `SHOW CREATE USER` line: `IDENTIFIED WITH
+/// 'caching_sha2_password' AS …` (MySQL) or `IDENTIFIED VIA ed25519 …`
+/// (MariaDB). `None` when no plugin is named.
+pub fn plugin_of_create_user(text: &str) -> Option<String> {
+    let upper = text.to_ascii_uppercase();
+    let at = ["IDENTIFIED WITH ", "IDENTIFIED VIA "]
+        .iter()
+        .find_map(|k| upper.find(k).map(|i| i + k.len()))?;
+    let rest = &text[at..];
+    let name: String = rest
+        .trim_start_matches(['\'', '`', '"'])
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 fn classify(e: mysql_async::Error, endpoint: &str, user: &str, which: Role) -> Error {
@@ -471,13 +607,33 @@ impl MySession {
         }
     }
 
-    async fn run(&mut self, statement: &PasswordStatement, action: &str) -> Result<()> {
+    /// Refuses, before anything is sent, a statement that would carry the
+    /// plaintext over a connection without TLS.
+    fn refuse_plaintext_without_tls(
+        &self,
+        statement: &PasswordStatement,
+        action: &str,
+    ) -> Result<()> {
         if statement.carries_plaintext && !self.tls {
-            return Err(Error::Config(format!(
-                "refusing to send a password in SQL over an unencrypted connection to {} ({action}); MySQL {}.{} with caching_sha2_password needs the plaintext in ALTER USER, so set \"ssl\": true",
-                self.endpoint, self.version.major, self.version.minor
-            )));
+            return Err(Error::Refused {
+                endpoint: self.endpoint.to_string(),
+                reason: format!(
+                    "to {action}, {} {}.{}.{} has no form of the statement that takes a password hash for this account, so the new password would travel as a literal in SQL, and this connection is not encrypted; set \"ssl\": true in the secret (verified TLS)",
+                    match self.version.flavor {
+                        Flavor::MySql => "MySQL",
+                        Flavor::MariaDb => "MariaDB",
+                    },
+                    self.version.major,
+                    self.version.minor,
+                    self.version.patch,
+                ),
+            });
         }
+        Ok(())
+    }
+
+    async fn run(&mut self, statement: &PasswordStatement, action: &str) -> Result<()> {
+        self.refuse_plaintext_without_tls(statement, action)?;
         let endpoint = self.endpoint.clone();
         self.conn()?
             .query_drop(&statement.sql)
@@ -490,6 +646,63 @@ impl MySession {
                     other => other.to_string(),
                 },
             })
+    }
+
+    /// Runs the first of `statements` the server accepts; moves on only when
+    /// the server refuses one for lack of privilege (nothing changed then).
+    async fn run_first_allowed(
+        &mut self,
+        statements: &[PasswordStatement],
+        action: &str,
+    ) -> Result<()> {
+        let mut refused = None;
+        for (i, statement) in statements.iter().enumerate() {
+            self.refuse_plaintext_without_tls(statement, action)
+                .map_err(|e| match (&refused, e) {
+                    (Some(earlier), Error::Refused { endpoint, reason }) => Error::Refused {
+                        endpoint,
+                        reason: format!("{reason} (the hash form was refused: {earlier})"),
+                    },
+                    (_, e) => e,
+                })?;
+            let result = self.conn()?.query_drop(&statement.sql).await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(mysql_async::Error::Server(e))
+                    if i + 1 < statements.len() && is_access_denied(e.code) =>
+                {
+                    tracing::info!(
+                        code = e.code,
+                        "password hash form refused for lack of privilege; trying the next form"
+                    );
+                    refused = Some(e.message);
+                }
+                Err(e) => {
+                    return Err(Error::Database {
+                        endpoint: self.endpoint.to_string(),
+                        action: action.to_string(),
+                        detail: match e {
+                            mysql_async::Error::Server(s) => s.message,
+                            other => other.to_string(),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The logged-in account's authentication plugin, from `SHOW CREATE USER
+    /// CURRENT_USER()` (allowed for oneself without privileges on MySQL
+    /// 5.7+ and MariaDB 10.2+); `None` when the server does not say.
+    async fn own_plugin(&mut self) -> Option<String> {
+        let conn = self.conn.as_mut()?;
+        let text: Option<String> = conn
+            .query_first("SHOW CREATE USER CURRENT_USER()")
+            .await
+            .ok()
+            .flatten();
+        text.as_deref().and_then(plugin_of_create_user)
     }
 
     async fn exec(&mut self, sql: &str) -> Result<()> {
@@ -546,8 +759,16 @@ impl Session for MySession {
     }
 
     async fn set_own_password(&mut self, _user: &str, password: &SecretString) -> Result<()> {
-        let statement = own_password_statement(self.version, password.expose());
-        self.run(&statement, "change its own password").await
+        // Only MySQL 5.7.6+ chooses by plugin; elsewhere the hash always fits.
+        let plugin = if self.version.mysql_5_7_6_or_later() {
+            self.own_plugin().await
+        } else {
+            None
+        };
+        let statements =
+            own_password_statements(self.version, plugin.as_deref(), password.expose());
+        self.run_first_allowed(&statements, "change its own password")
+            .await
     }
 
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
@@ -627,15 +848,20 @@ impl Session for MySession {
         let mut sync = AlternateSync::default();
         for Account {
             host,
+            plugin,
             ssl_type,
             max_user_connections: max_conn,
-            ..
         } in wanted
         {
             let have = existing.iter().find(|a| a.host == host).cloned();
             if have.is_none() {
-                let statement =
-                    create_user_statement(self.version, alternate, &host, password.expose());
+                let statement = create_account_statement(
+                    self.version,
+                    alternate,
+                    &host,
+                    Some(&plugin),
+                    password.expose(),
+                );
                 self.run(&statement, &format!("create {}", account(alternate, &host)))
                     .await?;
                 sync.created = true;
@@ -812,52 +1038,269 @@ mod tests {
         );
     }
 
+    /// One row per server family and version: which statement each builder
+    /// sends, and whether it carries the plaintext (then only over TLS).
+    /// `H` = the native hash only; `P` = the literal (TLS only).
+    ///
+    /// Manual sections: MySQL 5.6 13.7.1.7 SET PASSWORD ('hash_string'
+    /// before 5.7.6); MySQL 5.7 13.7.1.7 SET PASSWORD ("'auth_string'
+    /// represents a cleartext password", 5.7.6+) and 13.7.1.1 ALTER USER
+    /// (`IDENTIFIED WITH auth_plugin AS 'auth_string'`, needs CREATE USER or
+    /// UPDATE on mysql except for one's own password, whose `USER()` form
+    /// takes only `IDENTIFIED BY`); MySQL 8.0 15.7.1.10 SET PASSWORD (the
+    /// cleartext is hashed by the account's plugin); MySQL 8.4 8.4.1.1
+    /// (mysql_native_password deprecated and disabled by default); MySQL 9.0
+    /// release notes (mysql_native_password removed); MariaDB SET PASSWORD /
+    /// CREATE USER (`'hash'`, `IDENTIFIED BY PASSWORD 'hash'`).
     #[test]
-    fn password_statements_per_server() {
+    fn password_statements_per_server_family_and_version() {
         let pw = "p'w\\x";
-        // MySQL 9 (AWS's function takes the 5.7 branch here: "9" does not start with "8").
-        let s = own_password_statement(v("9.1.0"), pw);
-        assert_eq!(s.sql, "ALTER USER CURRENT_USER() IDENTIFIED BY 'p''w\\\\x'");
-        assert!(s.carries_plaintext);
-        let s = own_password_statement(v("8.0.36"), pw);
-        assert!(s.carries_plaintext && s.sql.starts_with("ALTER USER CURRENT_USER()"));
-        for old in ["5.7.44", "10.11.6-MariaDB", "11.4.2-MariaDB"] {
-            let s = own_password_statement(v(old), pw);
+        let hash = native_password_hash(pw);
+        let native = Some(NATIVE);
+        let sha2 = Some("caching_sha2_password");
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            &'static [&'static str],
+            &'static str,
+            &'static str,
+        );
+        // (version, account plugin, own statements in order, set for other, create)
+        let table: &[Row] = &[
+            (
+                "10.11.6-MariaDB",
+                native,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "10.11.6-MariaDB",
+                None,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "10.11.6-MariaDB",
+                Some("ed25519"),
+                &["P SET PASSWORD = PASSWORD('"],
+                "H ALTER USER `u`@`%` IDENTIFIED VIA mysql_native_password USING '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "5.6.51",
+                native,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "5.7.5",
+                native,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "5.7.6",
+                native,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "5.7.44-log",
+                None,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "5.7.44",
+                Some("sha256_password"),
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH sha256_password BY '",
+            ),
+            (
+                "8.0.36",
+                native,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "8.0.36",
+                sha2,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH caching_sha2_password BY '",
+            ),
+            (
+                "8.0.36",
+                None,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED BY '",
+            ),
+            (
+                "8.4.3",
+                native,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "8.4.3",
+                sha2,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH caching_sha2_password BY '",
+            ),
+            (
+                "9.1.0",
+                native,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password BY '",
+            ),
+            (
+                "9.1.0",
+                sha2,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH caching_sha2_password BY '",
+            ),
+        ];
+        let check = |row: &str, expected: &str, got: &PasswordStatement| {
+            let (kind, prefix) = expected.split_at(2);
             assert!(
-                !s.carries_plaintext && !s.sql.contains("p'w"),
-                "{old}: {}",
-                s.sql
+                got.sql.starts_with(prefix),
+                "{row}: expected {prefix:?}…, got {}",
+                got.sql
             );
-            assert!(s.sql.starts_with("SET PASSWORD = '*"));
+            match kind {
+                "H " => {
+                    assert!(!got.carries_plaintext, "{row}: {}", got.sql);
+                    assert!(
+                        got.sql.contains(&hash) && !got.sql.contains("p'"),
+                        "{row}: {}",
+                        got.sql
+                    );
+                }
+                _ => {
+                    assert!(got.carries_plaintext, "{row}: {}", got.sql);
+                    assert!(!got.sql.contains(&hash), "{row}: {}", got.sql);
+                }
+            }
+        };
+        for (version, plugin, own, set, create) in table {
+            let row = format!("{version} {plugin:?}");
+            let got = own_password_statements(v(version), *plugin, pw);
+            assert_eq!(got.len(), own.len(), "{row}: {got:?}");
+            for (expected, got) in own.iter().zip(&got) {
+                check(&row, expected, got);
+            }
+            check(
+                &row,
+                set,
+                &set_password_statement(v(version), "u", "%", *plugin, pw),
+            );
+            check(
+                &row,
+                create,
+                &create_account_statement(v(version), "u", "%", *plugin, pw),
+            );
         }
-        let s = set_password_statement(v("10.11.6-MariaDB"), "a`b", "%", None, pw);
-        assert_eq!(
-            s.sql,
-            format!(
-                "SET PASSWORD FOR `a``b`@`%` = '{}'",
-                native_password_hash(pw)
-            )
-        );
-        let s = set_password_statement(
-            v("5.7.44"),
-            "u",
-            "10.0.0.%",
-            Some("mysql_native_password"),
-            pw,
-        );
-        assert!(
-            s.sql.starts_with(
-                "ALTER USER `u`@`10.0.0.%` IDENTIFIED WITH mysql_native_password AS '*"
-            )
-        );
-        let s = set_password_statement(v("8.0.36"), "u", "%", Some("mysql_native_password"), pw);
-        assert!(!s.carries_plaintext);
-        let s = set_password_statement(v("8.0.36"), "u", "%", Some("caching_sha2_password"), pw);
-        assert!(s.carries_plaintext && s.sql.starts_with("ALTER USER `u`@`%` IDENTIFIED BY '"));
+        // Dynamic users (no template): the server's default plugin.
         let s = create_user_statement(v("9.1.0"), "u", "%", pw);
         assert!(s.carries_plaintext && s.sql.starts_with("CREATE USER `u`@`%` IDENTIFIED BY '"));
-        let s = create_user_statement(v("10.6.1-MariaDB"), "u", "%", pw);
-        assert!(!s.carries_plaintext && s.sql.contains("IDENTIFIED BY PASSWORD '*"));
+        let s = create_user_statement(v("5.7.44"), "u", "%", pw);
+        assert!(!s.carries_plaintext && s.sql.contains("AS '*"));
+        // The literal is escaped; the hash is the password's.
+        let s = set_password_statement(v("10.11.6-MariaDB"), "a`b", "%", None, pw);
+        assert_eq!(s.sql, format!("SET PASSWORD FOR `a``b`@`%` = '{hash}'"));
+    }
+
+    fn offline_session(version: &str, tls: bool) -> MySession {
+        MySession {
+            conn: None,
+            endpoint: Arc::from("db.example:3306"),
+            version: v(version),
+            tls,
+        }
+    }
+
+    /// Without TLS, a server with no hash form for the statement gets a
+    /// refusal before anything is sent (the session has no connection: any
+    /// attempt to send would fail differently).
+    #[tokio::test(flavor = "current_thread")]
+    async fn literal_password_refused_without_tls_before_anything_is_sent() {
+        let password = SecretString::new("new-password".to_string());
+        for version in ["9.1.0", "8.0.36"] {
+            let err = offline_session(version, false)
+                .set_own_password("u", &password)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "Refused", "{version}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("\"ssl\": true") && text.contains("nothing was changed"),
+                "{text}"
+            );
+            assert!(!text.contains("new-password"), "{text}");
+            // Over TLS the same plan goes to the server.
+            let err = offline_session(version, true)
+                .set_own_password("u", &password)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "Database", "{version}: {err}");
+        }
+        // MariaDB and old MySQL send the hash: no TLS needed.
+        for version in ["10.11.6-MariaDB", "5.6.51"] {
+            let err = offline_session(version, false)
+                .set_own_password("u", &password)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "Database", "{version}: {err}");
+        }
+    }
+
+    #[test]
+    fn plugin_named_by_show_create_user() {
+        assert_eq!(
+            plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED WITH 'caching_sha2_password' AS '$A$005$x' REQUIRE NONE").as_deref(),
+            Some("caching_sha2_password")
+        );
+        assert_eq!(
+            plugin_of_create_user(
+                "CREATE USER 'root'@'localhost' IDENTIFIED WITH 'mysql_native_password' AS '*24'"
+            )
+            .as_deref(),
+            Some(NATIVE)
+        );
+        assert_eq!(
+            plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED VIA ed25519 USING 'x'")
+                .as_deref(),
+            Some("ed25519")
+        );
+        assert_eq!(
+            plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*24'"),
+            None
+        );
     }
 
     #[test]
