@@ -8,6 +8,7 @@
 
 mod dynamic;
 mod inventory;
+mod mysql_safety;
 mod rotation;
 mod stores;
 
@@ -55,6 +56,7 @@ fn main() {
     trials.extend(rotation::trials(&env));
     trials.extend(dynamic::trials(&env));
     trials.extend(inventory::trials(&env));
+    trials.extend(mysql_safety::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {

@@ -11,6 +11,7 @@
 //! the driver's quoting rules): Rotor sends it only over TLS and refuses on a
 //! plaintext connection. Account names are always quoted.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
+use crate::strategy::CLONE_SUFFIX;
 
 /// Which server answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,37 +320,468 @@ pub fn create_account_statement(
     }
 }
 
+/// The database named in the grant that marks an account as Rotor's
+/// alternate (`GRANT SELECT ON `rotor_alternate_marker`.* TO <clone>`).
+///
+/// Why a grant: MariaDB has no account comment or attribute, MySQL 5.7 has
+/// neither, and MySQL 8.0.21+'s `ATTRIBUTE` cannot be tested here. A
+/// database-level grant on a schema nobody creates exists on every server
+/// family and version, survives upgrades and dumps (`SHOW GRANTS`), is set
+/// only by someone who may grant (Rotor's master, or a DBA marking a clone
+/// by hand), and gives nothing: the schema does not exist.
+pub const ALTERNATE_MARKER_DB: &str = "rotor_alternate_marker";
+
+/// The statement marking `user@host` as Rotor's alternate.
+pub fn marker_grant(user: &str, host: &str) -> String {
+    format!(
+        "GRANT SELECT ON {}.* TO {}",
+        quote_name(ALTERNATE_MARKER_DB),
+        account(user, host)
+    )
+}
+
+/// One `SHOW GRANTS` line about an account, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// `GRANT <privileges> ON <object> TO … [WITH GRANT OPTION]`.
+    Privileges {
+        object: String,
+        privileges: BTreeSet<String>,
+        grant_option: bool,
+    },
+    /// `GRANT <role> TO … [WITH ADMIN OPTION]`.
+    Role { role: String, admin_option: bool },
+    /// MySQL 8 partial revoke (`partial_revokes=ON`): `REVOKE <privileges>
+    /// ON <schema>.* FROM …`, an exception to a global privilege.
+    PartialRevoke {
+        object: String,
+        privileges: BTreeSet<String>,
+    },
+}
+
+/// Splits `text` at `sep` where it is outside backticks and quotes.
+fn split_outside_quotes<'a>(text: &'a str, sep: &str) -> Vec<&'a str> {
+    let mut parts = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut depth = 0usize;
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        match quote {
+            Some(q) if c == q => {
+                // A doubled quote stays inside the name.
+                if bytes.get(i + 1) == Some(&(q as u8)) {
+                    i += 1;
+                } else {
+                    quote = None;
+                }
+            }
+            Some(_) => {}
+            None if c == '`' || c == '\'' || c == '"' => quote = Some(c),
+            None if c == '(' => depth += 1,
+            None if c == ')' => depth = depth.saturating_sub(1),
+            None if depth == 0 && text[i..].starts_with(sep) => {
+                parts.push(&text[start..i]);
+                i += sep.len();
+                start = i;
+                continue;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The ways a server writes `user@host` in `SHOW GRANTS`.
+fn grantee_forms(user: &str, host: &str) -> [String; 3] {
+    [
+        account(user, host),
+        format!(
+            "'{}'@'{}'",
+            user.replace('\\', "\\\\").replace('\'', "\\'"),
+            host.replace('\\', "\\\\").replace('\'', "\\'")
+        ),
+        format!("{user}@{host}"),
+    ]
+}
+
+/// Parses one `SHOW GRANTS` line of `user@host`. The grantee is found from
+/// the END of the line (the last ` TO <grantee>` / ` FROM <grantee>` that
+/// only options follow), so an object or role whose name contains the
+/// grantee's text cannot confuse it. `None` for lines about someone else
+/// and for PROXY grants (never replayed).
+pub fn parse_grant(line: &str, user: &str, host: &str) -> Option<Grant> {
+    let line = line.trim();
+    let upper = line.to_ascii_uppercase();
+    let revoke = upper.starts_with("REVOKE ");
+    let (verb, keyword) = if revoke {
+        ("REVOKE ", " FROM ")
+    } else {
+        ("GRANT ", " TO ")
+    };
+    if !upper.starts_with(verb) {
+        return None;
+    }
+    let (at, grantee_len) = grantee_forms(user, host)
+        .iter()
+        .filter_map(|g| {
+            let needle = format!("{keyword}{g}");
+            line.rfind(&needle).map(|i| (i, needle.len()))
+        })
+        .max()?;
+    parse_grant_at(line, verb, keyword.len(), at, grantee_len, revoke)
+}
+
+/// Parses a `SHOW GRANTS` line of a role (its grantee is the role itself,
+/// written without a host on MariaDB): the grantee is whatever follows the
+/// last ` TO ` / ` FROM ` outside quotes.
+pub fn parse_grant_of_role(line: &str) -> Option<Grant> {
+    let line = line.trim();
+    let upper = line.to_ascii_uppercase();
+    let revoke = upper.starts_with("REVOKE ");
+    let (verb, keyword) = if revoke {
+        ("REVOKE ", " FROM ")
+    } else {
+        ("GRANT ", " TO ")
+    };
+    if !upper.starts_with(verb) {
+        return None;
+    }
+    let parts = split_outside_quotes(line, keyword);
+    let last = parts.last()?;
+    if parts.len() < 2 {
+        return None;
+    }
+    let at = line.len() - last.len() - keyword.len();
+    let grantee_len = keyword.len()
+        + split_outside_quotes(last, " ")
+            .first()
+            .map_or(0, |g| g.len());
+    parse_grant_at(line, verb, keyword.len(), at, grantee_len, revoke)
+}
+
+fn parse_grant_at(
+    line: &str,
+    verb: &str,
+    _keyword_len: usize,
+    at: usize,
+    grantee_len: usize,
+    revoke: bool,
+) -> Option<Grant> {
+    let suffix = line[at + grantee_len..].trim();
+    let suffix_upper = suffix.to_ascii_uppercase();
+    // Only options may follow the grantee.
+    let options_only = suffix.is_empty()
+        || [
+            "WITH ",
+            "IDENTIFIED ",
+            "REQUIRE ",
+            "PASSWORD ",
+            "VIA ",
+            "AS ",
+        ]
+        .iter()
+        .any(|k| suffix_upper.starts_with(k));
+    if !options_only {
+        return None;
+    }
+    let body = &line[verb.len()..at];
+    let parts = split_outside_quotes(body, " ON ");
+    match parts.as_slice() {
+        [role] => (!revoke).then(|| Grant::Role {
+            role: role.trim().to_string(),
+            admin_option: suffix_upper.contains("WITH ADMIN OPTION"),
+        }),
+        [privileges, object] => {
+            let privileges: BTreeSet<String> = split_outside_quotes(privileges, ",")
+                .into_iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+            if privileges.iter().any(|p| p.eq_ignore_ascii_case("PROXY")) {
+                return None;
+            }
+            let object = object.trim().to_string();
+            Some(if revoke {
+                Grant::PartialRevoke { object, privileges }
+            } else {
+                Grant::Privileges {
+                    object,
+                    privileges,
+                    grant_option: suffix_upper.contains("WITH GRANT OPTION"),
+                }
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Rewrites one `SHOW GRANTS` line of `from@host` as the same grant to
 /// `to@host`. Keeps `WITH GRANT OPTION` / `WITH ADMIN OPTION`; drops the
 /// password, REQUIRE and resource clauses (synced separately). `None` for
 /// lines with nothing to replay (USAGE, PROXY) or not about `from@host`.
 pub fn replay_grant(line: &str, from: &str, host: &str, to: &str) -> Option<String> {
-    let candidates = [
-        format!(" TO {}", account(from, host)),
-        format!(
-            " TO '{}'@'{}'",
-            from.replace('\'', "\\'"),
-            host.replace('\'', "\\'")
-        ),
-        format!(" TO {from}@{host}"),
-    ];
-    let (prefix, suffix) = candidates.iter().find_map(|grantee| {
-        line.find(grantee.as_str())
-            .map(|i| (&line[..i], &line[i + grantee.len()..]))
-    })?;
-    let upper = prefix.to_ascii_uppercase();
-    if upper.starts_with("GRANT USAGE ON *.*") || upper.starts_with("GRANT PROXY ON") {
-        return None;
+    let who = account(to, host);
+    match parse_grant(line, from, host)? {
+        Grant::Privileges {
+            object,
+            privileges,
+            grant_option,
+        } => {
+            if privileges.iter().all(|p| p.eq_ignore_ascii_case("USAGE")) && !grant_option {
+                return None;
+            }
+            let option = if grant_option {
+                " WITH GRANT OPTION"
+            } else {
+                ""
+            };
+            Some(format!(
+                "GRANT {} ON {object} TO {who}{option}",
+                join(&privileges)
+            ))
+        }
+        Grant::Role { role, admin_option } => {
+            let option = if admin_option {
+                " WITH ADMIN OPTION"
+            } else {
+                ""
+            };
+            Some(format!("GRANT {role} TO {who}{option}"))
+        }
+        Grant::PartialRevoke { object, privileges } => Some(format!(
+            "REVOKE {} ON {object} FROM {who}",
+            join(&privileges)
+        )),
     }
-    let suffix_upper = suffix.to_ascii_uppercase();
-    let option = if suffix_upper.contains("WITH GRANT OPTION") {
-        " WITH GRANT OPTION"
-    } else if suffix_upper.contains("WITH ADMIN OPTION") {
-        " WITH ADMIN OPTION"
-    } else {
-        ""
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_marker_object(object: &str) -> bool {
+    object == format!("{}.*", quote_name(ALTERNATE_MARKER_DB))
+}
+
+/// Whether a template's grant gives superuser-like power that a clone must
+/// not receive without an opt-in; the reason when it does.
+///
+/// Refused: global GRANT OPTION; global ALL PRIVILEGES, CREATE USER, SUPER,
+/// FILE, SHUTDOWN, RELOAD and the MySQL 8 / MariaDB 10.5 administrative
+/// privileges that split SUPER (SYSTEM_USER, ROLE_ADMIN, SET_USER_ID,
+/// CONNECTION_ADMIN, SET USER, …); write access to the `mysql` schema (the
+/// manual: UPDATE on `mysql` is enough for ALTER USER / SET PASSWORD FOR);
+/// a role held WITH ADMIN OPTION (it can be handed on).
+pub fn privileged_reason(grant: &Grant) -> Option<String> {
+    const GLOBAL_ADMIN: &[&str] = &[
+        "ALL",
+        "ALL PRIVILEGES",
+        "CREATE USER",
+        "SUPER",
+        "FILE",
+        "SHUTDOWN",
+        "RELOAD",
+        "CREATE TABLESPACE",
+        "REPLICATION SLAVE ADMIN",
+        "REPLICATION MASTER ADMIN",
+        "BINLOG ADMIN",
+        "CONNECTION ADMIN",
+        "READ_ONLY ADMIN",
+        "SET USER",
+        "FEDERATED ADMIN",
+        "SYSTEM_USER",
+        "ROLE_ADMIN",
+        "SET_USER_ID",
+        "SET_ANY_DEFINER",
+        "ALLOW_NONEXISTENT_DEFINER",
+        "SYSTEM_VARIABLES_ADMIN",
+        "PERSIST_RO_VARIABLES_ADMIN",
+        "CONNECTION_ADMIN",
+        "BINLOG_ADMIN",
+        "REPLICATION_SLAVE_ADMIN",
+        "GROUP_REPLICATION_ADMIN",
+        "ENCRYPTION_KEY_ADMIN",
+        "AUTHENTICATION_POLICY_ADMIN",
+        "PASSWORDLESS_USER_ADMIN",
+        "AUDIT_ADMIN",
+        "FIREWALL_ADMIN",
+    ];
+    const SCHEMA_WRITE: &[&str] = &[
+        "ALL",
+        "ALL PRIVILEGES",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "CREATE",
+        "DROP",
+        "ALTER",
+    ];
+    match grant {
+        Grant::Privileges {
+            object,
+            privileges,
+            grant_option,
+        } => {
+            let upper: Vec<String> = privileges.iter().map(|p| p.to_ascii_uppercase()).collect();
+            if object == "*.*" {
+                if *grant_option {
+                    return Some("global GRANT OPTION".into());
+                }
+                if let Some(p) = upper.iter().find(|p| GLOBAL_ADMIN.contains(&p.as_str())) {
+                    return Some(format!("the global {p} privilege"));
+                }
+            }
+            let mysql_schema = object.eq_ignore_ascii_case("`mysql`.*")
+                || object.to_ascii_lowercase().starts_with("`mysql`.");
+            if mysql_schema
+                && let Some(p) = upper.iter().find(|p| SCHEMA_WRITE.contains(&p.as_str()))
+            {
+                return Some(format!("{p} on {object} (enough to change any account)"));
+            }
+            None
+        }
+        Grant::Role {
+            role,
+            admin_option: true,
+        } => Some(format!("role {role} WITH ADMIN OPTION")),
+        _ => None,
+    }
+}
+
+/// The statements that make `to@host`'s grants exactly `template`'s, in
+/// both directions: adds what is missing, revokes what the template lacks
+/// (privileges per object, GRANT OPTION, roles and their ADMIN OPTION), and
+/// replays MySQL 8 partial revokes (or lifts ones the template lacks). The
+/// marker grant is left alone. Order: grants, then revocations, then
+/// partial revokes (which need the global privilege to exist first).
+pub fn grant_plan(template: &[Grant], alternate: &[Grant], to: &str, host: &str) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let who = account(to, host);
+    type Privs = BTreeMap<String, (BTreeSet<String>, bool)>;
+    let privileges = |grants: &[Grant]| -> Privs {
+        let mut out = Privs::new();
+        for g in grants {
+            if let Grant::Privileges {
+                object,
+                privileges,
+                grant_option,
+            } = g
+                && !is_marker_object(object)
+            {
+                let entry = out.entry(object.clone()).or_default();
+                entry.0.extend(
+                    privileges
+                        .iter()
+                        .filter(|p| !p.eq_ignore_ascii_case("USAGE"))
+                        .cloned(),
+                );
+                entry.1 |= *grant_option;
+            }
+        }
+        out
     };
-    Some(format!("{prefix} TO {}{option}", account(to, host)))
+    let roles = |grants: &[Grant]| -> BTreeMap<String, bool> {
+        grants
+            .iter()
+            .filter_map(|g| match g {
+                Grant::Role { role, admin_option } => Some((role.clone(), *admin_option)),
+                _ => None,
+            })
+            .collect()
+    };
+    let partial = |grants: &[Grant]| -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for g in grants {
+            if let Grant::PartialRevoke { object, privileges } = g {
+                out.entry(object.clone())
+                    .or_default()
+                    .extend(privileges.iter().cloned());
+            }
+        }
+        out
+    };
+    let (want, have) = (privileges(template), privileges(alternate));
+    let mut grants = Vec::new();
+    let mut revokes = Vec::new();
+    // Global grants first: a partial revoke needs them.
+    let mut objects: Vec<&String> = want.keys().chain(have.keys()).collect();
+    objects.sort_by_key(|o| (o.as_str() != "*.*", o.to_string()));
+    objects.dedup();
+    let empty = (BTreeSet::new(), false);
+    for object in objects {
+        let (want_p, want_go) = want.get(object).unwrap_or(&empty);
+        let (have_p, have_go) = have.get(object).unwrap_or(&empty);
+        let add: BTreeSet<String> = want_p.difference(have_p).cloned().collect();
+        if !add.is_empty() || (*want_go && !have_go) {
+            let list = if add.is_empty() {
+                join(want_p)
+            } else {
+                join(&add)
+            };
+            let list = if list.is_empty() {
+                "USAGE".to_string()
+            } else {
+                list
+            };
+            let option = if *want_go { " WITH GRANT OPTION" } else { "" };
+            grants.push(format!("GRANT {list} ON {object} TO {who}{option}"));
+        }
+        let remove: BTreeSet<String> = have_p.difference(want_p).cloned().collect();
+        if !remove.is_empty() {
+            revokes.push(format!("REVOKE {} ON {object} FROM {who}", join(&remove)));
+        }
+        if *have_go && !want_go {
+            revokes.push(format!("REVOKE GRANT OPTION ON {object} FROM {who}"));
+        }
+    }
+    let (want_r, have_r) = (roles(template), roles(alternate));
+    for (role, admin) in &want_r {
+        match have_r.get(role) {
+            Some(have_admin) if have_admin == admin => {}
+            Some(true) => {
+                // Only the ADMIN OPTION is too much: take the role back, grant it plainly.
+                revokes.push(format!("REVOKE {role} FROM {who}"));
+                revokes.push(format!("GRANT {role} TO {who}"));
+            }
+            _ => {
+                let option = if *admin { " WITH ADMIN OPTION" } else { "" };
+                grants.push(format!("GRANT {role} TO {who}{option}"));
+            }
+        }
+    }
+    for role in have_r.keys().filter(|r| !want_r.contains_key(*r)) {
+        revokes.push(format!("REVOKE {role} FROM {who}"));
+    }
+    let (want_pr, have_pr) = (partial(template), partial(alternate));
+    let mut partials = Vec::new();
+    for (object, privs) in &want_pr {
+        let missing: BTreeSet<String> = privs
+            .difference(have_pr.get(object).unwrap_or(&BTreeSet::new()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            partials.push(format!("REVOKE {} ON {object} FROM {who}", join(&missing)));
+        }
+    }
+    for (object, privs) in &have_pr {
+        let extra: BTreeSet<String> = privs
+            .difference(want_pr.get(object).unwrap_or(&BTreeSet::new()))
+            .cloned()
+            .collect();
+        if !extra.is_empty() {
+            // Granting at the schema level lifts the partial revoke.
+            partials.push(format!("GRANT {} ON {object} TO {who}", join(&extra)));
+        }
+    }
+    grants.into_iter().chain(revokes).chain(partials).collect()
 }
 
 /// The MySQL-family engine.
@@ -742,6 +1175,107 @@ impl MySession {
             .collect())
     }
 
+    /// Refuses, before any change, to take over the `_clone` of the pair
+    /// when Rotor did not make it: every existing account of it must carry
+    /// the marker grant ([`ALTERNATE_MARKER_DB`]).
+    fn refuse_unmarked_clone(
+        &self,
+        template: &str,
+        alternate: &str,
+        wanted: &[Account],
+        template_grants: &[Vec<Grant>],
+        alternate_grants: &[(String, Vec<Grant>)],
+    ) -> Result<()> {
+        let marked = |grants: &[Grant]| {
+            grants
+                .iter()
+                .any(|g| matches!(g, Grant::Privileges { object, .. } if is_marker_object(object)))
+        };
+        let (clone, unmarked): (&str, Vec<&str>) = if alternate.ends_with(CLONE_SUFFIX) {
+            (
+                alternate,
+                alternate_grants
+                    .iter()
+                    .filter(|(_, g)| !marked(g))
+                    .map(|(h, _)| h.as_str())
+                    .collect(),
+            )
+        } else if template.ends_with(CLONE_SUFFIX) {
+            (
+                template,
+                wanted
+                    .iter()
+                    .zip(template_grants)
+                    .filter(|(_, g)| !marked(g))
+                    .map(|(a, _)| a.host.as_str())
+                    .collect(),
+            )
+        } else {
+            return Ok(());
+        };
+        let Some(host) = unmarked.first() else {
+            return Ok(());
+        };
+        Err(Error::Refused {
+            endpoint: self.endpoint.to_string(),
+            reason: format!(
+                "account {} exists but is not marked as Rotor's alternate (Rotor never takes over an account it did not make, and an AWS-made or hand-made clone looks the same as any other user). If it is this secret's alternate, mark each of its accounts by hand as an administrator: {}; otherwise rename or drop it",
+                account(clone, host),
+                marker_grant(clone, host)
+            ),
+        })
+    }
+
+    /// Refuses, before any change, to clone superuser-like powers (also
+    /// through roles, followed a few levels deep).
+    async fn refuse_privileged(
+        &mut self,
+        template: &str,
+        wanted: &[Account],
+        template_grants: &[Vec<Grant>],
+    ) -> Result<()> {
+        let mut seen_roles = BTreeSet::new();
+        for (a, grants) in wanted.iter().zip(template_grants) {
+            let mut queue: Vec<(Grant, String)> = grants
+                .iter()
+                .map(|g| (g.clone(), account(template, &a.host)))
+                .collect();
+            let mut depth = 0;
+            while !queue.is_empty() && depth < 4 {
+                let mut next = Vec::new();
+                for (grant, holder) in queue {
+                    if let Some(reason) = privileged_reason(&grant) {
+                        return Err(Error::Refused {
+                            endpoint: self.endpoint.to_string(),
+                            reason: format!(
+                                "{holder} holds {reason}, and Rotor does not copy superuser-like powers onto an alternate user unless the owner opts in: set ROTOR_ALLOW_PRIVILEGED_CLONE=true on the rotation function or \"rotor_allow_privileged_clone\": true in the master secret (never in the app secret)"
+                            ),
+                        });
+                    }
+                    if let Grant::Role { role, .. } = &grant
+                        && seen_roles.insert(role.clone())
+                    {
+                        let fail = self.fail(format!("show the grants of role {role}"));
+                        let lines: Vec<String> = self
+                            .conn()?
+                            .query(format!("SHOW GRANTS FOR {role}"))
+                            .await
+                            .map_err(fail)?;
+                        next.extend(
+                            lines
+                                .iter()
+                                .filter_map(|l| parse_grant_of_role(l))
+                                .map(|g| (g, format!("{holder} (through role {role})"))),
+                        );
+                    }
+                }
+                queue = next;
+                depth += 1;
+            }
+        }
+        Ok(())
+    }
+
     async fn grants(&mut self, user: &str, host: &str) -> Result<Vec<String>> {
         let sql = format!("SHOW GRANTS FOR {}", account(user, host));
         let fail = self.fail(format!("show the grants of {}", account(user, host)));
@@ -834,7 +1368,7 @@ impl Session for MySession {
         template: &str,
         alternate: &str,
         password: &SecretString,
-        _policy: ClonePolicy,
+        policy: ClonePolicy,
     ) -> Result<AlternateSync> {
         let wanted = self.accounts(template).await?;
         if wanted.is_empty() {
@@ -845,67 +1379,109 @@ impl Session for MySession {
             });
         }
         let existing = self.accounts(alternate).await?;
+        // Read everything before changing anything: every refusal below
+        // leaves the server as it was.
+        let mut template_grants = Vec::with_capacity(wanted.len());
+        for a in &wanted {
+            let grants: Vec<Grant> = self
+                .grants(template, &a.host)
+                .await?
+                .iter()
+                .filter_map(|g| parse_grant(g, template, &a.host))
+                .collect();
+            template_grants.push(grants);
+        }
+        let mut alternate_grants = Vec::with_capacity(existing.len());
+        for a in &existing {
+            let grants: Vec<Grant> = self
+                .grants(alternate, &a.host)
+                .await?
+                .iter()
+                .filter_map(|g| parse_grant(g, alternate, &a.host))
+                .collect();
+            alternate_grants.push((a.host.clone(), grants));
+        }
+        self.refuse_unmarked_clone(
+            template,
+            alternate,
+            &wanted,
+            &template_grants,
+            &alternate_grants,
+        )?;
+        if !policy.allow_privileged {
+            self.refuse_privileged(template, &wanted, &template_grants)
+                .await?;
+        }
+        let alternate_is_clone = alternate.ends_with(CLONE_SUFFIX);
         let mut sync = AlternateSync::default();
-        for Account {
-            host,
-            plugin,
-            ssl_type,
-            max_user_connections: max_conn,
-        } in wanted
-        {
-            let have = existing.iter().find(|a| a.host == host).cloned();
+        let mut created_hosts = 0;
+        for (wanted_account, template_grants) in wanted.iter().zip(&template_grants) {
+            let Account {
+                host,
+                plugin,
+                ssl_type,
+                max_user_connections: max_conn,
+            } = wanted_account;
+            let have = existing.iter().find(|a| &a.host == host).cloned();
+            let mut have_grants = alternate_grants
+                .iter()
+                .find(|(h, _)| h == host)
+                .map(|(_, g)| g.clone())
+                .unwrap_or_default();
             if have.is_none() {
                 let statement = create_account_statement(
                     self.version,
                     alternate,
-                    &host,
-                    Some(&plugin),
+                    host,
+                    Some(plugin),
                     password.expose(),
                 );
-                self.run(&statement, &format!("create {}", account(alternate, &host)))
+                self.run(&statement, &format!("create {}", account(alternate, host)))
                     .await?;
-                sync.created = true;
+                created_hosts += 1;
                 sync.changes.push(format!(
                     "CREATE USER {} IDENTIFIED …",
-                    account(alternate, &host)
+                    account(alternate, host)
                 ));
+                if alternate_is_clone {
+                    let sql = marker_grant(alternate, host);
+                    self.exec(&sql).await?;
+                    sync.changes.push(sql);
+                }
+                have_grants.clear();
             }
             let (have_ssl, have_max) =
                 have.map_or((String::new(), 0), |a| (a.ssl_type, a.max_user_connections));
-            if have_ssl != ssl_type {
+            if &have_ssl != ssl_type {
                 let require = match ssl_type.as_str() {
                     "ANY" => "SSL",
                     "X509" | "SPECIFIED" => "X509",
                     _ => "NONE",
                 };
-                let sql = format!("ALTER USER {} REQUIRE {require}", account(alternate, &host));
+                let sql = format!("ALTER USER {} REQUIRE {require}", account(alternate, host));
                 self.exec(&sql).await?;
                 sync.changes.push(sql);
             }
-            if have_max != max_conn {
+            if have_max != *max_conn {
                 let sql = format!(
                     "ALTER USER {} WITH MAX_USER_CONNECTIONS {max_conn}",
-                    account(alternate, &host)
+                    account(alternate, host)
                 );
                 self.exec(&sql).await?;
                 sync.changes.push(sql);
             }
-            let current: Vec<String> = self
-                .grants(alternate, &host)
-                .await?
-                .iter()
-                .filter_map(|g| replay_grant(g, alternate, &host, alternate))
-                .collect();
-            for grant in self.grants(template, &host).await? {
-                let Some(replayed) = replay_grant(&grant, template, &host, alternate) else {
-                    continue;
-                };
-                if !current.contains(&replayed) {
-                    self.exec(&replayed).await?;
-                    sync.changes.push(replayed);
+            for sql in grant_plan(template_grants, &have_grants, alternate, host) {
+                if !sql.starts_with("GRANT ") {
+                    continue; // additions only, until both directions are aligned
                 }
+                self.exec(&sql).await?;
+                sync.changes.push(sql);
             }
         }
+        // "Created" only when no account of the alternate existed: the new
+        // ones then hold the pending password. When some existed, the
+        // caller still sets (and checks) the password of every one.
+        sync.created = created_hosts > 0;
         Ok(sync)
     }
 
@@ -1308,7 +1884,7 @@ mod tests {
         let r = |line: &str| replay_grant(line, "app", "%", "app_clone");
         assert_eq!(
             r("GRANT SELECT, INSERT ON `shop`.* TO `app`@`%` WITH GRANT OPTION").as_deref(),
-            Some("GRANT SELECT, INSERT ON `shop`.* TO `app_clone`@`%` WITH GRANT OPTION")
+            Some("GRANT INSERT, SELECT ON `shop`.* TO `app_clone`@`%` WITH GRANT OPTION")
         );
         assert_eq!(
             r("GRANT SELECT ON `shop`.`orders` TO 'app'@'%'").as_deref(),
@@ -1323,5 +1899,50 @@ mod tests {
             None
         );
         assert_eq!(r("GRANT SELECT ON *.* TO `other`@`%`"), None);
+    }
+
+    /// Issue 9 item 10a: a grantee text inside an object name (MySQL 5.7
+    /// writes the grantee as 'user'@'host' and names in backticks).
+    #[test]
+    fn grantee_parsed_from_the_end_of_the_line() {
+        let r = |line: &str| replay_grant(line, "app", "%", "app_clone");
+        assert_eq!(
+            r("GRANT SELECT ON `x TO 'app'@'%'`.* TO 'app'@'%'").as_deref(),
+            Some("GRANT SELECT ON `x TO 'app'@'%'`.* TO `app_clone`@`%`")
+        );
+        assert_eq!(
+            r("GRANT SELECT ON `x TO ``app``@``%```.* TO `app`@`%` WITH GRANT OPTION").as_deref(),
+            Some("GRANT SELECT ON `x TO ``app``@``%```.* TO `app_clone`@`%` WITH GRANT OPTION")
+        );
+        assert_eq!(
+            r("GRANT `r TO app@%` TO `app`@`%`").as_deref(),
+            Some("GRANT `r TO app@%` TO `app_clone`@`%`")
+        );
+        // About someone else whose object mentions app: not ours.
+        assert_eq!(r("GRANT SELECT ON `x TO 'app'@'%'`.* TO 'other'@'%'"), None);
+    }
+
+    #[test]
+    fn privileged_grants_recognised() {
+        let p = |line: &str| {
+            parse_grant(line, "app", "%")
+                .as_ref()
+                .and_then(privileged_reason)
+        };
+        assert!(p("GRANT CREATE USER ON *.* TO `app`@`%`").is_some());
+        assert!(p("GRANT SELECT ON *.* TO `app`@`%` WITH GRANT OPTION").is_some());
+        assert!(p("GRANT ALL PRIVILEGES ON *.* TO 'app'@'%'").is_some());
+        assert!(p("GRANT SYSTEM_USER,ROLE_ADMIN ON *.* TO `app`@`%`").is_some());
+        assert!(p("GRANT UPDATE ON `mysql`.* TO `app`@`%`").is_some());
+        assert!(p("GRANT `dba`@`%` TO `app`@`%` WITH ADMIN OPTION").is_some());
+        assert!(p("GRANT SELECT, INSERT ON `shop`.* TO `app`@`%` WITH GRANT OPTION").is_none());
+        assert!(p("GRANT SELECT ON *.* TO `app`@`%`").is_none());
+        assert!(p("GRANT `reader` TO `app`@`%`").is_none());
+        assert!(
+            parse_grant_of_role("GRANT RELOAD ON *.* TO `r`")
+                .as_ref()
+                .and_then(privileged_reason)
+                .is_some()
+        );
     }
 }

@@ -1,0 +1,205 @@
+//! MySQL-family safety scenarios (issue 9) against the test MariaDB: what
+//! an alternating-users master refuses to touch, host accounts, exact
+//! privilege sync, literals, and bounded time.
+
+use libtest_mimic::Trial;
+use rotor::engine::ClonePolicy;
+use rotor::secret::Require;
+use rotor::{DbSecret, SecretString, Step, Strategy};
+use rotor_tests::{Kind, TestDb, TestEnv, leaks, mysql_account, new_password, unique};
+use serde_json::json;
+
+use crate::rotation::{Fixture, fixture};
+use crate::trial;
+
+type Scenario = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+pub fn trials(env: &TestEnv) -> Vec<Trial> {
+    let scenarios: Vec<(&str, fn(TestEnv) -> Scenario)> = vec![
+        ("unmarked_existing_clone_is_not_taken_over", |e| {
+            Box::pin(unmarked_clone_not_taken_over(e))
+        }),
+        ("privileged_template_refused_without_opt_in", |e| {
+            Box::pin(privileged_template_refused(e))
+        }),
+        ("privileged_template_cloned_with_opt_in", |e| {
+            Box::pin(privileged_template_cloned_with_opt_in(e))
+        }),
+    ];
+    scenarios
+        .into_iter()
+        .map(|(name, f)| trial(format!("mysql_safety::mariadb::{name}"), env, f))
+        .collect()
+}
+
+fn maria(env: &TestEnv) -> TestDb {
+    TestDb::new(Kind::MariaDb, env)
+}
+
+/// The master secret of a fixture, parsed.
+async fn master_secret(f: &Fixture) -> DbSecret {
+    let value = f.master_json().await.to_string();
+    leaks::remember(&value);
+    DbSecret::parse(
+        &SecretString::new(value),
+        "master",
+        "AWSCURRENT",
+        Require::Login,
+    )
+    .expect("master secret")
+}
+
+/// Runs createSecret and setSecret of a fresh rotation; returns setSecret's result.
+async fn create_then_set(f: &Fixture) -> (String, rotor::Result<rotor::Outcome>) {
+    let rotator = f.rotator();
+    let token = f.moto.start_rotation(&f.arn).await;
+    f.step(&rotator, Step::CreateSecret, &token)
+        .await
+        .expect("createSecret");
+    f.remember_values().await;
+    let result = f.step(&rotator, Step::SetSecret, &token).await;
+    (token, result)
+}
+
+async fn unmarked_clone_not_taken_over(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_victim"),
+        json!({}),
+    )
+    .await;
+    // Someone else's account that happens to be named like the alternate.
+    let clone = format!("{}_clone", f.user);
+    f.admin.create_user(&clone, &new_password()).await;
+    let before = f.admin.stored_credential(&clone).await;
+    let grants_before = f
+        .admin
+        .rows(&format!("SHOW GRANTS FOR {}", mysql_account(&clone)))
+        .await;
+    let (_, result) = create_then_set(&f).await;
+    let err = result.expect_err("an unmarked clone must be refused");
+    assert_eq!(err.kind(), "Refused", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("rotor_alternate_marker") && text.contains("nothing was changed"),
+        "the error says how to mark it by hand: {text}"
+    );
+    assert_eq!(
+        f.admin.stored_credential(&clone).await,
+        before,
+        "password unchanged"
+    );
+    assert_eq!(
+        f.admin
+            .rows(&format!("SHOW GRANTS FOR {}", mysql_account(&clone)))
+            .await,
+        grants_before,
+        "grants unchanged"
+    );
+    // Marked by hand, the same account is accepted as the alternate.
+    f.admin
+        .exec(&rotor::engine::mysql::marker_grant(&clone, "%"))
+        .await;
+    let rotator = f.rotator();
+    let token = f.moto.start_rotation(&f.arn).await;
+    f.steps(&rotator, &token, &Step::ALL).await;
+    f.remember_values().await;
+    assert_ne!(f.admin.stored_credential(&clone).await, before);
+}
+
+async fn privileged_template_refused(env: TestEnv) {
+    let db = maria(&env);
+    for (how, grant) in [
+        ("global CREATE USER", "GRANT CREATE USER ON *.* TO {who}"),
+        (
+            "global GRANT OPTION",
+            "GRANT SELECT ON *.* TO {who} WITH GRANT OPTION",
+        ),
+        ("a role holding RELOAD", "GRANT {role} TO {who}"),
+    ] {
+        let f = fixture(
+            &db,
+            Strategy::AlternatingUsers,
+            &unique("rotor_priv"),
+            json!({}),
+        )
+        .await;
+        let who = mysql_account(&f.user);
+        let role = unique("rotor_role");
+        f.admin.exec(&format!("CREATE ROLE `{role}`")).await;
+        f.admin
+            .exec(&format!("GRANT RELOAD ON *.* TO `{role}`"))
+            .await;
+        f.admin
+            .exec(
+                &grant
+                    .replace("{who}", &who)
+                    .replace("{role}", &format!("`{role}`")),
+            )
+            .await;
+        let (_, result) = create_then_set(&f).await;
+        let err = result.expect_err(how);
+        assert_eq!(err.kind(), "Refused", "{how}: {err}");
+        assert!(
+            err.to_string().contains("ROTOR_ALLOW_PRIVILEGED_CLONE"),
+            "{how}: the error names the opt-in: {err}"
+        );
+        assert_eq!(
+            f.admin
+                .users_starting_with(&format!("{}_clone", f.user))
+                .await,
+            0,
+            "{how}: no clone created"
+        );
+        f.admin.exec(&format!("DROP ROLE `{role}`")).await;
+    }
+}
+
+async fn privileged_template_cloned_with_opt_in(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_optin"),
+        json!({}),
+    )
+    .await;
+    f.admin
+        .exec(&format!(
+            "GRANT CREATE USER ON *.* TO {}",
+            mysql_account(&f.user)
+        ))
+        .await;
+    let master = master_secret(&f).await;
+    let mut session = db
+        .engine()
+        .connect(&master, "master")
+        .await
+        .expect("master login");
+    let clone = format!("{}_clone", f.user);
+    let password = new_password();
+    let sync = session
+        .sync_alternate_user(
+            &f.user,
+            &clone,
+            &password,
+            ClonePolicy {
+                allow_privileged: true,
+            },
+        )
+        .await
+        .expect("opt-in allows a privileged template");
+    assert!(sync.created);
+    let grants = f
+        .admin
+        .rows(&format!("SHOW GRANTS FOR {}", mysql_account(&clone)))
+        .await
+        .join("\n");
+    assert!(grants.contains("CREATE USER ON *.*"), "{grants}");
+    assert!(
+        grants.contains("`rotor_alternate_marker`.*"),
+        "marked: {grants}"
+    );
+}
