@@ -25,6 +25,14 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         ("privileged_template_cloned_with_opt_in", |e| {
             Box::pin(privileged_template_cloned_with_opt_in(e))
         }),
+        (
+            "alternating_every_host_account_of_the_alternate_gets_the_pending_password",
+            |e| Box::pin(every_host_account_of_the_alternate(e)),
+        ),
+        (
+            "single_user_on_several_hosts_refused_naming_the_others",
+            |e| Box::pin(single_user_on_several_hosts_refused(e)),
+        ),
     ];
     scenarios
         .into_iter()
@@ -201,5 +209,103 @@ async fn privileged_template_cloned_with_opt_in(env: TestEnv) {
     assert!(
         grants.contains("`rotor_alternate_marker`.*"),
         "marked: {grants}"
+    );
+}
+
+/// A second host account of `user` (`user`@`127.0.0.1`), with the same
+/// stored password and grants as `user`@`%`: logins from the tests match it.
+async fn add_loopback_account(admin: &rotor_tests::Admin, user: &str) {
+    let stored = admin.stored_credential(user).await.expect("user exists");
+    let hash = stored
+        .split_once(':')
+        .map(|(_, h)| h.to_string())
+        .expect("host:hash");
+    let loopback = rotor::engine::mysql::account(user, "127.0.0.1");
+    admin
+        .exec(&format!(
+            "CREATE USER {loopback} IDENTIFIED BY PASSWORD '{hash}'"
+        ))
+        .await;
+    admin
+        .exec(&format!("GRANT SELECT ON rotor_test.* TO {loopback}"))
+        .await;
+}
+
+async fn every_host_account_of_the_alternate(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_hosts"),
+        json!({}),
+    )
+    .await;
+    add_loopback_account(&f.admin, &f.user).await;
+    // The alternate exists on one host only (made when the user had one host).
+    let clone = format!("{}_clone", f.user);
+    f.admin.create_user(&clone, &new_password()).await;
+    f.admin
+        .exec(&rotor::engine::mysql::marker_grant(&clone, "%"))
+        .await;
+    let rotator = f.rotator();
+    let (old, new) = f.rotate(&rotator).await;
+    crate::rotation::assert_rotated(&f, &old, &new).await;
+    let current = f.secret(&new).await;
+    assert_eq!(current.username, clone);
+    let hash = rotor::engine::mysql::native_password_hash(current.password.expose());
+    assert_eq!(
+        f.admin.stored_credential(&clone).await.as_deref(),
+        Some(format!("%:{hash},127.0.0.1:{hash}").as_str()),
+        "every host account of the alternate holds the pending password"
+    );
+}
+
+async fn single_user_on_several_hosts_refused(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::SingleUser,
+        &unique("rotor_single_hosts"),
+        json!({}),
+    )
+    .await;
+    add_loopback_account(&f.admin, &f.user).await;
+    // This login may read mysql.user, so it can see the other account.
+    f.admin
+        .exec(&format!(
+            "GRANT SELECT ON mysql.user TO {}",
+            rotor::engine::mysql::account(&f.user, "127.0.0.1")
+        ))
+        .await;
+    let before = f.admin.stored_credential(&f.user).await;
+    let labels = f.labels().await;
+    let (_, result) = create_then_set(&f).await;
+    let err = result.expect_err("a single user on two hosts must be refused");
+    assert_eq!(err.kind(), "Refused", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("`{}`@`%`", f.user)) && text.contains("127.0.0.1"),
+        "the error names the other account and the matched one: {text}"
+    );
+    assert_eq!(
+        f.admin.stored_credential(&f.user).await,
+        before,
+        "nothing changed"
+    );
+    let after = f.labels().await;
+    assert_eq!(
+        after
+            .values()
+            .filter(|s| s.contains(&"AWSCURRENT".to_string()))
+            .count(),
+        1
+    );
+    assert_eq!(
+        labels
+            .iter()
+            .find(|(_, s)| s.contains(&"AWSCURRENT".to_string())),
+        after
+            .iter()
+            .find(|(_, s)| s.contains(&"AWSCURRENT".to_string()))
     );
 }

@@ -1125,6 +1125,52 @@ impl MySession {
         Ok(())
     }
 
+    /// A user changing its own password changes only the account its login
+    /// matched (`SET PASSWORD` / `ALTER USER CURRENT_USER()`): any other
+    /// host account of the same name would keep the old password, and the
+    /// clients that match it would be locked out after finishSecret. When
+    /// this login may read `mysql.user` and sees such accounts, refuse
+    /// before changing anything, naming them. (A login that may not read
+    /// `mysql.user` cannot see them; the README says so.)
+    async fn refuse_other_host_accounts(&mut self, user: &str) -> Result<()> {
+        let rows: std::result::Result<Vec<(String, String)>, _> = self
+            .conn()?
+            .exec(
+                "SELECT CURRENT_USER(), Host FROM mysql.user WHERE User = ? ORDER BY Host",
+                (user,),
+            )
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(mysql_async::Error::Server(e)) if is_access_denied(e.code) => return Ok(()),
+            Err(e) => return Err(self.fail("read mysql.user".into())(e)),
+        };
+        let Some((matched, _)) = rows.first() else {
+            return Ok(());
+        };
+        let matched_host = matched
+            .strip_prefix(user)
+            .and_then(|rest| rest.strip_prefix('@'))
+            .unwrap_or_default()
+            .to_string();
+        let others: Vec<String> = rows
+            .iter()
+            .filter(|(_, host)| *host != matched_host)
+            .map(|(_, host)| account(user, host))
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Refused {
+            endpoint: self.endpoint.to_string(),
+            reason: format!(
+                "user {user:?} has accounts on several hosts: this login matched {}, and {} would keep the old password, locking out the clients that match them. Drop the accounts you do not need, or rotate with alternating users (the master then sets every host account)",
+                account(user, &matched_host),
+                others.join(", ")
+            ),
+        })
+    }
+
     /// The logged-in account's authentication plugin, from `SHOW CREATE USER
     /// CURRENT_USER()` (allowed for oneself without privileges on MySQL
     /// 5.7+ and MariaDB 10.2+); `None` when the server does not say.
@@ -1292,7 +1338,7 @@ impl Session for MySession {
         conn.query_drop("SELECT 1").await.map_err(&fail)
     }
 
-    async fn set_own_password(&mut self, _user: &str, password: &SecretString) -> Result<()> {
+    async fn set_own_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
         // Only MySQL 5.7.6+ chooses by plugin; elsewhere the hash always fits.
         let plugin = if self.version.mysql_5_7_6_or_later() {
             self.own_plugin().await
@@ -1301,8 +1347,13 @@ impl Session for MySession {
         };
         let statements =
             own_password_statements(self.version, plugin.as_deref(), password.expose());
-        self.run_first_allowed(&statements, "change its own password")
-            .await
+        let action = "change its own password";
+        if let Some(first) = statements.first() {
+            // No hash form at all: refuse before any other query.
+            self.refuse_plaintext_without_tls(first, action)?;
+        }
+        self.refuse_other_host_accounts(user).await?;
+        self.run_first_allowed(&statements, action).await
     }
 
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
@@ -1481,7 +1532,7 @@ impl Session for MySession {
         // "Created" only when no account of the alternate existed: the new
         // ones then hold the pending password. When some existed, the
         // caller still sets (and checks) the password of every one.
-        sync.created = created_hosts > 0;
+        sync.created = created_hosts > 0 && existing.is_empty();
         Ok(sync)
     }
 
