@@ -33,6 +33,9 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             "single_user_on_several_hosts_refused_naming_the_others",
             |e| Box::pin(single_user_on_several_hosts_refused(e)),
         ),
+        ("alternate_loses_grants_and_roles_the_template_lost", |e| {
+            Box::pin(alternate_loses_what_template_lost(e))
+        }),
     ];
     scenarios
         .into_iter()
@@ -308,4 +311,89 @@ async fn single_user_on_several_hosts_refused(env: TestEnv) {
             .iter()
             .find(|(_, s)| s.contains(&"AWSCURRENT".to_string()))
     );
+}
+
+async fn alternate_loses_what_template_lost(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_exact"),
+        json!({}),
+    )
+    .await;
+    let role = unique("rotor_exact_role");
+    f.admin.exec(&format!("CREATE ROLE `{role}`")).await;
+    let master = f.master_json().await["username"]
+        .as_str()
+        .expect("master username")
+        .to_string();
+    // The master may hand the role on (as RDS's master may for its roles).
+    f.admin
+        .exec(&format!(
+            "GRANT `{role}` TO {} WITH ADMIN OPTION",
+            mysql_account(&master)
+        ))
+        .await;
+    let who = mysql_account(&f.user);
+    f.admin
+        .exec(&format!(
+            "GRANT INSERT, DELETE ON rotor_test.* TO {who} WITH GRANT OPTION"
+        ))
+        .await;
+    f.admin.exec(&format!("GRANT `{role}` TO {who}")).await;
+    let rotator = f.rotator();
+    let grants_of = |user: String| {
+        let admin = &f.admin;
+        async move {
+            admin
+                .rows(&format!("SHOW GRANTS FOR {}", mysql_account(&user)))
+                .await
+                .join("\n")
+        }
+    };
+    // 1: app -> app_clone; the clone gets everything.
+    f.rotate(&rotator).await;
+    let clone = format!("{}_clone", f.user);
+    let g = grants_of(clone.clone()).await;
+    assert!(g.contains("DELETE") && g.contains(&role), "{g}");
+    // The DBA takes INSERT, GRANT OPTION and the role away from the current user.
+    let current = mysql_account(&clone);
+    f.admin
+        .exec(&format!("REVOKE INSERT ON rotor_test.* FROM {current}"))
+        .await;
+    f.admin
+        .exec(&format!(
+            "REVOKE GRANT OPTION ON rotor_test.* FROM {current}"
+        ))
+        .await;
+    f.admin
+        .exec(&format!("REVOKE `{role}` FROM {current}"))
+        .await;
+    // 2: app_clone -> app: the alternate (app) must lose them too.
+    let (old, new) = f.rotate(&rotator).await;
+    crate::rotation::assert_rotated(&f, &old, &new).await;
+    let g = grants_of(f.user.clone()).await;
+    assert!(
+        g.contains("DELETE")
+            && !g.contains("INSERT")
+            && !g.contains("GRANT OPTION")
+            && !g.contains(&role),
+        "the alternate holds exactly the template's grants: {g}"
+    );
+    // 3: app -> app_clone: nothing comes back.
+    f.rotate(&rotator).await;
+    let g = grants_of(clone.clone()).await;
+    assert!(
+        g.contains("DELETE")
+            && !g.contains("INSERT")
+            && !g.contains("GRANT OPTION")
+            && !g.contains(&role),
+        "{g}"
+    );
+    assert!(
+        g.contains("rotor_alternate_marker"),
+        "the marker stays: {g}"
+    );
+    f.admin.exec(&format!("DROP ROLE `{role}`")).await;
 }

@@ -1522,9 +1522,6 @@ impl Session for MySession {
                 sync.changes.push(sql);
             }
             for sql in grant_plan(template_grants, &have_grants, alternate, host) {
-                if !sql.starts_with("GRANT ") {
-                    continue; // additions only, until both directions are aligned
-                }
                 self.exec(&sql).await?;
                 sync.changes.push(sql);
             }
@@ -1995,5 +1992,73 @@ mod tests {
                 .and_then(privileged_reason)
                 .is_some()
         );
+    }
+
+    /// MySQL 8 partial revokes (MySQL 8.0 manual, 8.2.12 "Privilege
+    /// Restriction Using Partial Revokes": with `partial_revokes=ON`,
+    /// `SHOW GRANTS` lists `REVOKE … ON schema.* FROM user` after the
+    /// global grant) are replayed after the global grant, and lifted
+    /// (schema-level GRANT) when the template has none; grants, GRANT
+    /// OPTION and roles the template lacks are revoked.
+    #[test]
+    fn grant_plan_aligns_both_directions_with_partial_revokes() {
+        let parse = |user: &str, lines: &[&str]| -> Vec<Grant> {
+            lines
+                .iter()
+                .filter_map(|l| parse_grant(l, user, "%"))
+                .collect()
+        };
+        let template = parse(
+            "app",
+            &[
+                "GRANT SELECT, INSERT, UPDATE ON *.* TO `app`@`%`",
+                "REVOKE INSERT, UPDATE ON `mysql`.* FROM `app`@`%`",
+                "GRANT SELECT ON `shop`.* TO `app`@`%`",
+                "GRANT `reader`@`%` TO `app`@`%`",
+            ],
+        );
+        let alternate = parse(
+            "app_clone",
+            &[
+                "GRANT USAGE ON *.* TO `app_clone`@`%`",
+                "GRANT SELECT ON `rotor_alternate_marker`.* TO `app_clone`@`%`",
+                "GRANT SELECT, DELETE ON `shop`.* TO `app_clone`@`%` WITH GRANT OPTION",
+                "GRANT `writer`@`%` TO `app_clone`@`%`",
+            ],
+        );
+        assert_eq!(
+            grant_plan(&template, &alternate, "app_clone", "%"),
+            vec![
+                "GRANT INSERT, SELECT, UPDATE ON *.* TO `app_clone`@`%`",
+                "GRANT `reader`@`%` TO `app_clone`@`%`",
+                "REVOKE DELETE ON `shop`.* FROM `app_clone`@`%`",
+                "REVOKE GRANT OPTION ON `shop`.* FROM `app_clone`@`%`",
+                "REVOKE `writer`@`%` FROM `app_clone`@`%`",
+                "REVOKE INSERT, UPDATE ON `mysql`.* FROM `app_clone`@`%`",
+            ]
+        );
+        // The other way round: the alternate's partial revoke the template lacks is lifted.
+        let template = parse("app", &["GRANT SELECT, INSERT ON *.* TO `app`@`%`"]);
+        let alternate = parse(
+            "app_clone",
+            &[
+                "GRANT SELECT, INSERT ON *.* TO `app_clone`@`%`",
+                "REVOKE INSERT ON `mysql`.* FROM `app_clone`@`%`",
+            ],
+        );
+        assert_eq!(
+            grant_plan(&template, &alternate, "app_clone", "%"),
+            vec!["GRANT INSERT ON `mysql`.* TO `app_clone`@`%`"]
+        );
+        // Aligned: nothing to do (the marker is never touched).
+        let same = parse("app", &["GRANT SELECT ON `shop`.* TO `app`@`%`"]);
+        let aligned = parse(
+            "app_clone",
+            &[
+                "GRANT SELECT ON `shop`.* TO `app_clone`@`%`",
+                "GRANT SELECT ON `rotor_alternate_marker`.* TO `app_clone`@`%`",
+            ],
+        );
+        assert!(grant_plan(&same, &aligned, "app_clone", "%").is_empty());
     }
 }
