@@ -36,6 +36,10 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         ("alternate_loses_grants_and_roles_the_template_lost", |e| {
             Box::pin(alternate_loses_what_template_lost(e))
         }),
+        (
+            "password_literal_read_back_exactly_with_and_without_no_backslash_escapes",
+            |e| Box::pin(literal_under_both_sql_modes(e)),
+        ),
     ];
     scenarios
         .into_iter()
@@ -396,4 +400,20 @@ async fn alternate_loses_what_template_lost(env: TestEnv) {
         "the marker stays: {g}"
     );
     f.admin.exec(&format!("DROP ROLE `{role}`")).await;
+}
+
+async fn literal_under_both_sql_modes(env: TestEnv) {
+    let db = maria(&env);
+    let admin = db.admin().await;
+    let password = "a\\b'c\\'d\\\\e\\0f\\n";
+    for (mode, no_backslash_escapes) in [("''", false), ("'NO_BACKSLASH_ESCAPES'", true)] {
+        admin.exec(&format!("SET SESSION sql_mode = {mode}")).await;
+        let literal = rotor::engine::mysql::string_literal(password, no_backslash_escapes);
+        let read = admin.rows(&format!("SELECT {literal}")).await;
+        assert_eq!(
+            read,
+            vec![password.to_string()],
+            "sql_mode {mode}: {literal}"
+        );
+    }
 }

@@ -41,6 +41,11 @@ pub struct ServerVersion {
     pub major: u32,
     pub minor: u32,
     pub patch: u32,
+    /// The session's `sql_mode` has `NO_BACKSLASH_ESCAPES`: string
+    /// literals must not escape backslashes. Not part of the version, but
+    /// read with it at connect, and every statement builder that writes a
+    /// literal needs both.
+    pub no_backslash_escapes: bool,
 }
 
 impl ServerVersion {
@@ -68,6 +73,7 @@ impl ServerVersion {
             major: *numbers.first()?,
             minor: numbers.get(1).copied().unwrap_or(0),
             patch: numbers.get(2).copied().unwrap_or(0),
+            no_backslash_escapes: false,
         })
     }
 
@@ -105,14 +111,21 @@ pub fn account(user: &str, host: &str) -> String {
 
 /// A string literal with MySQL's escaping (the driver's rules: backslash
 /// and quote escaped), for the one statement that needs the plaintext.
-fn literal(value: &str) -> String {
+fn literal(value: &str, version: ServerVersion) -> String {
+    string_literal(value, version.no_backslash_escapes)
+}
+
+/// A quoted string literal that the server reads back as `value`:
+/// quotes doubled; backslashes doubled unless the session's `sql_mode`
+/// has `NO_BACKSLASH_ESCAPES` (then a backslash is an ordinary character).
+pub fn string_literal(value: &str, no_backslash_escapes: bool) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
     for c in value.chars() {
         match c {
             '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            '\0' => out.push_str("\\0"),
+            '\\' if !no_backslash_escapes => out.push_str("\\\\"),
+            '\0' if !no_backslash_escapes => out.push_str("\\0"),
             c => out.push(c),
         }
     }
@@ -208,12 +221,13 @@ pub fn own_password_statements(
                 // account's plugin (MariaDB 10.4+, SET PASSWORD).
                 PasswordStatement::plaintext(format!(
                     "SET PASSWORD = PASSWORD({})",
-                    literal(password)
+                    literal(password, version)
                 ))
             },
         ];
     }
-    let literal = PasswordStatement::plaintext(format!("SET PASSWORD = {}", literal(password)));
+    let literal =
+        PasswordStatement::plaintext(format!("SET PASSWORD = {}", literal(password, version)));
     if version.native_hash_fits(plugin) {
         vec![
             PasswordStatement::hash(format!(
@@ -262,9 +276,10 @@ pub fn set_password_statement(
         Flavor::MySql if version.native_hash_fits(plugin) => PasswordStatement::hash(format!(
             "ALTER USER {who} IDENTIFIED WITH {NATIVE} AS '{hash}'"
         )),
-        Flavor::MySql => {
-            PasswordStatement::plaintext(format!("SET PASSWORD FOR {who} = {}", literal(password)))
-        }
+        Flavor::MySql => PasswordStatement::plaintext(format!(
+            "SET PASSWORD FOR {who} = {}",
+            literal(password, version)
+        )),
     }
 }
 
@@ -311,11 +326,11 @@ pub fn create_account_statement(
     match plugin.filter(|p| p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
         Some(plugin) => PasswordStatement::plaintext(format!(
             "CREATE USER {who} IDENTIFIED WITH {plugin} BY {}",
-            literal(password)
+            literal(password, version)
         )),
         None => PasswordStatement::plaintext(format!(
             "CREATE USER {who} IDENTIFIED BY {}",
-            literal(password)
+            literal(password, version)
         )),
     }
 }
@@ -845,6 +860,13 @@ impl MysqlEngine {
     }
 }
 
+/// Whether a `sql_mode` value has `NO_BACKSLASH_ESCAPES`.
+pub fn has_no_backslash_escapes(sql_mode: &str) -> bool {
+    sql_mode
+        .split(',')
+        .any(|m| m.trim().eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))
+}
+
 /// Server errors that mean "this login may not do that" (nothing changed):
 /// 1044 access denied to database, 1142 command denied, 1227 specific
 /// privilege needed, 1370 routine access denied.
@@ -963,17 +985,22 @@ impl Engine for MysqlEngine {
                 Err(e) => return Err(e),
             },
         };
-        let text: Option<String> =
-            conn.query_first("SELECT VERSION()")
-                .await
-                .map_err(|e| Error::Database {
-                    endpoint: endpoint.clone(),
-                    action: "report its version".into(),
-                    detail: e.to_string(),
-                })?;
+        let row: Option<(String, String)> = conn
+            .query_first("SELECT VERSION(), @@SESSION.sql_mode")
+            .await
+            .map_err(|e| Error::Database {
+                endpoint: endpoint.clone(),
+                action: "report its version".into(),
+                detail: e.to_string(),
+            })?;
+        let (text, sql_mode) = row.unzip();
         let version = text
             .as_deref()
             .and_then(ServerVersion::parse)
+            .map(|v| ServerVersion {
+                no_backslash_escapes: sql_mode.as_deref().is_some_and(has_no_backslash_escapes),
+                ..v
+            })
             .ok_or_else(|| Error::Database {
                 endpoint: endpoint.clone(),
                 action: "report a version Rotor understands".into(),
@@ -2060,5 +2087,21 @@ mod tests {
             ],
         );
         assert!(grant_plan(&same, &aligned, "app_clone", "%").is_empty());
+    }
+
+    #[test]
+    fn literals_follow_the_sessions_sql_mode() {
+        assert!(has_no_backslash_escapes(
+            "STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"
+        ));
+        assert!(!has_no_backslash_escapes(
+            "STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION"
+        ));
+        let mut version = v("8.0.36");
+        let s = set_password_statement(version, "u", "%", None, r"a\b'");
+        assert_eq!(s.sql, r"SET PASSWORD FOR `u`@`%` = 'a\\b'''");
+        version.no_backslash_escapes = true;
+        let s = set_password_statement(version, "u", "%", None, r"a\b'");
+        assert_eq!(s.sql, r"SET PASSWORD FOR `u`@`%` = 'a\b'''");
     }
 }
