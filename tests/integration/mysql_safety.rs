@@ -40,6 +40,9 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             "password_literal_read_back_exactly_with_and_without_no_backslash_escapes",
             |e| Box::pin(literal_under_both_sql_modes(e)),
         ),
+        ("alternate_gets_full_require_clause_and_default_role", |e| {
+            Box::pin(full_require_and_default_role(e))
+        }),
     ];
     scenarios
         .into_iter()
@@ -416,4 +419,73 @@ async fn literal_under_both_sql_modes(env: TestEnv) {
             "sql_mode {mode}: {literal}"
         );
     }
+}
+
+async fn full_require_and_default_role(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_req"),
+        json!({}),
+    )
+    .await;
+    let who = mysql_account(&f.user);
+    let role = unique("rotor_req_role");
+    f.admin.exec(&format!("CREATE ROLE `{role}`")).await;
+    let master = f.master_json().await["username"]
+        .as_str()
+        .expect("master username")
+        .to_string();
+    f.admin
+        .exec(&format!(
+            "GRANT `{role}` TO {} WITH ADMIN OPTION",
+            mysql_account(&master)
+        ))
+        .await;
+    f.admin.exec(&format!("GRANT `{role}` TO {who}")).await;
+    f.admin
+        .exec(&format!("SET DEFAULT ROLE `{role}` FOR {who}"))
+        .await;
+    f.admin
+        .exec(&format!(
+            "ALTER USER {who} REQUIRE ISSUER '/CN=Rotor Test CA' AND SUBJECT '/CN=it''s app' AND CIPHER 'ECDHE-RSA-AES256-GCM-SHA384'"
+        ))
+        .await;
+    let master = master_secret(&f).await;
+    let mut session = db
+        .engine()
+        .connect(&master, "master")
+        .await
+        .expect("master login");
+    let clone = format!("{}_clone", f.user);
+    session
+        .sync_alternate_user(&f.user, &clone, &new_password(), ClonePolicy::default())
+        .await
+        .expect("sync");
+    let show = |user: String| {
+        let admin = &f.admin;
+        async move {
+            admin
+                .rows(&format!(
+                    "SELECT CONCAT_WS('|', CAST(ssl_type AS CHAR), CAST(ssl_cipher AS CHAR), CAST(x509_issuer AS CHAR), CAST(x509_subject AS CHAR), default_role) FROM mysql.user WHERE User = '{user}'"
+                ))
+                .await
+        }
+    };
+    let want = show(f.user.clone()).await;
+    assert!(want[0].contains("/CN=it's app"), "{want:?}");
+    assert_eq!(
+        show(clone.clone()).await,
+        want,
+        "the clone mirrors REQUIRE and the default role"
+    );
+    // Aligned: a second sync changes nothing.
+    let again = session
+        .sync_alternate_user(&f.user, &clone, &new_password(), ClonePolicy::default())
+        .await
+        .expect("sync again");
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    drop(session);
+    f.admin.exec(&format!("DROP ROLE `{role}`")).await;
 }

@@ -860,6 +860,19 @@ impl MysqlEngine {
     }
 }
 
+/// The statement giving `who` these default roles (as read by
+/// `accounts`): MariaDB `SET DEFAULT ROLE role FOR who` (one role);
+/// MySQL 8 `ALTER USER who DEFAULT ROLE r1, r2` (MySQL 8.0 manual, 15.7.1.1
+/// "ALTER USER Role Options"). Empty: NONE.
+fn default_role_statement(version: ServerVersion, who: &str, roles: &str) -> String {
+    match version.flavor {
+        Flavor::MariaDb if roles.is_empty() => format!("SET DEFAULT ROLE NONE FOR {who}"),
+        Flavor::MariaDb => format!("SET DEFAULT ROLE {} FOR {who}", quote_name(roles)),
+        Flavor::MySql if roles.is_empty() => format!("ALTER USER {who} DEFAULT ROLE NONE"),
+        Flavor::MySql => format!("ALTER USER {who} DEFAULT ROLE {roles}"),
+    }
+}
+
 /// Whether a `sql_mode` value has `NO_BACKSLASH_ESCAPES`.
 pub fn has_no_backslash_escapes(sql_mode: &str) -> bool {
     sql_mode
@@ -1022,9 +1035,52 @@ struct Account {
     plugin: String,
     ssl_type: String,
     max_user_connections: u64,
+    /// `REQUIRE CIPHER / ISSUER / SUBJECT` values (ssl_type `SPECIFIED`).
+    ssl_cipher: String,
+    x509_issuer: String,
+    x509_subject: String,
+    /// Default roles as SQL: MariaDB one role name (`mysql.user.default_role`),
+    /// MySQL 8 a list of `` `role`@`host` `` (`mysql.default_roles`).
+    default_roles: String,
 }
 
-type AccountRow = (String, Option<String>, Option<String>, Option<u64>);
+type AccountRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The `REQUIRE` clause that gives an account these TLS requirements
+/// (MySQL 8.0 manual 15.7.1.1 "ALTER USER SSL/TLS Options"; MariaDB
+/// ALTER USER `tls_option`): `SPECIFIED` carries ISSUER, SUBJECT and CIPHER.
+fn require_clause(account: &Account, version: ServerVersion) -> String {
+    match account.ssl_type.as_str() {
+        "ANY" => "SSL".into(),
+        "X509" => "X509".into(),
+        "SPECIFIED" => {
+            let parts: Vec<String> = [
+                ("ISSUER", &account.x509_issuer),
+                ("SUBJECT", &account.x509_subject),
+                ("CIPHER", &account.ssl_cipher),
+            ]
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(key, value)| format!("{key} {}", literal(value, version)))
+            .collect();
+            if parts.is_empty() {
+                "SSL".into()
+            } else {
+                parts.join(" AND ")
+            }
+        }
+        _ => "NONE".into(),
+    }
+}
 
 struct MySession {
     conn: Option<Conn>,
@@ -1228,23 +1284,34 @@ impl MySession {
 
     /// Every account named `user`, one per host part.
     async fn accounts(&mut self, user: &str) -> Result<Vec<Account>> {
+        let default_roles = match self.version.flavor {
+            Flavor::MariaDb => "u.default_role",
+            // MySQL 8 keeps default roles in their own table (none before 8).
+            Flavor::MySql if self.version.major >= 8 => {
+                "(SELECT GROUP_CONCAT(CONCAT('`', REPLACE(d.DEFAULT_ROLE_USER, '`', '``'), '`@`', REPLACE(d.DEFAULT_ROLE_HOST, '`', '``'), '`') ORDER BY d.DEFAULT_ROLE_USER, d.DEFAULT_ROLE_HOST SEPARATOR ', ') FROM mysql.default_roles d WHERE d.USER = u.User AND d.HOST = u.Host)"
+            }
+            Flavor::MySql => "NULL",
+        };
+        let sql = format!(
+            "SELECT u.Host, u.plugin, CAST(u.ssl_type AS CHAR), u.max_user_connections, CAST(u.ssl_cipher AS CHAR), CAST(u.x509_issuer AS CHAR), CAST(u.x509_subject AS CHAR), {default_roles} FROM mysql.user u WHERE u.User = ? ORDER BY u.Host"
+        );
         let fail = self.fail(format!("read mysql.user for {user:?}"));
         let conn = self.conn()?;
-        let rows: Vec<AccountRow> = conn
-            .exec(
-                "SELECT Host, plugin, CAST(ssl_type AS CHAR), max_user_connections FROM mysql.user WHERE User = ? ORDER BY Host",
-                (user,),
-            )
-            .await
-            .map_err(&fail)?;
+        let rows: Vec<AccountRow> = conn.exec(sql, (user,)).await.map_err(&fail)?;
         Ok(rows
             .into_iter()
-            .map(|(host, plugin, ssl_type, max)| Account {
-                host,
-                plugin: plugin.unwrap_or_default(),
-                ssl_type: ssl_type.unwrap_or_default(),
-                max_user_connections: max.unwrap_or(0),
-            })
+            .map(
+                |(host, plugin, ssl_type, max, cipher, issuer, subject, roles)| Account {
+                    host,
+                    plugin: plugin.unwrap_or_default(),
+                    ssl_type: ssl_type.unwrap_or_default(),
+                    max_user_connections: max.unwrap_or(0),
+                    ssl_cipher: cipher.unwrap_or_default(),
+                    x509_issuer: issuer.unwrap_or_default(),
+                    x509_subject: subject.unwrap_or_default(),
+                    default_roles: roles.unwrap_or_default(),
+                },
+            )
             .collect())
     }
 
@@ -1497,8 +1564,8 @@ impl Session for MySession {
             let Account {
                 host,
                 plugin,
-                ssl_type,
                 max_user_connections: max_conn,
+                ..
             } = wanted_account;
             let have = existing.iter().find(|a| &a.host == host).cloned();
             let mut have_grants = alternate_grants
@@ -1528,18 +1595,19 @@ impl Session for MySession {
                 }
                 have_grants.clear();
             }
-            let (have_ssl, have_max) =
-                have.map_or((String::new(), 0), |a| (a.ssl_type, a.max_user_connections));
-            if &have_ssl != ssl_type {
-                let require = match ssl_type.as_str() {
-                    "ANY" => "SSL",
-                    "X509" | "SPECIFIED" => "X509",
-                    _ => "NONE",
-                };
-                let sql = format!("ALTER USER {} REQUIRE {require}", account(alternate, host));
+            let want_require = require_clause(wanted_account, self.version);
+            let have_require = have
+                .as_ref()
+                .map_or_else(|| "NONE".to_string(), |a| require_clause(a, self.version));
+            if have_require != want_require {
+                let sql = format!(
+                    "ALTER USER {} REQUIRE {want_require}",
+                    account(alternate, host)
+                );
                 self.exec(&sql).await?;
                 sync.changes.push(sql);
             }
+            let have_max = have.as_ref().map_or(0, |a| a.max_user_connections);
             if have_max != *max_conn {
                 let sql = format!(
                     "ALTER USER {} WITH MAX_USER_CONNECTIONS {max_conn}",
@@ -1549,6 +1617,17 @@ impl Session for MySession {
                 sync.changes.push(sql);
             }
             for sql in grant_plan(template_grants, &have_grants, alternate, host) {
+                self.exec(&sql).await?;
+                sync.changes.push(sql);
+            }
+            // After the grants: a default role must be granted first.
+            let have_roles = have.as_ref().map_or("", |a| a.default_roles.as_str());
+            if have_roles != wanted_account.default_roles {
+                let sql = default_role_statement(
+                    self.version,
+                    &account(alternate, host),
+                    &wanted_account.default_roles,
+                );
                 self.exec(&sql).await?;
                 sync.changes.push(sql);
             }
@@ -2103,5 +2182,38 @@ mod tests {
         version.no_backslash_escapes = true;
         let s = set_password_statement(version, "u", "%", None, r"a\b'");
         assert_eq!(s.sql, r"SET PASSWORD FOR `u`@`%` = 'a\b'''");
+    }
+
+    /// MySQL 8 default roles (manual 15.7.1.1 "ALTER USER Role Options") and
+    /// the full REQUIRE clause (15.7.1.1 "ALTER USER SSL/TLS Options").
+    #[test]
+    fn default_roles_and_require_clause_statements() {
+        let mysql = v("8.0.36");
+        assert_eq!(
+            default_role_statement(mysql, "`u`@`%`", "`r`@`%`, `s`@`%`"),
+            "ALTER USER `u`@`%` DEFAULT ROLE `r`@`%`, `s`@`%`"
+        );
+        assert_eq!(
+            default_role_statement(mysql, "`u`@`%`", ""),
+            "ALTER USER `u`@`%` DEFAULT ROLE NONE"
+        );
+        assert_eq!(
+            default_role_statement(v("10.11.6-MariaDB"), "`u`@`%`", "r`x"),
+            "SET DEFAULT ROLE `r``x` FOR `u`@`%`"
+        );
+        let a = Account {
+            host: "%".into(),
+            plugin: String::new(),
+            ssl_type: "SPECIFIED".into(),
+            max_user_connections: 0,
+            ssl_cipher: "AES".into(),
+            x509_issuer: "/CN=CA".into(),
+            x509_subject: "/CN=it's".into(),
+            default_roles: String::new(),
+        };
+        assert_eq!(
+            require_clause(&a, mysql),
+            "ISSUER '/CN=CA' AND SUBJECT '/CN=it''s' AND CIPHER 'AES'"
+        );
     }
 }
