@@ -43,6 +43,10 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         ("alternate_gets_full_require_clause_and_default_role", |e| {
             Box::pin(full_require_and_default_role(e))
         }),
+        (
+            "statement_waiting_on_a_lock_ends_in_time_and_changes_nothing",
+            |e| Box::pin(statement_waiting_on_a_lock(e)),
+        ),
     ];
     scenarios
         .into_iter()
@@ -488,4 +492,61 @@ async fn full_require_and_default_role(env: TestEnv) {
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     drop(session);
     f.admin.exec(&format!("DROP ROLE `{role}`")).await;
+}
+
+async fn statement_waiting_on_a_lock(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_lock"),
+        json!({}),
+    )
+    .await;
+    let master = master_secret(&f).await;
+    let engine = db.engine_with(rotor::engine::ConnectOptions {
+        tls: rotor::engine::TlsSettings::with_ca_bundle(Some(env.ca.clone().into())),
+        connect_timeout: std::time::Duration::from_millis(1500),
+        ..rotor::engine::ConnectOptions::default()
+    });
+    let mut session = engine
+        .connect(&master, "master")
+        .await
+        .expect("master login");
+    let before = f.admin.stored_credential(&f.user).await;
+    // Another administrator holds the account table; Rotor's SET PASSWORD must wait for it.
+    // (Held briefly: other tests' account changes wait as long.)
+    f.admin.exec("LOCK TABLES mysql.global_priv READ").await;
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(6),
+        session.set_password(&f.user, &new_password()),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    f.admin.exec("UNLOCK TABLES").await;
+    let err = match result {
+        Err(_) => panic!("set_password still waiting on the lock after 6 s"),
+        Ok(Ok(())) => panic!("set_password cannot succeed while the table is locked"),
+        Ok(Err(e)) => e,
+    };
+    println!(
+        "lock wait ended after {elapsed:?} with {}: {err}",
+        err.kind()
+    );
+    assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
+    let text = err.to_string();
+    // The server's own limit (below Rotor's bound) aborts and rolls back
+    // the statement; either way the error is a retryable timeout.
+    assert_eq!(err.kind(), "Timeout", "{text}");
+    assert!(err.is_retryable(), "{text}");
+    assert!(
+        text.contains(&db.port().to_string()),
+        "names the server: {text}"
+    );
+    assert_eq!(
+        f.admin.stored_credential(&f.user).await,
+        before,
+        "nothing changed"
+    );
 }

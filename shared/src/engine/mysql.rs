@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -23,6 +24,7 @@ use super::{
     AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, Role, Session,
     endpoint,
 };
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
 use crate::strategy::CLONE_SUFFIX;
@@ -839,24 +841,26 @@ impl MysqlEngine {
         opts
     }
 
-    async fn dial(&self, secret: &DbSecret, which: Role, tls: bool) -> Result<Conn> {
+    /// TCP connect, TLS and the login handshake, bounded together.
+    async fn dial(
+        &self,
+        secret: &DbSecret,
+        which: Role,
+        tls: bool,
+        bound: Duration,
+    ) -> Result<Conn> {
         let endpoint = endpoint(secret, 3306);
-        match tokio::time::timeout(
-            self.options.connect_timeout,
-            Conn::new(self.opts(secret, tls)),
+        deadline::bounded(
+            &endpoint,
+            "the TCP connect, TLS and login handshake",
+            bound,
+            async {
+                Conn::new(self.opts(secret, tls))
+                    .await
+                    .map_err(|e| classify(e, &endpoint, &secret.username, which))
+            },
         )
         .await
-        {
-            Err(_) => Err(Error::Unreachable {
-                endpoint,
-                detail: format!(
-                    "no answer within {} s",
-                    self.options.connect_timeout.as_secs()
-                ),
-            }),
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(classify(e, &endpoint, &secret.username, which)),
-        }
     }
 }
 
@@ -878,6 +882,13 @@ pub fn has_no_backslash_escapes(sql_mode: &str) -> bool {
     sql_mode
         .split(',')
         .any(|m| m.trim().eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))
+}
+
+/// Server errors that mean a session time limit ended the statement (it
+/// was rolled back): 1205 lock wait timeout, 1969 MariaDB
+/// max_statement_time exceeded, 3024 MySQL max_execution_time exceeded.
+fn is_server_timeout(code: u16) -> bool {
+    matches!(code, 1205 | 1969 | 3024)
 }
 
 /// Server errors that mean "this login may not do that" (nothing changed):
@@ -983,29 +994,48 @@ impl Engine for MysqlEngine {
 
     async fn connect(&self, secret: &DbSecret, which: Role) -> Result<Box<dyn Session>> {
         let endpoint = endpoint(secret, 3306);
+        // One budget for the whole login: handshake(s), version, limits.
+        let bound = deadline::budget(self.options.connect_timeout);
+        let until = Instant::now() + bound;
+        let left = || {
+            until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
         let (mut conn, tls) = match secret.tls {
-            TlsMode::Disabled => (self.dial(secret, which, false).await?, false),
-            TlsMode::Required => (self.dial(secret, which, true).await?, true),
-            TlsMode::Preferred => match self.dial(secret, which, true).await {
+            TlsMode::Disabled => (self.dial(secret, which, false, left()).await?, false),
+            TlsMode::Required => (self.dial(secret, which, true, left()).await?, true),
+            TlsMode::Preferred => match self.dial(secret, which, true, left()).await {
                 Ok(conn) => (conn, true),
                 Err(Error::Tls { detail, .. }) if detail == "the server does not offer TLS" => {
                     tracing::warn!(
                         endpoint = %endpoint,
                         "server offers no TLS: connected in plaintext because the secret has no \"ssl\" key; set \"ssl\": true to refuse plaintext"
                     );
-                    (self.dial(secret, which, false).await?, false)
+                    (self.dial(secret, which, false, left()).await?, false)
                 }
                 Err(e) => return Err(e),
             },
         };
-        let row: Option<(String, String)> = conn
-            .query_first("SELECT VERSION(), @@SESSION.sql_mode")
-            .await
-            .map_err(|e| Error::Database {
-                endpoint: endpoint.clone(),
-                action: "report its version".into(),
-                detail: e.to_string(),
-            })?;
+        let database_error = |action: &str| {
+            let endpoint = endpoint.clone();
+            let action = action.to_string();
+            move |e: mysql_async::Error| Error::Database {
+                endpoint,
+                action,
+                detail: match e {
+                    mysql_async::Error::Server(s) => s.message,
+                    other => other.to_string(),
+                },
+            }
+        };
+        let row: Option<(String, String)> =
+            deadline::bounded(&endpoint, "report its version", left(), async {
+                conn.query_first("SELECT VERSION(), @@SESSION.sql_mode")
+                    .await
+                    .map_err(database_error("report its version"))
+            })
+            .await?;
         let (text, sql_mode) = row.unzip();
         let version = text
             .as_deref()
@@ -1019,12 +1049,47 @@ impl Engine for MysqlEngine {
                 action: "report a version Rotor understands".into(),
                 detail: format!("VERSION() returned {text:?}"),
             })?;
+        // The server gives up on a lock wait (and rolls back) before Rotor does.
+        let server_limit = deadline::server_limit(bound);
+        let limits = session_limits_statement(version, server_limit);
+        deadline::bounded(&endpoint, "set its session time limits", left(), async {
+            conn.query_drop(&limits)
+                .await
+                .map_err(database_error("set session time limits"))
+        })
+        .await?;
         Ok(Box::new(MySession {
             conn: Some(conn),
             endpoint: Arc::from(endpoint),
             version,
             tls,
+            bound: self.options.connect_timeout,
+            server_limit_ms: u64::try_from(server_limit.as_millis()).unwrap_or(u64::MAX),
         }))
+    }
+}
+
+/// `SET SESSION` of the server-side limits for a session whose statements
+/// Rotor waits for at most a little longer than `limit`: `lock_wait_timeout`
+/// (metadata and table locks, whole seconds, at least 1) and
+/// `innodb_lock_wait_timeout` (row locks) on both families; MariaDB also
+/// `max_statement_time` (any statement, fractional seconds; MariaDB
+/// "Aborting Statements that Exceed a Certain Time to Execute"); MySQL
+/// 5.7.8+ also `max_execution_time` (milliseconds, read-only SELECTs only).
+pub fn session_limits_statement(version: ServerVersion, limit: Duration) -> String {
+    let secs = limit.as_secs().max(1);
+    match version.flavor {
+        Flavor::MariaDb => format!(
+            "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}, max_statement_time = {:.3}",
+            limit.as_secs_f64()
+        ),
+        Flavor::MySql if version.at_least(5, 7, 8) => format!(
+            "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}, max_execution_time = {}",
+            limit.as_millis().max(1)
+        ),
+        Flavor::MySql => {
+            format!("SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}")
+        }
     }
 }
 
@@ -1087,6 +1152,11 @@ struct MySession {
     endpoint: Arc<str>,
     version: ServerVersion,
     tls: bool,
+    /// Each statement's bound before the Lambda deadline is applied
+    /// ([`deadline::budget`]).
+    bound: Duration,
+    /// The server-side limit set at connect, in milliseconds (for messages).
+    server_limit_ms: u64,
 }
 
 impl Drop for MySession {
@@ -1111,14 +1181,72 @@ impl MySession {
         })
     }
 
+    /// Runs `sql` (no result rows) within the statement bound; the outer
+    /// error is a timeout, the inner one the server's answer.
+    async fn drop_bounded(
+        &mut self,
+        sql: &str,
+        what: &str,
+    ) -> Result<std::result::Result<(), mysql_async::Error>> {
+        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let conn = self.conn()?;
+        deadline::bounded(&endpoint, what, bound, async {
+            Ok(conn.query_drop(sql).await)
+        })
+        .await
+    }
+
+    /// Text query returning rows, within the statement bound.
+    async fn rows_bounded<T>(
+        &mut self,
+        sql: &str,
+        what: &str,
+    ) -> Result<std::result::Result<Vec<T>, mysql_async::Error>>
+    where
+        T: mysql_async::prelude::FromRow + Send + 'static,
+    {
+        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let conn = self.conn()?;
+        deadline::bounded(&endpoint, what, bound, async { Ok(conn.query(sql).await) }).await
+    }
+
+    /// Prepared statement returning rows, within the statement bound.
+    async fn exec_bounded<T, P>(
+        &mut self,
+        sql: &str,
+        params: P,
+        what: &str,
+    ) -> Result<std::result::Result<Vec<T>, mysql_async::Error>>
+    where
+        T: mysql_async::prelude::FromRow + Send + 'static,
+        P: Into<mysql_async::Params> + Send,
+    {
+        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let conn = self.conn()?;
+        deadline::bounded(&endpoint, what, bound, async {
+            Ok(conn.exec(sql, params).await)
+        })
+        .await
+    }
+
+    /// The error for a failed `action`. A statement the server aborted
+    /// at the session's time limits is a (retryable) timeout.
     fn fail(&self, action: String) -> impl Fn(mysql_async::Error) -> Error + use<> {
         let endpoint = self.endpoint.clone();
-        move |e| Error::Database {
-            endpoint: endpoint.to_string(),
-            action: action.clone(),
-            detail: match e {
-                mysql_async::Error::Server(s) => s.message,
-                other => other.to_string(),
+        let server_limit_ms = self.server_limit_ms;
+        move |e| match e {
+            mysql_async::Error::Server(s) if is_server_timeout(s.code) => Error::Timeout {
+                endpoint: endpoint.to_string(),
+                what: format!("{action} (the server aborted it: {})", s.message),
+                after_ms: server_limit_ms,
+            },
+            e => Error::Database {
+                endpoint: endpoint.to_string(),
+                action: action.clone(),
+                detail: match e {
+                    mysql_async::Error::Server(s) => s.message,
+                    other => other.to_string(),
+                },
             },
         }
     }
@@ -1150,18 +1278,10 @@ impl MySession {
 
     async fn run(&mut self, statement: &PasswordStatement, action: &str) -> Result<()> {
         self.refuse_plaintext_without_tls(statement, action)?;
-        let endpoint = self.endpoint.clone();
-        self.conn()?
-            .query_drop(&statement.sql)
-            .await
-            .map_err(|e| Error::Database {
-                endpoint: endpoint.to_string(),
-                action: action.to_string(),
-                detail: match e {
-                    mysql_async::Error::Server(s) => s.message,
-                    other => other.to_string(),
-                },
-            })
+        let fail = self.fail(action.to_string());
+        self.drop_bounded(&statement.sql, action)
+            .await?
+            .map_err(fail)
     }
 
     /// Runs the first of `statements` the server accepts; moves on only when
@@ -1181,7 +1301,7 @@ impl MySession {
                     },
                     (_, e) => e,
                 })?;
-            let result = self.conn()?.query_drop(&statement.sql).await;
+            let result = self.drop_bounded(&statement.sql, action).await?;
             match result {
                 Ok(()) => return Ok(()),
                 Err(mysql_async::Error::Server(e))
@@ -1217,12 +1337,12 @@ impl MySession {
     /// `mysql.user` cannot see them; the README says so.)
     async fn refuse_other_host_accounts(&mut self, user: &str) -> Result<()> {
         let rows: std::result::Result<Vec<(String, String)>, _> = self
-            .conn()?
-            .exec(
+            .exec_bounded(
                 "SELECT CURRENT_USER(), Host FROM mysql.user WHERE User = ? ORDER BY Host",
                 (user,),
+                "read its host accounts",
             )
-            .await;
+            .await?;
         let rows = match rows {
             Ok(rows) => rows,
             Err(mysql_async::Error::Server(e)) if is_access_denied(e.code) => return Ok(()),
@@ -1258,28 +1378,18 @@ impl MySession {
     /// CURRENT_USER()` (allowed for oneself without privileges on MySQL
     /// 5.7+ and MariaDB 10.2+); `None` when the server does not say.
     async fn own_plugin(&mut self) -> Option<String> {
-        let conn = self.conn.as_mut()?;
-        let text: Option<String> = conn
-            .query_first("SHOW CREATE USER CURRENT_USER()")
+        let rows: Vec<String> = self
+            .rows_bounded("SHOW CREATE USER CURRENT_USER()", "show its own account")
             .await
-            .ok()
-            .flatten();
-        text.as_deref().and_then(plugin_of_create_user)
+            .ok()?
+            .ok()?;
+        rows.first().and_then(|text| plugin_of_create_user(text))
     }
 
     async fn exec(&mut self, sql: &str) -> Result<()> {
-        let endpoint = self.endpoint.clone();
-        self.conn()?
-            .query_drop(sql)
-            .await
-            .map_err(|e| Error::Database {
-                endpoint: endpoint.to_string(),
-                action: format!("run {sql:?}"),
-                detail: match e {
-                    mysql_async::Error::Server(s) => s.message,
-                    other => other.to_string(),
-                },
-            })
+        let action = format!("run {sql:?}");
+        let fail = self.fail(action.clone());
+        self.drop_bounded(sql, &action).await?.map_err(fail)
     }
 
     /// Every account named `user`, one per host part.
@@ -1295,9 +1405,12 @@ impl MySession {
         let sql = format!(
             "SELECT u.Host, u.plugin, CAST(u.ssl_type AS CHAR), u.max_user_connections, CAST(u.ssl_cipher AS CHAR), CAST(u.x509_issuer AS CHAR), CAST(u.x509_subject AS CHAR), {default_roles} FROM mysql.user u WHERE u.User = ? ORDER BY u.Host"
         );
-        let fail = self.fail(format!("read mysql.user for {user:?}"));
-        let conn = self.conn()?;
-        let rows: Vec<AccountRow> = conn.exec(sql, (user,)).await.map_err(&fail)?;
+        let action = format!("read mysql.user for {user:?}");
+        let fail = self.fail(action.clone());
+        let rows: Vec<AccountRow> = self
+            .exec_bounded(&sql, (user,), &action)
+            .await?
+            .map_err(fail)?;
         Ok(rows
             .into_iter()
             .map(
@@ -1395,11 +1508,11 @@ impl MySession {
                     if let Grant::Role { role, .. } = &grant
                         && seen_roles.insert(role.clone())
                     {
-                        let fail = self.fail(format!("show the grants of role {role}"));
+                        let action = format!("show the grants of role {role}");
+                        let fail = self.fail(action.clone());
                         let lines: Vec<String> = self
-                            .conn()?
-                            .query(format!("SHOW GRANTS FOR {role}"))
-                            .await
+                            .rows_bounded(&format!("SHOW GRANTS FOR {role}"), &action)
+                            .await?
                             .map_err(fail)?;
                         next.extend(
                             lines
@@ -1418,9 +1531,9 @@ impl MySession {
 
     async fn grants(&mut self, user: &str, host: &str) -> Result<Vec<String>> {
         let sql = format!("SHOW GRANTS FOR {}", account(user, host));
-        let fail = self.fail(format!("show the grants of {}", account(user, host)));
-        let conn = self.conn()?;
-        conn.query::<String, _>(sql).await.map_err(&fail)
+        let action = format!("show the grants of {}", account(user, host));
+        let fail = self.fail(action.clone());
+        self.rows_bounded(&sql, &action).await?.map_err(fail)
     }
 }
 
@@ -1428,8 +1541,9 @@ impl MySession {
 impl Session for MySession {
     async fn check(&mut self) -> Result<()> {
         let fail = self.fail("run SELECT 1".into());
-        let conn = self.conn()?;
-        conn.query_drop("SELECT 1").await.map_err(&fail)
+        self.drop_bounded("SELECT 1", "run SELECT 1")
+            .await?
+            .map_err(fail)
     }
 
     async fn set_own_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
@@ -1476,15 +1590,16 @@ impl Session for MySession {
         user: &str,
         password: &SecretString,
     ) -> Result<Option<bool>> {
-        let Some(conn) = self.conn.as_mut() else {
+        if self.conn.is_none() {
             return Ok(None);
-        };
-        let rows: std::result::Result<Vec<(Option<String>, Option<String>)>, _> = conn
-            .exec(
+        }
+        let rows: std::result::Result<Vec<(Option<String>, Option<String>)>, _> = self
+            .exec_bounded(
                 "SELECT plugin, authentication_string FROM mysql.user WHERE User = ?",
                 (user,),
+                &format!("read the stored credential of {user:?}"),
             )
-            .await;
+            .await?;
         let Ok(rows) = rows else {
             return Ok(None); // no privilege to read mysql.user: try a login instead
         };
@@ -1687,21 +1802,22 @@ impl Session for MySession {
     async fn end_sessions(&mut self, user: &str, _before: Option<f64>) -> Result<u64> {
         // The process list has no connection start time: every session of
         // the user ends (a revocation is an emergency; clients reconnect).
-        let fail = self.fail(format!("list the sessions of {user:?}"));
-        let conn = self.conn()?;
-        let ids: Vec<u64> = conn
-            .exec(
+        let action = format!("list the sessions of {user:?}");
+        let fail = self.fail(action.clone());
+        let ids: Vec<u64> = self
+            .exec_bounded(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
                 (user,),
+                &action,
             )
-            .await
-            .map_err(&fail)?;
+            .await?
+            .map_err(fail)?;
         let mut ended = 0;
         for id in ids {
             // A session that ended meanwhile is not an error.
-            if conn
-                .query_drop(format!("KILL CONNECTION {id}"))
-                .await
+            if self
+                .drop_bounded(&format!("KILL CONNECTION {id}"), "end a session")
+                .await?
                 .is_ok()
             {
                 ended += 1;
@@ -1971,6 +2087,8 @@ mod tests {
             endpoint: Arc::from("db.example:3306"),
             version: v(version),
             tls,
+            bound: Duration::from_secs(5),
+            server_limit_ms: 4000,
         }
     }
 
@@ -2214,6 +2332,71 @@ mod tests {
         assert_eq!(
             require_clause(&a, mysql),
             "ISSUER '/CN=CA' AND SUBJECT '/CN=it''s' AND CIPHER 'AES'"
+        );
+    }
+
+    /// A server that accepts TCP and never says a word: the connect (TCP,
+    /// TLS and login handshake) ends in Error::Timeout within the bound.
+    #[tokio::test(flavor = "current_thread")]
+    async fn silent_server_times_out_in_the_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and holds connections, answers nothing; ends with the test's runtime.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let engine = MysqlEngine::new(ConnectOptions {
+            connect_timeout: std::time::Duration::from_millis(300),
+            ..ConnectOptions::default()
+        });
+        for ssl in ["false", "true"] {
+            let secret = DbSecret::parse(
+                &SecretString::new(format!(
+                    r#"{{"engine":"mysql","host":"127.0.0.1","port":{port},"username":"u","password":"p","ssl":{ssl}}}"#
+                )),
+                "s",
+                "v",
+                crate::secret::Require::Connection,
+            )
+            .unwrap();
+            let started = std::time::Instant::now();
+            let err = match engine.connect(&secret, "current").await {
+                Ok(_) => panic!("a silent server cannot log anyone in"),
+                Err(e) => e,
+            };
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(err.kind(), "Timeout", "ssl {ssl}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("127.0.0.1:{port}")) && text.contains("handshake"),
+                "{text}"
+            );
+        }
+    }
+
+    /// Server-side limits per family (MariaDB max_statement_time; MySQL
+    /// 5.7.8+ max_execution_time, MySQL 5.7 manual 5.1.7; lock waits on both).
+    #[test]
+    fn session_limits_per_family() {
+        let limit = Duration::from_millis(1200);
+        assert_eq!(
+            session_limits_statement(v("10.11.6-MariaDB"), limit),
+            "SET SESSION lock_wait_timeout = 1, innodb_lock_wait_timeout = 1, max_statement_time = 1.200"
+        );
+        assert_eq!(
+            session_limits_statement(v("8.0.36"), Duration::from_secs(4)),
+            "SET SESSION lock_wait_timeout = 4, innodb_lock_wait_timeout = 4, max_execution_time = 4000"
+        );
+        assert_eq!(
+            session_limits_statement(v("5.6.51"), limit),
+            "SET SESSION lock_wait_timeout = 1, innodb_lock_wait_timeout = 1"
         );
     }
 }
