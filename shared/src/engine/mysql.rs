@@ -827,7 +827,12 @@ impl MysqlEngine {
             .user(Some(secret.username.clone()))
             .pass(Some(secret.password.expose().to_string()))
             .db_name(secret.dbname.clone())
-            .prefer_socket(Some(false));
+            .prefer_socket(Some(false))
+            // Never answer a server's request for the password in cleartext
+            // (mysql_clear_password): a man in the middle who stripped TLS
+            // asks for exactly that. mysql_async's default is off; pinned
+            // here so no default or URL option can turn it on.
+            .enable_cleartext_plugin(false);
         if tls {
             let mut ssl = SslOpts::default();
             if let Some(bundle) = self.options.tls.ca_bundle() {
@@ -934,6 +939,12 @@ fn classify(e: mysql_async::Error, endpoint: &str, user: &str, which: Role) -> E
             endpoint: endpoint.to_string(),
             action: format!("accept the {which} login"),
             detail: s.message,
+        },
+        E::Driver(DriverError::CleartextPluginDisabled) => Error::Refused {
+            endpoint: endpoint.to_string(),
+            reason: format!(
+                "the server asked for {user:?}'s password in cleartext (mysql_clear_password), and Rotor never sends it: over a connection without TLS that request is what an attacker who stripped TLS would make. Use verified TLS (\"ssl\": true) and a password plugin (mysql_native_password, caching_sha2_password)"
+            ),
         },
         E::Driver(DriverError::NoClientSslFlagFromServer) => Error::Tls {
             endpoint: endpoint.to_string(),
@@ -2398,5 +2409,83 @@ mod tests {
             session_limits_statement(v("5.6.51"), limit),
             "SET SESSION lock_wait_timeout = 1, innodb_lock_wait_timeout = 1"
         );
+    }
+
+    /// A fake server without TLS that asks for the password in cleartext
+    /// (an attacker who stripped TLS asks for exactly that): Rotor never
+    /// sends it and refuses with a clear error.
+    #[tokio::test(flavor = "current_thread")]
+    async fn cleartext_password_request_refused_without_tls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let password = "cleartext-canary-Pw1";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fake = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let packet = |seq: u8, payload: &[u8]| {
+                let mut out = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+                out.push(seq);
+                out.extend_from_slice(payload);
+                out
+            };
+            // Protocol 10 handshake: 4.1 protocol, plugin auth, no CLIENT_SSL.
+            let mut hello = vec![10u8];
+            hello.extend_from_slice(b"8.0.36\0");
+            hello.extend_from_slice(&7u32.to_le_bytes());
+            hello.extend_from_slice(b"abcdefgh\0");
+            hello.extend_from_slice(&0xA209u16.to_le_bytes());
+            hello.push(0x21);
+            hello.extend_from_slice(&2u16.to_le_bytes());
+            hello.extend_from_slice(&0x0038u16.to_le_bytes());
+            hello.push(21);
+            hello.extend_from_slice(&[0u8; 10]);
+            hello.extend_from_slice(b"ijklmnopqrst\0");
+            hello.extend_from_slice(b"mysql_native_password\0");
+            socket.write_all(&packet(0, &hello)).await.unwrap();
+            let mut received = Vec::new();
+            let mut buf = [0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            received.extend_from_slice(&buf[..n]);
+            // "Switch to mysql_clear_password": send me the password as is.
+            let mut switch = vec![0xFEu8];
+            switch.extend_from_slice(b"mysql_clear_password\0");
+            socket.write_all(&packet(2, &switch)).await.unwrap();
+            // Collect whatever the client sends next, until it closes or goes quiet.
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..n]);
+            }
+            received
+        });
+        let engine = MysqlEngine::new(ConnectOptions {
+            connect_timeout: Duration::from_secs(3),
+            ..ConnectOptions::default()
+        });
+        let secret = DbSecret::parse(
+            &SecretString::new(format!(
+                r#"{{"engine":"mysql","host":"127.0.0.1","port":{port},"username":"app","password":"{password}","ssl":false}}"#
+            )),
+            "s",
+            "v",
+            crate::secret::Require::Connection,
+        )
+        .unwrap();
+        let err = match engine.connect(&secret, "current").await {
+            Ok(_) => panic!("the fake server never accepts a login"),
+            Err(e) => e,
+        };
+        let received = fake.await.unwrap();
+        assert!(
+            !received
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "the password was sent in cleartext"
+        );
+        assert_eq!(err.kind(), "Refused", "{err}");
+        assert!(err.to_string().contains("mysql_clear_password"), "{err}");
     }
 }
