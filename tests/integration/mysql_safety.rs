@@ -13,9 +13,10 @@ use crate::rotation::{Fixture, fixture};
 use crate::trial;
 
 type Scenario = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+type Named = (&'static str, fn(TestEnv) -> Scenario);
 
 pub fn trials(env: &TestEnv) -> Vec<Trial> {
-    let scenarios: Vec<(&str, fn(TestEnv) -> Scenario)> = vec![
+    let scenarios: Vec<Named> = vec![
         ("unmarked_existing_clone_is_not_taken_over", |e| {
             Box::pin(unmarked_clone_not_taken_over(e))
         }),

@@ -1,15 +1,28 @@
 //! MySQL, Aurora MySQL and MariaDB (mysql_async, rustls).
 //!
 //! The password statement depends on the server actually connected, decided
-//! from `SELECT VERSION()`: MariaDB 10/11, MySQL 5.7, 8.x and 9.x each get the
-//! right one (AWS's function only asks whether the version starts with "8").
+//! from `SELECT VERSION()` (read with `@@sql_mode` in one query): MariaDB,
+//! MySQL < 5.7.6, 5.7.6+, 8.0, 8.4 and 9.x each get the right one (AWS's
+//! function only asks whether the version starts with "8"); see
+//! [`own_password_statements`] and the version x statement table test.
 //!
-//! The plaintext stays out of SQL text wherever the server allows it:
-//! MariaDB and `mysql_native_password` accounts get the hash computed here
-//! (`'*' + HEX(SHA1(SHA1(password)))`). Only MySQL 8/9 accounts using
-//! `caching_sha2_password` need the literal (`IDENTIFIED BY '…'`, escaped by
-//! the driver's quoting rules): Rotor sends it only over TLS and refuses on a
-//! plaintext connection. Account names are always quoted.
+//! The plaintext stays out of SQL text wherever the server reads a hash for
+//! that statement at that privilege level (`'*' + HEX(SHA1(SHA1(pw)))` for
+//! `mysql_native_password` accounts). Where it does not (caching_sha2
+//! accounts, MySQL 9, a single user refused the hash form for lack of
+//! privilege), the literal is sent only over TLS; without TLS Rotor refuses
+//! before changing anything. A server's request for the password in
+//! cleartext (mysql_clear_password) is never answered.
+//!
+//! Alternating users: the `_clone` of a pair carries a marker grant
+//! ([`ALTERNATE_MARKER_DB`]) and is never taken over without it; privileged
+//! templates are refused unless [`ClonePolicy::allow_privileged`]; the
+//! alternate gets exactly the template's grants, roles, default roles,
+//! REQUIRE clause and connection limit, on every host account.
+//!
+//! Every network call and statement is bounded ([`crate::deadline`]), and
+//! the session's server-side lock and statement limits sit below that bound.
+//! Account names are always quoted.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
