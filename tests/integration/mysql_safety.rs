@@ -48,6 +48,10 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             "statement_waiting_on_a_lock_ends_in_time_and_changes_nothing",
             |e| Box::pin(statement_waiting_on_a_lock(e)),
         ),
+        (
+            "current_user_named_clone_does_not_take_over_its_base",
+            |e| Box::pin(clone_named_current_user_does_not_take_over_base(e)),
+        ),
     ];
     scenarios
         .into_iter()
@@ -549,5 +553,41 @@ async fn statement_waiting_on_a_lock(env: TestEnv) {
         f.admin.stored_credential(&f.user).await,
         before,
         "nothing changed"
+    );
+}
+
+/// The secret's writer names an unmarked `<victim>_clone` as the current
+/// user: its alternate would be `<victim>` (say a DBA). Rotor must not
+/// touch the victim.
+async fn clone_named_current_user_does_not_take_over_base(env: TestEnv) {
+    let db = maria(&env);
+    let victim = unique("rotor_dba");
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &format!("{victim}_clone"),
+        json!({}),
+    )
+    .await;
+    f.admin.create_user(&victim, &new_password()).await;
+    let before = f.admin.stored_credential(&victim).await;
+    let grants_before = f
+        .admin
+        .rows(&format!("SHOW GRANTS FOR {}", mysql_account(&victim)))
+        .await;
+    let (_, result) = create_then_set(&f).await;
+    let err = result.expect_err("an unmarked current _clone must be refused");
+    assert_eq!(err.kind(), "Refused", "{err}");
+    assert_eq!(
+        f.admin.stored_credential(&victim).await,
+        before,
+        "victim's password unchanged"
+    );
+    assert_eq!(
+        f.admin
+            .rows(&format!("SHOW GRANTS FOR {}", mysql_account(&victim)))
+            .await,
+        grants_before,
+        "victim's grants unchanged"
     );
 }
