@@ -860,6 +860,12 @@ impl MysqlEngine {
     }
 
     /// TCP connect, TLS and the login handshake, bounded together.
+    ///
+    /// The handshake runs in its own task: the driver panics when a server
+    /// asks for an authentication plugin this build cannot answer (MariaDB
+    /// `client_ed25519` without mysql_common's `client_ed25519` feature), and
+    /// a hostile or misconfigured server must produce an error, not take the
+    /// whole function down.
     async fn dial(
         &self,
         secret: &DbSecret,
@@ -868,17 +874,32 @@ impl MysqlEngine {
         bound: Duration,
     ) -> Result<Conn> {
         let endpoint = endpoint(secret, 3306);
-        deadline::bounded(
+        let mut handshake = tokio::spawn(Conn::new(self.opts(secret, tls)));
+        let joined = deadline::bounded(
             &endpoint,
             "the TCP connect, TLS and login handshake",
             bound,
-            async {
-                Conn::new(self.opts(secret, tls))
-                    .await
-                    .map_err(|e| classify(e, &endpoint, &secret.username, which))
-            },
+            async { Ok((&mut handshake).await) },
         )
-        .await
+        .await;
+        if joined.is_err() {
+            handshake.abort();
+        }
+        match joined? {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(classify(e, &endpoint, &secret.username, which)),
+            Err(e) if e.is_panic() => Err(Error::Refused {
+                endpoint,
+                reason: format!(
+                    "the server asked {:?} to log in with an authentication method Rotor cannot answer (the MySQL driver gave up; MariaDB's client_ed25519 is one); give the account mysql_native_password or caching_sha2_password",
+                    secret.username
+                ),
+            }),
+            Err(e) => Err(Error::Unreachable {
+                endpoint,
+                detail: format!("the login was cancelled: {e}"),
+            }),
+        }
     }
 }
 
@@ -2500,5 +2521,84 @@ mod tests {
         );
         assert_eq!(err.kind(), "Refused", "{err}");
         assert!(err.to_string().contains("mysql_clear_password"), "{err}");
+    }
+
+    /// A fake server that switches to an authentication plugin this build's
+    /// driver cannot answer (MariaDB client_ed25519: mysql_common panics
+    /// without its `client_ed25519` feature): a clear error, never a panic
+    /// of the function, and the password is not sent.
+    #[tokio::test(flavor = "current_thread")]
+    async fn unsupported_auth_plugin_request_is_an_error_not_a_panic() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let password = "cleartext-canary-Pw1";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fake = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let packet = |seq: u8, payload: &[u8]| {
+                let mut out = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+                out.push(seq);
+                out.extend_from_slice(payload);
+                out
+            };
+            // Protocol 10 handshake: 4.1 protocol, plugin auth, no CLIENT_SSL.
+            let mut hello = vec![10u8];
+            hello.extend_from_slice(b"8.0.36\0");
+            hello.extend_from_slice(&7u32.to_le_bytes());
+            hello.extend_from_slice(b"abcdefgh\0");
+            hello.extend_from_slice(&0xA209u16.to_le_bytes());
+            hello.push(0x21);
+            hello.extend_from_slice(&2u16.to_le_bytes());
+            hello.extend_from_slice(&0x0038u16.to_le_bytes());
+            hello.push(21);
+            hello.extend_from_slice(&[0u8; 10]);
+            hello.extend_from_slice(b"ijklmnopqrst\0");
+            hello.extend_from_slice(b"mysql_native_password\0");
+            socket.write_all(&packet(0, &hello)).await.unwrap();
+            let mut received = Vec::new();
+            let mut buf = [0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            received.extend_from_slice(&buf[..n]);
+            // "Switch to mysql_clear_password": send me the password as is.
+            let mut switch = vec![0xFEu8];
+            switch.extend_from_slice(b"client_ed25519\0");
+            socket.write_all(&packet(2, &switch)).await.unwrap();
+            // Collect whatever the client sends next, until it closes or goes quiet.
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..n]);
+            }
+            received
+        });
+        let engine = MysqlEngine::new(ConnectOptions {
+            connect_timeout: Duration::from_secs(3),
+            ..ConnectOptions::default()
+        });
+        let secret = DbSecret::parse(
+            &SecretString::new(format!(
+                r#"{{"engine":"mysql","host":"127.0.0.1","port":{port},"username":"app","password":"{password}","ssl":false}}"#
+            )),
+            "s",
+            "v",
+            crate::secret::Require::Connection,
+        )
+        .unwrap();
+        let err = match engine.connect(&secret, "current").await {
+            Ok(_) => panic!("the fake server never accepts a login"),
+            Err(e) => e,
+        };
+        let received = fake.await.unwrap();
+        assert!(
+            !received
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "the password was sent in cleartext"
+        );
+        assert_eq!(err.kind(), "Refused", "{err}");
+        assert!(err.to_string().contains("authentication"), "{err}");
     }
 }
