@@ -903,6 +903,25 @@ impl MysqlEngine {
     }
 }
 
+/// The first statement that would carry the alternate's password as a
+/// literal: creating a missing host account (with the template account's
+/// plugin) or setting an existing one's (with its own plugin). The
+/// password itself does not matter here, only the statement's form.
+fn first_plaintext_password_statement(
+    version: ServerVersion,
+    alternate: &str,
+    wanted: &[Account],
+    existing: &[Account],
+) -> Option<PasswordStatement> {
+    wanted.iter().find_map(|w| {
+        let statement = match existing.iter().find(|a| a.host == w.host) {
+            Some(a) => set_password_statement(version, alternate, &a.host, Some(&a.plugin), ""),
+            None => create_account_statement(version, alternate, &w.host, Some(&w.plugin), ""),
+        };
+        statement.carries_plaintext.then_some(statement)
+    })
+}
+
 /// The statement giving `who` these default roles (as read by
 /// `accounts`): MariaDB `SET DEFAULT ROLE role FOR who` (one role);
 /// MySQL 8 `ALTER USER who DEFAULT ROLE r1, r2` (MySQL 8.0 manual, 15.7.1.1
@@ -1713,6 +1732,16 @@ impl Session for MySession {
             &template_grants,
             &alternate_grants,
         )?;
+        // A password that can only travel as a literal (and then only over
+        // TLS) is refused here, before the grants are aligned.
+        if let Some(statement) =
+            first_plaintext_password_statement(self.version, alternate, &wanted, &existing)
+        {
+            self.refuse_plaintext_without_tls(
+                &statement,
+                &format!("set the password of {alternate:?}"),
+            )?;
+        }
         if !policy.allow_privileged {
             self.refuse_privileged(template, &wanted, &template_grants)
                 .await?;
@@ -2600,5 +2629,36 @@ mod tests {
         );
         assert_eq!(err.kind(), "Refused", "{err}");
         assert!(err.to_string().contains("authentication"), "{err}");
+    }
+
+    /// Alternating users on a server where the alternate's password can
+    /// only travel as a literal: known before any grant is aligned, so the
+    /// refusal without TLS comes before any change.
+    #[test]
+    fn alternate_needing_a_literal_is_known_before_any_change() {
+        let account = |host: &str, plugin: &str| Account {
+            host: host.into(),
+            plugin: plugin.into(),
+            ssl_type: String::new(),
+            max_user_connections: 0,
+            ssl_cipher: String::new(),
+            x509_issuer: String::new(),
+            x509_subject: String::new(),
+            default_roles: String::new(),
+        };
+        let native = [account("%", NATIVE), account("10.%", NATIVE)];
+        let sha2 = [
+            account("%", NATIVE),
+            account("10.%", "caching_sha2_password"),
+        ];
+        let none: [Account; 0] = [];
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &native, &native).is_none());
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &native, &none).is_none());
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &native, &sha2).is_some());
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &sha2, &none).is_some());
+        assert!(first_plaintext_password_statement(v("9.1.0"), "a", &native, &native).is_some());
+        assert!(
+            first_plaintext_password_statement(v("10.11.6-MariaDB"), "a", &sha2, &sha2).is_none()
+        );
     }
 }
