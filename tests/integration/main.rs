@@ -10,6 +10,7 @@ mod dynamic;
 mod dynamic_authz;
 mod dynamic_scope;
 mod inventory;
+mod mysql_safety;
 mod rotation;
 mod safety;
 mod stores;
@@ -61,6 +62,7 @@ fn main() {
     trials.extend(dynamic_scope::trials(&env));
     trials.extend(dynamic_authz::trials(&env));
     trials.extend(inventory::trials(&env));
+    trials.extend(mysql_safety::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {

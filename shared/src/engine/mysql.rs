@@ -1,17 +1,32 @@
 //! MySQL, Aurora MySQL and MariaDB (mysql_async, rustls).
 //!
 //! The password statement depends on the server actually connected, decided
-//! from `SELECT VERSION()`: MariaDB 10/11, MySQL 5.7, 8.x and 9.x each get the
-//! right one (AWS's function only asks whether the version starts with "8").
+//! from `SELECT VERSION()` (read with `@@sql_mode` in one query): MariaDB,
+//! MySQL < 5.7.6, 5.7.6+, 8.0, 8.4 and 9.x each get the right one (AWS's
+//! function only asks whether the version starts with "8"); see
+//! [`own_password_statements`] and the version x statement table test.
 //!
-//! The plaintext stays out of SQL text wherever the server allows it:
-//! MariaDB and `mysql_native_password` accounts get the hash computed here
-//! (`'*' + HEX(SHA1(SHA1(password)))`). Only MySQL 8/9 accounts using
-//! `caching_sha2_password` need the literal (`IDENTIFIED BY '…'`, escaped by
-//! the driver's quoting rules): Rotor sends it only over TLS and refuses on a
-//! plaintext connection. Account names are always quoted.
+//! The plaintext stays out of SQL text wherever the server reads a hash for
+//! that statement at that privilege level (`'*' + HEX(SHA1(SHA1(pw)))` for
+//! `mysql_native_password` accounts). Where it does not (caching_sha2
+//! accounts, MySQL 9, a single user refused the hash form for lack of
+//! privilege), the literal is sent only over TLS; without TLS Rotor refuses
+//! before changing anything. A server's request for the password in
+//! cleartext (mysql_clear_password) is never answered.
+//!
+//! Alternating users: the `_clone` of a pair carries a marker grant
+//! ([`ALTERNATE_MARKER_DB`]) and is never taken over without it; privileged
+//! templates are refused unless [`ClonePolicy::allow_privileged`]; the
+//! alternate gets exactly the template's grants, roles, default roles,
+//! REQUIRE clause and connection limit, on every host account.
+//!
+//! Every network call and statement is bounded ([`crate::deadline`]), and
+//! the session's server-side lock and statement limits sit below that bound.
+//! Account names are always quoted.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -22,8 +37,10 @@ use super::{
     AlternateSync, ClonePolicy, ConnectOptions, DropReport, DynamicUser, Engine, LEASE_MARKER,
     Role, Session, endpoint,
 };
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::secret::{DbSecret, SecretString, TlsMode};
+use crate::strategy::CLONE_SUFFIX;
 
 /// Which server answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +56,11 @@ pub struct ServerVersion {
     pub major: u32,
     pub minor: u32,
     pub patch: u32,
+    /// The session's `sql_mode` has `NO_BACKSLASH_ESCAPES`: string
+    /// literals must not escape backslashes. Not part of the version, but
+    /// read with it at connect, and every statement builder that writes a
+    /// literal needs both.
+    pub no_backslash_escapes: bool,
 }
 
 impl ServerVersion {
@@ -66,6 +88,7 @@ impl ServerVersion {
             major: *numbers.first()?,
             minor: numbers.get(1).copied().unwrap_or(0),
             patch: numbers.get(2).copied().unwrap_or(0),
+            no_backslash_escapes: false,
         })
     }
 
@@ -76,12 +99,6 @@ impl ServerVersion {
             Flavor::MySql if (self.major, self.minor, self.patch) >= (5, 7, 8) => 32,
             Flavor::MySql => 16,
         }
-    }
-
-    /// Whether the server still speaks `SET PASSWORD … = '<hash>'` and
-    /// `IDENTIFIED … AS '<hash>'` for native accounts.
-    fn is_mysql8_or_later(&self) -> bool {
-        self.flavor == Flavor::MySql && self.major >= 8
     }
 }
 
@@ -109,14 +126,21 @@ pub fn account(user: &str, host: &str) -> String {
 
 /// A string literal with MySQL's escaping (the driver's rules: backslash
 /// and quote escaped), for the one statement that needs the plaintext.
-fn literal(value: &str) -> String {
+fn literal(value: &str, version: ServerVersion) -> String {
+    string_literal(value, version.no_backslash_escapes)
+}
+
+/// A quoted string literal that the server reads back as `value`:
+/// quotes doubled; backslashes doubled unless the session's `sql_mode`
+/// has `NO_BACKSLASH_ESCAPES` (then a backslash is an ordinary character).
+pub fn string_literal(value: &str, no_backslash_escapes: bool) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
     for c in value.chars() {
         match c {
             '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            '\0' => out.push_str("\\0"),
+            '\\' if !no_backslash_escapes => out.push_str("\\\\"),
+            '\0' if !no_backslash_escapes => out.push_str("\\0"),
             c => out.push(c),
         }
     }
@@ -128,30 +152,123 @@ fn literal(value: &str) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub struct PasswordStatement {
     pub sql: String,
-    /// The SQL contains the plaintext (only over TLS).
+    /// The SQL contains the plaintext (sent only over TLS).
     pub carries_plaintext: bool,
 }
 
-/// The statement with which a user changes its own password.
-pub fn own_password_statement(version: ServerVersion, password: &str) -> PasswordStatement {
-    if version.is_mysql8_or_later() {
+impl PasswordStatement {
+    fn hash(sql: String) -> Self {
         PasswordStatement {
-            sql: format!(
-                "ALTER USER CURRENT_USER() IDENTIFIED BY {}",
-                literal(password)
-            ),
-            carries_plaintext: true,
-        }
-    } else {
-        PasswordStatement {
-            sql: format!("SET PASSWORD = '{}'", native_password_hash(password)),
+            sql,
             carries_plaintext: false,
         }
+    }
+
+    fn plaintext(sql: String) -> Self {
+        PasswordStatement {
+            sql,
+            carries_plaintext: true,
+        }
+    }
+}
+
+const NATIVE: &str = "mysql_native_password";
+
+impl ServerVersion {
+    fn at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
+        (self.major, self.minor, self.patch) >= (major, minor, patch)
+    }
+
+    /// MySQL 5.7.6 changed `SET PASSWORD = '<string>'` from "a hash" to
+    /// "cleartext" and added `ALTER USER … IDENTIFIED WITH … AS '<hash>'`
+    /// (MySQL 5.7 manual, 13.7.1.7 SET PASSWORD and 13.7.1.1 ALTER USER).
+    fn mysql_5_7_6_or_later(&self) -> bool {
+        self.flavor == Flavor::MySql && self.at_least(5, 7, 6)
+    }
+
+    /// Whether an account using `plugin` (`None`: unknown) may be given the
+    /// `mysql_native_password` hash. MySQL 9.0 removed that plugin (MySQL 9.0
+    /// manual, 8.4.1.1 "Native Pluggable Authentication": removed); 8.4 ships
+    /// it disabled, so on 8.x the hash is used only for accounts that already
+    /// use it (the plugin is then loaded). MySQL 5.x and MariaDB default to it.
+    fn native_hash_fits(&self, plugin: Option<&str>) -> bool {
+        let native = matches!(plugin, None | Some("") | Some(NATIVE));
+        match self.flavor {
+            Flavor::MariaDb => native,
+            Flavor::MySql if self.major >= 9 => false,
+            Flavor::MySql if self.major >= 8 => plugin == Some(NATIVE),
+            Flavor::MySql => native,
+        }
+    }
+}
+
+/// The statements with which the logged-in user changes its own password,
+/// best first. A later one is tried only when the server refuses an earlier
+/// one for lack of privilege (an access-denied error: nothing changed).
+/// `plugin` is the account's authentication plugin when known (MySQL:
+/// `SHOW CREATE USER CURRENT_USER()`, which needs no privilege for oneself).
+///
+/// - MariaDB, MySQL < 5.7.6: `SET PASSWORD = '<hash>'` reads the string as
+///   the hash and needs no privilege for one's own account (MySQL 5.6 / 5.7
+///   manual, SET PASSWORD, "before 5.7.6: 'hash_string'"; MariaDB, SET PASSWORD).
+/// - MySQL 5.7.6+ with a native account: `ALTER USER CURRENT_USER()
+///   IDENTIFIED WITH mysql_native_password AS '<hash>'`. The manual's
+///   own-password exception (ALTER USER: "any client … can change the
+///   password for that account") is stated for `IDENTIFIED BY`; the
+///   `USER()` form accepts only `IDENTIFIED BY` (MySQL 8.0 manual,
+///   15.7.1.1 ALTER USER, `user_func_auth_option`). Without the CREATE
+///   USER privilege the server may refuse the `AS` form, so:
+/// - then `SET PASSWORD = '<literal>'`: cleartext that the server hashes
+///   with the account's own plugin (MySQL 8.0 manual, 15.7.1.10 SET
+///   PASSWORD), needing no privilege; sent only over TLS.
+pub fn own_password_statements(
+    version: ServerVersion,
+    plugin: Option<&str>,
+    password: &str,
+) -> Vec<PasswordStatement> {
+    let hash = native_password_hash(password);
+    if !version.mysql_5_7_6_or_later() {
+        return vec![
+            if version.native_hash_fits(plugin) || version.flavor == Flavor::MySql {
+                PasswordStatement::hash(format!("SET PASSWORD = '{hash}'"))
+            } else {
+                // MariaDB ed25519 and friends: PASSWORD() hashes for the
+                // account's plugin (MariaDB 10.4+, SET PASSWORD).
+                PasswordStatement::plaintext(format!(
+                    "SET PASSWORD = PASSWORD({})",
+                    literal(password, version)
+                ))
+            },
+        ];
+    }
+    let literal =
+        PasswordStatement::plaintext(format!("SET PASSWORD = {}", literal(password, version)));
+    if version.native_hash_fits(plugin) {
+        vec![
+            PasswordStatement::hash(format!(
+                "ALTER USER CURRENT_USER() IDENTIFIED WITH {NATIVE} AS '{hash}'"
+            )),
+            literal,
+        ]
+    } else {
+        vec![literal]
     }
 }
 
 /// The statement with which an administrator sets `user@host`'s password;
 /// `plugin` is the account's authentication plugin when known.
+///
+/// - MariaDB: `SET PASSWORD FOR … = '<hash>'` (native accounts); other
+///   plugins are switched to native with the hash (`ALTER USER … IDENTIFIED
+///   VIA mysql_native_password USING '<hash>'`, MariaDB ALTER USER), which
+///   keeps the password out of SQL text and logs in as before.
+/// - MySQL < 5.7.6: `SET PASSWORD FOR … = '<hash>'` (no `ALTER USER …
+///   IDENTIFIED` before 5.7.6; MySQL 5.6 manual, 13.7.1.7 SET PASSWORD).
+/// - MySQL 5.7.6+, native account: `ALTER USER … IDENTIFIED WITH
+///   mysql_native_password AS '<hash>'` (MySQL 5.7 manual, 13.7.1.1).
+/// - Otherwise (caching_sha2_password, MySQL 9): `SET PASSWORD FOR … =
+///   '<literal>'`, hashed by the account's own plugin (MySQL 8.0 manual,
+///   15.7.1.10), only over TLS.
 pub fn set_password_statement(
     version: ServerVersion,
     user: &str,
@@ -162,47 +279,274 @@ pub fn set_password_statement(
     let who = account(user, host);
     let hash = native_password_hash(password);
     match version.flavor {
-        Flavor::MariaDb => PasswordStatement {
-            sql: format!("SET PASSWORD FOR {who} = '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql if !version.is_mysql8_or_later() => PasswordStatement {
-            sql: format!("ALTER USER {who} IDENTIFIED WITH mysql_native_password AS '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql if plugin == Some("mysql_native_password") => PasswordStatement {
-            sql: format!("ALTER USER {who} IDENTIFIED WITH mysql_native_password AS '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql => PasswordStatement {
-            sql: format!("ALTER USER {who} IDENTIFIED BY {}", literal(password)),
-            carries_plaintext: true,
-        },
+        Flavor::MariaDb if version.native_hash_fits(plugin) => {
+            PasswordStatement::hash(format!("SET PASSWORD FOR {who} = '{hash}'"))
+        }
+        Flavor::MariaDb => PasswordStatement::hash(format!(
+            "ALTER USER {who} IDENTIFIED VIA {NATIVE} USING '{hash}'"
+        )),
+        Flavor::MySql if !version.mysql_5_7_6_or_later() => {
+            PasswordStatement::hash(format!("SET PASSWORD FOR {who} = '{hash}'"))
+        }
+        Flavor::MySql if version.native_hash_fits(plugin) => PasswordStatement::hash(format!(
+            "ALTER USER {who} IDENTIFIED WITH {NATIVE} AS '{hash}'"
+        )),
+        Flavor::MySql => PasswordStatement::plaintext(format!(
+            "SET PASSWORD FOR {who} = {}",
+            literal(password, version)
+        )),
     }
 }
 
-/// The statement creating `user@host` with a password.
+/// The statement creating `user@host` with a password (dynamic users: the
+/// server's default plugin).
 pub fn create_user_statement(
     version: ServerVersion,
     user: &str,
     host: &str,
     password: &str,
 ) -> PasswordStatement {
+    create_account_statement(version, user, host, None, password)
+}
+
+/// The statement creating `user@host` with a password, using `plugin` (the
+/// template account's plugin, when known).
+///
+/// - MariaDB, MySQL < 5.7.6: `CREATE USER … IDENTIFIED BY PASSWORD
+///   '<hash>'` (MySQL 5.6 manual, 13.7.1.2 CREATE USER; MariaDB CREATE USER).
+/// - MySQL 5.7.6+ where the native hash fits: `IDENTIFIED WITH
+///   mysql_native_password AS '<hash>'` (MySQL 5.7 manual, 13.7.1.2).
+/// - Otherwise (MySQL 8.x non-native, 8.x unknown, 9.x): `IDENTIFIED WITH
+///   <plugin> BY '<literal>'` (or the server default), only over TLS.
+pub fn create_account_statement(
+    version: ServerVersion,
+    user: &str,
+    host: &str,
+    plugin: Option<&str>,
+    password: &str,
+) -> PasswordStatement {
     let who = account(user, host);
     let hash = native_password_hash(password);
-    match version.flavor {
-        Flavor::MariaDb => PasswordStatement {
-            sql: format!("CREATE USER {who} IDENTIFIED BY PASSWORD '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql if !version.is_mysql8_or_later() => PasswordStatement {
-            sql: format!("CREATE USER {who} IDENTIFIED WITH mysql_native_password AS '{hash}'"),
-            carries_plaintext: false,
-        },
-        Flavor::MySql => PasswordStatement {
-            sql: format!("CREATE USER {who} IDENTIFIED BY {}", literal(password)),
-            carries_plaintext: true,
-        },
+    if !version.mysql_5_7_6_or_later() {
+        return PasswordStatement::hash(format!(
+            "CREATE USER {who} IDENTIFIED BY PASSWORD '{hash}'"
+        ));
+    }
+    let plugin = plugin.filter(|p| !p.is_empty());
+    if version.native_hash_fits(plugin) {
+        return PasswordStatement::hash(format!(
+            "CREATE USER {who} IDENTIFIED WITH {NATIVE} AS '{hash}'"
+        ));
+    }
+    match plugin.filter(|p| p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        Some(plugin) => PasswordStatement::plaintext(format!(
+            "CREATE USER {who} IDENTIFIED WITH {plugin} BY {}",
+            literal(password, version)
+        )),
+        None => PasswordStatement::plaintext(format!(
+            "CREATE USER {who} IDENTIFIED BY {}",
+            literal(password, version)
+        )),
+    }
+}
+
+/// The database named in the grant that marks an account as Rotor's
+/// alternate (`GRANT SELECT ON `rotor_alternate_marker`.* TO <clone>`).
+///
+/// Why a grant: MariaDB has no account comment or attribute, MySQL 5.7 has
+/// neither, and MySQL 8.0.21+'s `ATTRIBUTE` cannot be tested here. A
+/// database-level grant on a schema nobody creates exists on every server
+/// family and version, survives upgrades and dumps (`SHOW GRANTS`), is set
+/// only by someone who may grant (Rotor's master, or a DBA marking a clone
+/// by hand), and gives nothing: the schema does not exist.
+pub const ALTERNATE_MARKER_DB: &str = "rotor_alternate_marker";
+
+/// The statement marking `user@host` as Rotor's alternate.
+pub fn marker_grant(user: &str, host: &str) -> String {
+    format!(
+        "GRANT SELECT ON {}.* TO {}",
+        quote_name(ALTERNATE_MARKER_DB),
+        account(user, host)
+    )
+}
+
+/// One `SHOW GRANTS` line about an account, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// `GRANT <privileges> ON <object> TO … [WITH GRANT OPTION]`.
+    Privileges {
+        object: String,
+        privileges: BTreeSet<String>,
+        grant_option: bool,
+    },
+    /// `GRANT <role> TO … [WITH ADMIN OPTION]`.
+    Role { role: String, admin_option: bool },
+    /// MySQL 8 partial revoke (`partial_revokes=ON`): `REVOKE <privileges>
+    /// ON <schema>.* FROM …`, an exception to a global privilege.
+    PartialRevoke {
+        object: String,
+        privileges: BTreeSet<String>,
+    },
+}
+
+/// Splits `text` at `sep` where it is outside backticks and quotes.
+fn split_outside_quotes<'a>(text: &'a str, sep: &str) -> Vec<&'a str> {
+    let mut parts = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut depth = 0usize;
+    let mut start = 0;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i] as char;
+        match quote {
+            Some(q) if c == q => {
+                // A doubled quote stays inside the name.
+                if bytes.get(i + 1) == Some(&(q as u8)) {
+                    i += 1;
+                } else {
+                    quote = None;
+                }
+            }
+            Some(_) => {}
+            None if c == '`' || c == '\'' || c == '"' => quote = Some(c),
+            None if c == '(' => depth += 1,
+            None if c == ')' => depth = depth.saturating_sub(1),
+            None if depth == 0 && text[i..].starts_with(sep) => {
+                parts.push(&text[start..i]);
+                i += sep.len();
+                start = i;
+                continue;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The ways a server writes `user@host` in `SHOW GRANTS`.
+fn grantee_forms(user: &str, host: &str) -> [String; 3] {
+    [
+        account(user, host),
+        format!(
+            "'{}'@'{}'",
+            user.replace('\\', "\\\\").replace('\'', "\\'"),
+            host.replace('\\', "\\\\").replace('\'', "\\'")
+        ),
+        format!("{user}@{host}"),
+    ]
+}
+
+/// Parses one `SHOW GRANTS` line of `user@host`. The grantee is found from
+/// the END of the line (the last ` TO <grantee>` / ` FROM <grantee>` that
+/// only options follow), so an object or role whose name contains the
+/// grantee's text cannot confuse it. `None` for lines about someone else
+/// and for PROXY grants (never replayed).
+pub fn parse_grant(line: &str, user: &str, host: &str) -> Option<Grant> {
+    let line = line.trim();
+    let upper = line.to_ascii_uppercase();
+    let revoke = upper.starts_with("REVOKE ");
+    let (verb, keyword) = if revoke {
+        ("REVOKE ", " FROM ")
+    } else {
+        ("GRANT ", " TO ")
+    };
+    if !upper.starts_with(verb) {
+        return None;
+    }
+    let (at, grantee_len) = grantee_forms(user, host)
+        .iter()
+        .filter_map(|g| {
+            let needle = format!("{keyword}{g}");
+            line.rfind(&needle).map(|i| (i, needle.len()))
+        })
+        .max()?;
+    parse_grant_at(line, verb, keyword.len(), at, grantee_len, revoke)
+}
+
+/// Parses a `SHOW GRANTS` line of a role (its grantee is the role itself,
+/// written without a host on MariaDB): the grantee is whatever follows the
+/// last ` TO ` / ` FROM ` outside quotes.
+pub fn parse_grant_of_role(line: &str) -> Option<Grant> {
+    let line = line.trim();
+    let upper = line.to_ascii_uppercase();
+    let revoke = upper.starts_with("REVOKE ");
+    let (verb, keyword) = if revoke {
+        ("REVOKE ", " FROM ")
+    } else {
+        ("GRANT ", " TO ")
+    };
+    if !upper.starts_with(verb) {
+        return None;
+    }
+    let parts = split_outside_quotes(line, keyword);
+    let last = parts.last()?;
+    if parts.len() < 2 {
+        return None;
+    }
+    let at = line.len() - last.len() - keyword.len();
+    let grantee_len = keyword.len()
+        + split_outside_quotes(last, " ")
+            .first()
+            .map_or(0, |g| g.len());
+    parse_grant_at(line, verb, keyword.len(), at, grantee_len, revoke)
+}
+
+fn parse_grant_at(
+    line: &str,
+    verb: &str,
+    _keyword_len: usize,
+    at: usize,
+    grantee_len: usize,
+    revoke: bool,
+) -> Option<Grant> {
+    let suffix = line[at + grantee_len..].trim();
+    let suffix_upper = suffix.to_ascii_uppercase();
+    // Only options may follow the grantee.
+    let options_only = suffix.is_empty()
+        || [
+            "WITH ",
+            "IDENTIFIED ",
+            "REQUIRE ",
+            "PASSWORD ",
+            "VIA ",
+            "AS ",
+        ]
+        .iter()
+        .any(|k| suffix_upper.starts_with(k));
+    if !options_only {
+        return None;
+    }
+    let body = &line[verb.len()..at];
+    let parts = split_outside_quotes(body, " ON ");
+    match parts.as_slice() {
+        [role] => (!revoke).then(|| Grant::Role {
+            role: role.trim().to_string(),
+            admin_option: suffix_upper.contains("WITH ADMIN OPTION"),
+        }),
+        [privileges, object] => {
+            let privileges: BTreeSet<String> = split_outside_quotes(privileges, ",")
+                .into_iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect();
+            if privileges.iter().any(|p| p.eq_ignore_ascii_case("PROXY")) {
+                return None;
+            }
+            let object = object.trim().to_string();
+            Some(if revoke {
+                Grant::PartialRevoke { object, privileges }
+            } else {
+                Grant::Privileges {
+                    object,
+                    privileges,
+                    grant_option: suffix_upper.contains("WITH GRANT OPTION"),
+                }
+            })
+        }
+        _ => None,
     }
 }
 
@@ -211,32 +555,263 @@ pub fn create_user_statement(
 /// password, REQUIRE and resource clauses (synced separately). `None` for
 /// lines with nothing to replay (USAGE, PROXY) or not about `from@host`.
 pub fn replay_grant(line: &str, from: &str, host: &str, to: &str) -> Option<String> {
-    let candidates = [
-        format!(" TO {}", account(from, host)),
-        format!(
-            " TO '{}'@'{}'",
-            from.replace('\'', "\\'"),
-            host.replace('\'', "\\'")
-        ),
-        format!(" TO {from}@{host}"),
-    ];
-    let (prefix, suffix) = candidates.iter().find_map(|grantee| {
-        line.find(grantee.as_str())
-            .map(|i| (&line[..i], &line[i + grantee.len()..]))
-    })?;
-    let upper = prefix.to_ascii_uppercase();
-    if upper.starts_with("GRANT USAGE ON *.*") || upper.starts_with("GRANT PROXY ON") {
-        return None;
+    let who = account(to, host);
+    match parse_grant(line, from, host)? {
+        Grant::Privileges {
+            object,
+            privileges,
+            grant_option,
+        } => {
+            if privileges.iter().all(|p| p.eq_ignore_ascii_case("USAGE")) && !grant_option {
+                return None;
+            }
+            let option = if grant_option {
+                " WITH GRANT OPTION"
+            } else {
+                ""
+            };
+            Some(format!(
+                "GRANT {} ON {object} TO {who}{option}",
+                join(&privileges)
+            ))
+        }
+        Grant::Role { role, admin_option } => {
+            let option = if admin_option {
+                " WITH ADMIN OPTION"
+            } else {
+                ""
+            };
+            Some(format!("GRANT {role} TO {who}{option}"))
+        }
+        Grant::PartialRevoke { object, privileges } => Some(format!(
+            "REVOKE {} ON {object} FROM {who}",
+            join(&privileges)
+        )),
     }
-    let suffix_upper = suffix.to_ascii_uppercase();
-    let option = if suffix_upper.contains("WITH GRANT OPTION") {
-        " WITH GRANT OPTION"
-    } else if suffix_upper.contains("WITH ADMIN OPTION") {
-        " WITH ADMIN OPTION"
-    } else {
-        ""
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_marker_object(object: &str) -> bool {
+    object == format!("{}.*", quote_name(ALTERNATE_MARKER_DB))
+}
+
+/// Whether a template's grant gives superuser-like power that a clone must
+/// not receive without an opt-in; the reason when it does.
+///
+/// Refused: global GRANT OPTION; global ALL PRIVILEGES, CREATE USER, SUPER,
+/// FILE, SHUTDOWN, RELOAD and the MySQL 8 / MariaDB 10.5 administrative
+/// privileges that split SUPER (SYSTEM_USER, ROLE_ADMIN, SET_USER_ID,
+/// CONNECTION_ADMIN, SET USER, …); write access to the `mysql` schema (the
+/// manual: UPDATE on `mysql` is enough for ALTER USER / SET PASSWORD FOR);
+/// a role held WITH ADMIN OPTION (it can be handed on).
+pub fn privileged_reason(grant: &Grant) -> Option<String> {
+    const GLOBAL_ADMIN: &[&str] = &[
+        "ALL",
+        "ALL PRIVILEGES",
+        "CREATE USER",
+        "SUPER",
+        "FILE",
+        "SHUTDOWN",
+        "RELOAD",
+        "CREATE TABLESPACE",
+        "REPLICATION SLAVE ADMIN",
+        "REPLICATION MASTER ADMIN",
+        "BINLOG ADMIN",
+        "CONNECTION ADMIN",
+        "READ_ONLY ADMIN",
+        "SET USER",
+        "FEDERATED ADMIN",
+        "SYSTEM_USER",
+        "ROLE_ADMIN",
+        "SET_USER_ID",
+        "SET_ANY_DEFINER",
+        "ALLOW_NONEXISTENT_DEFINER",
+        "SYSTEM_VARIABLES_ADMIN",
+        "PERSIST_RO_VARIABLES_ADMIN",
+        "CONNECTION_ADMIN",
+        "BINLOG_ADMIN",
+        "REPLICATION_SLAVE_ADMIN",
+        "GROUP_REPLICATION_ADMIN",
+        "ENCRYPTION_KEY_ADMIN",
+        "AUTHENTICATION_POLICY_ADMIN",
+        "PASSWORDLESS_USER_ADMIN",
+        "AUDIT_ADMIN",
+        "FIREWALL_ADMIN",
+    ];
+    const SCHEMA_WRITE: &[&str] = &[
+        "ALL",
+        "ALL PRIVILEGES",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "CREATE",
+        "DROP",
+        "ALTER",
+    ];
+    match grant {
+        Grant::Privileges {
+            object,
+            privileges,
+            grant_option,
+        } => {
+            let upper: Vec<String> = privileges.iter().map(|p| p.to_ascii_uppercase()).collect();
+            if object == "*.*" {
+                if *grant_option {
+                    return Some("global GRANT OPTION".into());
+                }
+                if let Some(p) = upper.iter().find(|p| GLOBAL_ADMIN.contains(&p.as_str())) {
+                    return Some(format!("the global {p} privilege"));
+                }
+            }
+            let mysql_schema = object.eq_ignore_ascii_case("`mysql`.*")
+                || object.to_ascii_lowercase().starts_with("`mysql`.");
+            if mysql_schema
+                && let Some(p) = upper.iter().find(|p| SCHEMA_WRITE.contains(&p.as_str()))
+            {
+                return Some(format!("{p} on {object} (enough to change any account)"));
+            }
+            None
+        }
+        Grant::Role {
+            role,
+            admin_option: true,
+        } => Some(format!("role {role} WITH ADMIN OPTION")),
+        _ => None,
+    }
+}
+
+/// The statements that make `to@host`'s grants exactly `template`'s, in
+/// both directions: adds what is missing, revokes what the template lacks
+/// (privileges per object, GRANT OPTION, roles and their ADMIN OPTION), and
+/// replays MySQL 8 partial revokes (or lifts ones the template lacks). The
+/// marker grant is left alone. Order: grants, then revocations, then
+/// partial revokes (which need the global privilege to exist first).
+pub fn grant_plan(template: &[Grant], alternate: &[Grant], to: &str, host: &str) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let who = account(to, host);
+    type Privs = BTreeMap<String, (BTreeSet<String>, bool)>;
+    let privileges = |grants: &[Grant]| -> Privs {
+        let mut out = Privs::new();
+        for g in grants {
+            if let Grant::Privileges {
+                object,
+                privileges,
+                grant_option,
+            } = g
+                && !is_marker_object(object)
+            {
+                let entry = out.entry(object.clone()).or_default();
+                entry.0.extend(
+                    privileges
+                        .iter()
+                        .filter(|p| !p.eq_ignore_ascii_case("USAGE"))
+                        .cloned(),
+                );
+                entry.1 |= *grant_option;
+            }
+        }
+        out
     };
-    Some(format!("{prefix} TO {}{option}", account(to, host)))
+    let roles = |grants: &[Grant]| -> BTreeMap<String, bool> {
+        grants
+            .iter()
+            .filter_map(|g| match g {
+                Grant::Role { role, admin_option } => Some((role.clone(), *admin_option)),
+                _ => None,
+            })
+            .collect()
+    };
+    let partial = |grants: &[Grant]| -> BTreeMap<String, BTreeSet<String>> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for g in grants {
+            if let Grant::PartialRevoke { object, privileges } = g {
+                out.entry(object.clone())
+                    .or_default()
+                    .extend(privileges.iter().cloned());
+            }
+        }
+        out
+    };
+    let (want, have) = (privileges(template), privileges(alternate));
+    let mut grants = Vec::new();
+    let mut revokes = Vec::new();
+    // Global grants first: a partial revoke needs them.
+    let mut objects: Vec<&String> = want.keys().chain(have.keys()).collect();
+    objects.sort_by_key(|o| (o.as_str() != "*.*", o.to_string()));
+    objects.dedup();
+    let empty = (BTreeSet::new(), false);
+    for object in objects {
+        let (want_p, want_go) = want.get(object).unwrap_or(&empty);
+        let (have_p, have_go) = have.get(object).unwrap_or(&empty);
+        let add: BTreeSet<String> = want_p.difference(have_p).cloned().collect();
+        if !add.is_empty() || (*want_go && !have_go) {
+            let list = if add.is_empty() {
+                join(want_p)
+            } else {
+                join(&add)
+            };
+            let list = if list.is_empty() {
+                "USAGE".to_string()
+            } else {
+                list
+            };
+            let option = if *want_go { " WITH GRANT OPTION" } else { "" };
+            grants.push(format!("GRANT {list} ON {object} TO {who}{option}"));
+        }
+        let remove: BTreeSet<String> = have_p.difference(want_p).cloned().collect();
+        if !remove.is_empty() {
+            revokes.push(format!("REVOKE {} ON {object} FROM {who}", join(&remove)));
+        }
+        if *have_go && !want_go {
+            revokes.push(format!("REVOKE GRANT OPTION ON {object} FROM {who}"));
+        }
+    }
+    let (want_r, have_r) = (roles(template), roles(alternate));
+    for (role, admin) in &want_r {
+        match have_r.get(role) {
+            Some(have_admin) if have_admin == admin => {}
+            Some(true) => {
+                // Only the ADMIN OPTION is too much: take the role back, grant it plainly.
+                revokes.push(format!("REVOKE {role} FROM {who}"));
+                revokes.push(format!("GRANT {role} TO {who}"));
+            }
+            _ => {
+                let option = if *admin { " WITH ADMIN OPTION" } else { "" };
+                grants.push(format!("GRANT {role} TO {who}{option}"));
+            }
+        }
+    }
+    for role in have_r.keys().filter(|r| !want_r.contains_key(*r)) {
+        revokes.push(format!("REVOKE {role} FROM {who}"));
+    }
+    let (want_pr, have_pr) = (partial(template), partial(alternate));
+    let mut partials = Vec::new();
+    for (object, privs) in &want_pr {
+        let missing: BTreeSet<String> = privs
+            .difference(have_pr.get(object).unwrap_or(&BTreeSet::new()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            partials.push(format!("REVOKE {} ON {object} FROM {who}", join(&missing)));
+        }
+    }
+    for (object, privs) in &have_pr {
+        let extra: BTreeSet<String> = privs
+            .difference(want_pr.get(object).unwrap_or(&BTreeSet::new()))
+            .cloned()
+            .collect();
+        if !extra.is_empty() {
+            // Granting at the schema level lifts the partial revoke.
+            partials.push(format!("GRANT {} ON {object} TO {who}", join(&extra)));
+        }
+    }
+    grants.into_iter().chain(revokes).chain(partials).collect()
 }
 
 /// The MySQL-family engine.
@@ -265,7 +840,12 @@ impl MysqlEngine {
             .user(Some(secret.username.clone()))
             .pass(Some(secret.password.expose().to_string()))
             .db_name(secret.dbname.clone())
-            .prefer_socket(Some(false));
+            .prefer_socket(Some(false))
+            // Never answer a server's request for the password in cleartext
+            // (mysql_clear_password): a man in the middle who stripped TLS
+            // asks for exactly that. mysql_async's default is off; pinned
+            // here so no default or URL option can turn it on.
+            .enable_cleartext_plugin(false);
         if tls {
             let mut ssl = SslOpts::default();
             if let Some(bundle) = self.options.tls.ca_bundle() {
@@ -279,25 +859,118 @@ impl MysqlEngine {
         opts
     }
 
-    async fn dial(&self, secret: &DbSecret, which: Role, tls: bool) -> Result<Conn> {
+    /// TCP connect, TLS and the login handshake, bounded together.
+    ///
+    /// The handshake runs in its own task: the driver panics when a server
+    /// asks for an authentication plugin this build cannot answer (MariaDB
+    /// `client_ed25519` without mysql_common's `client_ed25519` feature), and
+    /// a hostile or misconfigured server must produce an error, not take the
+    /// whole function down.
+    async fn dial(
+        &self,
+        secret: &DbSecret,
+        which: Role,
+        tls: bool,
+        bound: Duration,
+    ) -> Result<Conn> {
         let endpoint = endpoint(secret, 3306);
-        match tokio::time::timeout(
-            self.options.connect_timeout,
-            Conn::new(self.opts(secret, tls)),
+        let mut handshake = tokio::spawn(Conn::new(self.opts(secret, tls)));
+        let joined = deadline::bounded(
+            &endpoint,
+            "the TCP connect, TLS and login handshake",
+            bound,
+            async { Ok((&mut handshake).await) },
         )
-        .await
-        {
-            Err(_) => Err(Error::Unreachable {
-                endpoint,
-                detail: format!(
-                    "no answer within {} s",
-                    self.options.connect_timeout.as_secs()
-                ),
-            }),
+        .await;
+        if joined.is_err() {
+            handshake.abort();
+        }
+        match joined? {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(classify(e, &endpoint, &secret.username, which)),
+            Err(e) if e.is_panic() => Err(Error::Refused {
+                endpoint,
+                reason: format!(
+                    "the server asked {:?} to log in with an authentication method Rotor cannot answer (the MySQL driver gave up; MariaDB's client_ed25519 is one); give the account mysql_native_password or caching_sha2_password",
+                    secret.username
+                ),
+            }),
+            Err(e) => Err(Error::Unreachable {
+                endpoint,
+                detail: format!("the login was cancelled: {e}"),
+            }),
         }
     }
+}
+
+/// The first statement that would carry the alternate's password as a
+/// literal: creating a missing host account (with the template account's
+/// plugin) or setting an existing one's (with its own plugin). The
+/// password itself does not matter here, only the statement's form.
+fn first_plaintext_password_statement(
+    version: ServerVersion,
+    alternate: &str,
+    wanted: &[Account],
+    existing: &[Account],
+) -> Option<PasswordStatement> {
+    wanted.iter().find_map(|w| {
+        let statement = match existing.iter().find(|a| a.host == w.host) {
+            Some(a) => set_password_statement(version, alternate, &a.host, Some(&a.plugin), ""),
+            None => create_account_statement(version, alternate, &w.host, Some(&w.plugin), ""),
+        };
+        statement.carries_plaintext.then_some(statement)
+    })
+}
+
+/// The statement giving `who` these default roles (as read by
+/// `accounts`): MariaDB `SET DEFAULT ROLE role FOR who` (one role);
+/// MySQL 8 `ALTER USER who DEFAULT ROLE r1, r2` (MySQL 8.0 manual, 15.7.1.1
+/// "ALTER USER Role Options"). Empty: NONE.
+fn default_role_statement(version: ServerVersion, who: &str, roles: &str) -> String {
+    match version.flavor {
+        Flavor::MariaDb if roles.is_empty() => format!("SET DEFAULT ROLE NONE FOR {who}"),
+        Flavor::MariaDb => format!("SET DEFAULT ROLE {} FOR {who}", quote_name(roles)),
+        Flavor::MySql if roles.is_empty() => format!("ALTER USER {who} DEFAULT ROLE NONE"),
+        Flavor::MySql => format!("ALTER USER {who} DEFAULT ROLE {roles}"),
+    }
+}
+
+/// Whether a `sql_mode` value has `NO_BACKSLASH_ESCAPES`.
+pub fn has_no_backslash_escapes(sql_mode: &str) -> bool {
+    sql_mode
+        .split(',')
+        .any(|m| m.trim().eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))
+}
+
+/// Server errors that mean a session time limit ended the statement (it
+/// was rolled back): 1205 lock wait timeout, 1969 MariaDB
+/// max_statement_time exceeded, 3024 MySQL max_execution_time exceeded.
+fn is_server_timeout(code: u16) -> bool {
+    matches!(code, 1205 | 1969 | 3024)
+}
+
+/// Server errors that mean "this login may not do that" (nothing changed):
+/// 1044 access denied to database, 1142 command denied, 1227 specific
+/// privilege needed, 1370 routine access denied.
+fn is_access_denied(code: u16) -> bool {
+    matches!(code, 1044 | 1142 | 1227 | 1370)
+}
+
+/// The plugin named in a `SHOW CREATE USER` line: `IDENTIFIED WITH
+/// 'caching_sha2_password' AS …` (MySQL) or `IDENTIFIED VIA ed25519 …`
+/// (MariaDB). `None` when no plugin is named.
+pub fn plugin_of_create_user(text: &str) -> Option<String> {
+    let upper = text.to_ascii_uppercase();
+    let at = ["IDENTIFIED WITH ", "IDENTIFIED VIA "]
+        .iter()
+        .find_map(|k| upper.find(k).map(|i| i + k.len()))?;
+    let rest = &text[at..];
+    let name: String = rest
+        .trim_start_matches(['\'', '`', '"'])
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 fn classify(e: mysql_async::Error, endpoint: &str, user: &str, which: Role) -> Error {
@@ -319,6 +992,12 @@ fn classify(e: mysql_async::Error, endpoint: &str, user: &str, which: Role) -> E
             endpoint: endpoint.to_string(),
             action: format!("accept the {which} login"),
             detail: s.message,
+        },
+        E::Driver(DriverError::CleartextPluginDisabled) => Error::Refused {
+            endpoint: endpoint.to_string(),
+            reason: format!(
+                "the server asked for {user:?}'s password in cleartext (mysql_clear_password), and Rotor never sends it: over a connection without TLS that request is what an attacker who stripped TLS would make. Use verified TLS (\"ssl\": true) and a password plugin (mysql_native_password, caching_sha2_password)"
+            ),
         },
         E::Driver(DriverError::NoClientSslFlagFromServer) => Error::Tls {
             endpoint: endpoint.to_string(),
@@ -379,43 +1058,102 @@ impl Engine for MysqlEngine {
 
     async fn connect(&self, secret: &DbSecret, which: Role) -> Result<Box<dyn Session>> {
         let endpoint = endpoint(secret, 3306);
+        // One budget for the whole login: handshake(s), version, limits.
+        let bound = deadline::budget(self.options.connect_timeout);
+        let until = Instant::now() + bound;
+        let left = || {
+            until
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
         let (mut conn, tls) = match secret.tls {
-            TlsMode::Disabled => (self.dial(secret, which, false).await?, false),
-            TlsMode::Required => (self.dial(secret, which, true).await?, true),
-            TlsMode::Preferred => match self.dial(secret, which, true).await {
+            TlsMode::Disabled => (self.dial(secret, which, false, left()).await?, false),
+            TlsMode::Required => (self.dial(secret, which, true, left()).await?, true),
+            TlsMode::Preferred => match self.dial(secret, which, true, left()).await {
                 Ok(conn) => (conn, true),
                 Err(Error::Tls { detail, .. }) if detail == "the server does not offer TLS" => {
                     tracing::warn!(
                         endpoint = %endpoint,
                         "server offers no TLS: connected in plaintext because the secret has no \"ssl\" key; set \"ssl\": true to refuse plaintext"
                     );
-                    (self.dial(secret, which, false).await?, false)
+                    (self.dial(secret, which, false, left()).await?, false)
                 }
                 Err(e) => return Err(e),
             },
         };
-        let text: Option<String> =
-            conn.query_first("SELECT VERSION()")
-                .await
-                .map_err(|e| Error::Database {
-                    endpoint: endpoint.clone(),
-                    action: "report its version".into(),
-                    detail: e.to_string(),
-                })?;
+        let database_error = |action: &str| {
+            let endpoint = endpoint.clone();
+            let action = action.to_string();
+            move |e: mysql_async::Error| Error::Database {
+                endpoint,
+                action,
+                detail: match e {
+                    mysql_async::Error::Server(s) => s.message,
+                    other => other.to_string(),
+                },
+            }
+        };
+        let row: Option<(String, String)> =
+            deadline::bounded(&endpoint, "report its version", left(), async {
+                conn.query_first("SELECT VERSION(), @@SESSION.sql_mode")
+                    .await
+                    .map_err(database_error("report its version"))
+            })
+            .await?;
+        let (text, sql_mode) = row.unzip();
         let version = text
             .as_deref()
             .and_then(ServerVersion::parse)
+            .map(|v| ServerVersion {
+                no_backslash_escapes: sql_mode.as_deref().is_some_and(has_no_backslash_escapes),
+                ..v
+            })
             .ok_or_else(|| Error::Database {
                 endpoint: endpoint.clone(),
                 action: "report a version Rotor understands".into(),
                 detail: format!("VERSION() returned {text:?}"),
             })?;
+        // The server gives up on a lock wait (and rolls back) before Rotor does.
+        let server_limit = deadline::server_limit(bound);
+        let limits = session_limits_statement(version, server_limit);
+        deadline::bounded(&endpoint, "set its session time limits", left(), async {
+            conn.query_drop(&limits)
+                .await
+                .map_err(database_error("set session time limits"))
+        })
+        .await?;
         Ok(Box::new(MySession {
             conn: Some(conn),
             endpoint: Arc::from(endpoint),
             version,
             tls,
+            bound: self.options.connect_timeout,
+            server_limit_ms: u64::try_from(server_limit.as_millis()).unwrap_or(u64::MAX),
         }))
+    }
+}
+
+/// `SET SESSION` of the server-side limits for a session whose statements
+/// Rotor waits for at most a little longer than `limit`: `lock_wait_timeout`
+/// (metadata and table locks, whole seconds, at least 1) and
+/// `innodb_lock_wait_timeout` (row locks) on both families; MariaDB also
+/// `max_statement_time` (any statement, fractional seconds; MariaDB
+/// "Aborting Statements that Exceed a Certain Time to Execute"); MySQL
+/// 5.7.8+ also `max_execution_time` (milliseconds, read-only SELECTs only).
+pub fn session_limits_statement(version: ServerVersion, limit: Duration) -> String {
+    let secs = limit.as_secs().max(1);
+    match version.flavor {
+        Flavor::MariaDb => format!(
+            "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}, max_statement_time = {:.3}",
+            limit.as_secs_f64()
+        ),
+        Flavor::MySql if version.at_least(5, 7, 8) => format!(
+            "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}, max_execution_time = {}",
+            limit.as_millis().max(1)
+        ),
+        Flavor::MySql => {
+            format!("SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}")
+        }
     }
 }
 
@@ -426,15 +1164,63 @@ struct Account {
     plugin: String,
     ssl_type: String,
     max_user_connections: u64,
+    /// `REQUIRE CIPHER / ISSUER / SUBJECT` values (ssl_type `SPECIFIED`).
+    ssl_cipher: String,
+    x509_issuer: String,
+    x509_subject: String,
+    /// Default roles as SQL: MariaDB one role name (`mysql.user.default_role`),
+    /// MySQL 8 a list of `` `role`@`host` `` (`mysql.default_roles`).
+    default_roles: String,
 }
 
-type AccountRow = (String, Option<String>, Option<String>, Option<u64>);
+type AccountRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<u64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// The `REQUIRE` clause that gives an account these TLS requirements
+/// (MySQL 8.0 manual 15.7.1.1 "ALTER USER SSL/TLS Options"; MariaDB
+/// ALTER USER `tls_option`): `SPECIFIED` carries ISSUER, SUBJECT and CIPHER.
+fn require_clause(account: &Account, version: ServerVersion) -> String {
+    match account.ssl_type.as_str() {
+        "ANY" => "SSL".into(),
+        "X509" => "X509".into(),
+        "SPECIFIED" => {
+            let parts: Vec<String> = [
+                ("ISSUER", &account.x509_issuer),
+                ("SUBJECT", &account.x509_subject),
+                ("CIPHER", &account.ssl_cipher),
+            ]
+            .iter()
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(key, value)| format!("{key} {}", literal(value, version)))
+            .collect();
+            if parts.is_empty() {
+                "SSL".into()
+            } else {
+                parts.join(" AND ")
+            }
+        }
+        _ => "NONE".into(),
+    }
+}
 
 struct MySession {
     conn: Option<Conn>,
     endpoint: Arc<str>,
     version: ServerVersion,
     tls: bool,
+    /// Each statement's bound before the Lambda deadline is applied
+    /// ([`deadline::budget`]).
+    bound: Duration,
+    /// The server-side limit set at connect, in milliseconds (for messages).
+    server_limit_ms: u64,
 }
 
 impl Drop for MySession {
@@ -459,81 +1245,359 @@ impl MySession {
         })
     }
 
+    /// Runs `sql` (no result rows) within the statement bound; the outer
+    /// error is a timeout, the inner one the server's answer.
+    async fn drop_bounded(
+        &mut self,
+        sql: &str,
+        what: &str,
+    ) -> Result<std::result::Result<(), mysql_async::Error>> {
+        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let conn = self.conn()?;
+        deadline::bounded(&endpoint, what, bound, async {
+            Ok(conn.query_drop(sql).await)
+        })
+        .await
+    }
+
+    /// Text query returning rows, within the statement bound.
+    async fn rows_bounded<T>(
+        &mut self,
+        sql: &str,
+        what: &str,
+    ) -> Result<std::result::Result<Vec<T>, mysql_async::Error>>
+    where
+        T: mysql_async::prelude::FromRow + Send + 'static,
+    {
+        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let conn = self.conn()?;
+        deadline::bounded(&endpoint, what, bound, async { Ok(conn.query(sql).await) }).await
+    }
+
+    /// Prepared statement returning rows, within the statement bound.
+    async fn exec_bounded<T, P>(
+        &mut self,
+        sql: &str,
+        params: P,
+        what: &str,
+    ) -> Result<std::result::Result<Vec<T>, mysql_async::Error>>
+    where
+        T: mysql_async::prelude::FromRow + Send + 'static,
+        P: Into<mysql_async::Params> + Send,
+    {
+        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let conn = self.conn()?;
+        deadline::bounded(&endpoint, what, bound, async {
+            Ok(conn.exec(sql, params).await)
+        })
+        .await
+    }
+
+    /// The error for a failed `action`. A statement the server aborted
+    /// at the session's time limits is a (retryable) timeout.
     fn fail(&self, action: String) -> impl Fn(mysql_async::Error) -> Error + use<> {
         let endpoint = self.endpoint.clone();
-        move |e| Error::Database {
-            endpoint: endpoint.to_string(),
-            action: action.clone(),
-            detail: match e {
-                mysql_async::Error::Server(s) => s.message,
-                other => other.to_string(),
+        let server_limit_ms = self.server_limit_ms;
+        move |e| match e {
+            mysql_async::Error::Server(s) if is_server_timeout(s.code) => Error::Timeout {
+                endpoint: endpoint.to_string(),
+                what: format!("{action} (the server aborted it: {})", s.message),
+                after_ms: server_limit_ms,
+            },
+            e => Error::Database {
+                endpoint: endpoint.to_string(),
+                action: action.clone(),
+                detail: match e {
+                    mysql_async::Error::Server(s) => s.message,
+                    other => other.to_string(),
+                },
             },
         }
     }
 
-    async fn run(&mut self, statement: &PasswordStatement, action: &str) -> Result<()> {
+    /// Refuses, before anything is sent, a statement that would carry the
+    /// plaintext over a connection without TLS.
+    fn refuse_plaintext_without_tls(
+        &self,
+        statement: &PasswordStatement,
+        action: &str,
+    ) -> Result<()> {
         if statement.carries_plaintext && !self.tls {
-            return Err(Error::Config(format!(
-                "refusing to send a password in SQL over an unencrypted connection to {} ({action}); MySQL {}.{} with caching_sha2_password needs the plaintext in ALTER USER, so set \"ssl\": true",
-                self.endpoint, self.version.major, self.version.minor
-            )));
+            return Err(Error::Refused {
+                endpoint: self.endpoint.to_string(),
+                reason: format!(
+                    "to {action}, {} {}.{}.{} has no form of the statement that takes a password hash for this account, so the new password would travel as a literal in SQL, and this connection is not encrypted; set \"ssl\": true in the secret (verified TLS)",
+                    match self.version.flavor {
+                        Flavor::MySql => "MySQL",
+                        Flavor::MariaDb => "MariaDB",
+                    },
+                    self.version.major,
+                    self.version.minor,
+                    self.version.patch,
+                ),
+            });
         }
-        let endpoint = self.endpoint.clone();
-        self.conn()?
-            .query_drop(&statement.sql)
+        Ok(())
+    }
+
+    async fn run(&mut self, statement: &PasswordStatement, action: &str) -> Result<()> {
+        self.refuse_plaintext_without_tls(statement, action)?;
+        let fail = self.fail(action.to_string());
+        self.drop_bounded(&statement.sql, action)
+            .await?
+            .map_err(fail)
+    }
+
+    /// Runs the first of `statements` the server accepts; moves on only when
+    /// the server refuses one for lack of privilege (nothing changed then).
+    async fn run_first_allowed(
+        &mut self,
+        statements: &[PasswordStatement],
+        action: &str,
+    ) -> Result<()> {
+        let mut refused = None;
+        for (i, statement) in statements.iter().enumerate() {
+            self.refuse_plaintext_without_tls(statement, action)
+                .map_err(|e| match (&refused, e) {
+                    (Some(earlier), Error::Refused { endpoint, reason }) => Error::Refused {
+                        endpoint,
+                        reason: format!("{reason} (the hash form was refused: {earlier})"),
+                    },
+                    (_, e) => e,
+                })?;
+            let result = self.drop_bounded(&statement.sql, action).await?;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(mysql_async::Error::Server(e))
+                    if i + 1 < statements.len() && is_access_denied(e.code) =>
+                {
+                    tracing::info!(
+                        code = e.code,
+                        "password hash form refused for lack of privilege; trying the next form"
+                    );
+                    refused = Some(e.message);
+                }
+                Err(e) => {
+                    return Err(Error::Database {
+                        endpoint: self.endpoint.to_string(),
+                        action: action.to_string(),
+                        detail: match e {
+                            mysql_async::Error::Server(s) => s.message,
+                            other => other.to_string(),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A user changing its own password changes only the account its login
+    /// matched (`SET PASSWORD` / `ALTER USER CURRENT_USER()`): any other
+    /// host account of the same name would keep the old password, and the
+    /// clients that match it would be locked out after finishSecret. When
+    /// this login may read `mysql.user` and sees such accounts, refuse
+    /// before changing anything, naming them. (A login that may not read
+    /// `mysql.user` cannot see them; the README says so.)
+    async fn refuse_other_host_accounts(&mut self, user: &str) -> Result<()> {
+        let rows: std::result::Result<Vec<(String, String)>, _> = self
+            .exec_bounded(
+                "SELECT CURRENT_USER(), Host FROM mysql.user WHERE User = ? ORDER BY Host",
+                (user,),
+                "read its host accounts",
+            )
+            .await?;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(mysql_async::Error::Server(e)) if is_access_denied(e.code) => return Ok(()),
+            Err(e) => return Err(self.fail("read mysql.user".into())(e)),
+        };
+        let Some((matched, _)) = rows.first() else {
+            return Ok(());
+        };
+        let matched_host = matched
+            .strip_prefix(user)
+            .and_then(|rest| rest.strip_prefix('@'))
+            .unwrap_or_default()
+            .to_string();
+        let others: Vec<String> = rows
+            .iter()
+            .filter(|(_, host)| *host != matched_host)
+            .map(|(_, host)| account(user, host))
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Refused {
+            endpoint: self.endpoint.to_string(),
+            reason: format!(
+                "user {user:?} has accounts on several hosts: this login matched {}, and {} would keep the old password, locking out the clients that match them. Drop the accounts you do not need, or rotate with alternating users (the master then sets every host account)",
+                account(user, &matched_host),
+                others.join(", ")
+            ),
+        })
+    }
+
+    /// The logged-in account's authentication plugin, from `SHOW CREATE USER
+    /// CURRENT_USER()` (allowed for oneself without privileges on MySQL
+    /// 5.7+ and MariaDB 10.2+); `None` when the server does not say.
+    async fn own_plugin(&mut self) -> Option<String> {
+        let rows: Vec<String> = self
+            .rows_bounded("SHOW CREATE USER CURRENT_USER()", "show its own account")
             .await
-            .map_err(|e| Error::Database {
-                endpoint: endpoint.to_string(),
-                action: action.to_string(),
-                detail: match e {
-                    mysql_async::Error::Server(s) => s.message,
-                    other => other.to_string(),
-                },
-            })
+            .ok()?
+            .ok()?;
+        rows.first().and_then(|text| plugin_of_create_user(text))
     }
 
     async fn exec(&mut self, sql: &str) -> Result<()> {
-        let endpoint = self.endpoint.clone();
-        self.conn()?
-            .query_drop(sql)
-            .await
-            .map_err(|e| Error::Database {
-                endpoint: endpoint.to_string(),
-                action: format!("run {sql:?}"),
-                detail: match e {
-                    mysql_async::Error::Server(s) => s.message,
-                    other => other.to_string(),
-                },
-            })
+        let action = format!("run {sql:?}");
+        let fail = self.fail(action.clone());
+        self.drop_bounded(sql, &action).await?.map_err(fail)
     }
 
     /// Every account named `user`, one per host part.
     async fn accounts(&mut self, user: &str) -> Result<Vec<Account>> {
-        let fail = self.fail(format!("read mysql.user for {user:?}"));
-        let conn = self.conn()?;
-        let rows: Vec<AccountRow> = conn
-            .exec(
-                "SELECT Host, plugin, CAST(ssl_type AS CHAR), max_user_connections FROM mysql.user WHERE User = ? ORDER BY Host",
-                (user,),
-            )
-            .await
-            .map_err(&fail)?;
+        let default_roles = match self.version.flavor {
+            Flavor::MariaDb => "u.default_role",
+            // MySQL 8 keeps default roles in their own table (none before 8).
+            Flavor::MySql if self.version.major >= 8 => {
+                "(SELECT GROUP_CONCAT(CONCAT('`', REPLACE(d.DEFAULT_ROLE_USER, '`', '``'), '`@`', REPLACE(d.DEFAULT_ROLE_HOST, '`', '``'), '`') ORDER BY d.DEFAULT_ROLE_USER, d.DEFAULT_ROLE_HOST SEPARATOR ', ') FROM mysql.default_roles d WHERE d.USER = u.User AND d.HOST = u.Host)"
+            }
+            Flavor::MySql => "NULL",
+        };
+        let sql = format!(
+            "SELECT u.Host, u.plugin, CAST(u.ssl_type AS CHAR), u.max_user_connections, CAST(u.ssl_cipher AS CHAR), CAST(u.x509_issuer AS CHAR), CAST(u.x509_subject AS CHAR), {default_roles} FROM mysql.user u WHERE u.User = ? ORDER BY u.Host"
+        );
+        let action = format!("read mysql.user for {user:?}");
+        let fail = self.fail(action.clone());
+        let rows: Vec<AccountRow> = self
+            .exec_bounded(&sql, (user,), &action)
+            .await?
+            .map_err(fail)?;
         Ok(rows
             .into_iter()
-            .map(|(host, plugin, ssl_type, max)| Account {
-                host,
-                plugin: plugin.unwrap_or_default(),
-                ssl_type: ssl_type.unwrap_or_default(),
-                max_user_connections: max.unwrap_or(0),
-            })
+            .map(
+                |(host, plugin, ssl_type, max, cipher, issuer, subject, roles)| Account {
+                    host,
+                    plugin: plugin.unwrap_or_default(),
+                    ssl_type: ssl_type.unwrap_or_default(),
+                    max_user_connections: max.unwrap_or(0),
+                    ssl_cipher: cipher.unwrap_or_default(),
+                    x509_issuer: issuer.unwrap_or_default(),
+                    x509_subject: subject.unwrap_or_default(),
+                    default_roles: roles.unwrap_or_default(),
+                },
+            )
             .collect())
+    }
+
+    /// Refuses, before any change, to take over the `_clone` of the pair
+    /// when Rotor did not make it: every existing account of it must carry
+    /// the marker grant ([`ALTERNATE_MARKER_DB`]).
+    fn refuse_unmarked_clone(
+        &self,
+        template: &str,
+        alternate: &str,
+        wanted: &[Account],
+        template_grants: &[Vec<Grant>],
+        alternate_grants: &[(String, Vec<Grant>)],
+    ) -> Result<()> {
+        let marked = |grants: &[Grant]| {
+            grants
+                .iter()
+                .any(|g| matches!(g, Grant::Privileges { object, .. } if is_marker_object(object)))
+        };
+        let (clone, unmarked): (&str, Vec<&str>) = if alternate.ends_with(CLONE_SUFFIX) {
+            (
+                alternate,
+                alternate_grants
+                    .iter()
+                    .filter(|(_, g)| !marked(g))
+                    .map(|(h, _)| h.as_str())
+                    .collect(),
+            )
+        } else if template.ends_with(CLONE_SUFFIX) {
+            (
+                template,
+                wanted
+                    .iter()
+                    .zip(template_grants)
+                    .filter(|(_, g)| !marked(g))
+                    .map(|(a, _)| a.host.as_str())
+                    .collect(),
+            )
+        } else {
+            return Ok(());
+        };
+        let Some(host) = unmarked.first() else {
+            return Ok(());
+        };
+        Err(Error::Refused {
+            endpoint: self.endpoint.to_string(),
+            reason: format!(
+                "account {} exists but is not marked as Rotor's alternate (Rotor never takes over an account it did not make, and an AWS-made or hand-made clone looks the same as any other user). If it is this secret's alternate, mark each of its accounts by hand as an administrator: {}; otherwise rename or drop it",
+                account(clone, host),
+                marker_grant(clone, host)
+            ),
+        })
+    }
+
+    /// Refuses, before any change, to clone superuser-like powers (also
+    /// through roles, followed a few levels deep).
+    async fn refuse_privileged(
+        &mut self,
+        template: &str,
+        wanted: &[Account],
+        template_grants: &[Vec<Grant>],
+    ) -> Result<()> {
+        let mut seen_roles = BTreeSet::new();
+        for (a, grants) in wanted.iter().zip(template_grants) {
+            let mut queue: Vec<(Grant, String)> = grants
+                .iter()
+                .map(|g| (g.clone(), account(template, &a.host)))
+                .collect();
+            let mut depth = 0;
+            while !queue.is_empty() && depth < 4 {
+                let mut next = Vec::new();
+                for (grant, holder) in queue {
+                    if let Some(reason) = privileged_reason(&grant) {
+                        return Err(Error::Refused {
+                            endpoint: self.endpoint.to_string(),
+                            reason: format!(
+                                "{holder} holds {reason}, and Rotor does not copy superuser-like powers onto an alternate user unless the owner opts in: set ROTOR_ALLOW_PRIVILEGED_CLONE=true on the rotation function or \"rotor_allow_privileged_clone\": true in the master secret (never in the app secret)"
+                            ),
+                        });
+                    }
+                    if let Grant::Role { role, .. } = &grant
+                        && seen_roles.insert(role.clone())
+                    {
+                        let action = format!("show the grants of role {role}");
+                        let fail = self.fail(action.clone());
+                        let lines: Vec<String> = self
+                            .rows_bounded(&format!("SHOW GRANTS FOR {role}"), &action)
+                            .await?
+                            .map_err(fail)?;
+                        next.extend(
+                            lines
+                                .iter()
+                                .filter_map(|l| parse_grant_of_role(l))
+                                .map(|g| (g, format!("{holder} (through role {role})"))),
+                        );
+                    }
+                }
+                queue = next;
+                depth += 1;
+            }
+        }
+        Ok(())
     }
 
     async fn grants(&mut self, user: &str, host: &str) -> Result<Vec<String>> {
         let sql = format!("SHOW GRANTS FOR {}", account(user, host));
-        let fail = self.fail(format!("show the grants of {}", account(user, host)));
-        let conn = self.conn()?;
-        conn.query::<String, _>(sql).await.map_err(&fail)
+        let action = format!("show the grants of {}", account(user, host));
+        let fail = self.fail(action.clone());
+        self.rows_bounded(&sql, &action).await?.map_err(fail)
     }
 }
 
@@ -541,13 +1605,27 @@ impl MySession {
 impl Session for MySession {
     async fn check(&mut self) -> Result<()> {
         let fail = self.fail("run SELECT 1".into());
-        let conn = self.conn()?;
-        conn.query_drop("SELECT 1").await.map_err(&fail)
+        self.drop_bounded("SELECT 1", "run SELECT 1")
+            .await?
+            .map_err(fail)
     }
 
-    async fn set_own_password(&mut self, _user: &str, password: &SecretString) -> Result<()> {
-        let statement = own_password_statement(self.version, password.expose());
-        self.run(&statement, "change its own password").await
+    async fn set_own_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
+        // Only MySQL 5.7.6+ chooses by plugin; elsewhere the hash always fits.
+        let plugin = if self.version.mysql_5_7_6_or_later() {
+            self.own_plugin().await
+        } else {
+            None
+        };
+        let statements =
+            own_password_statements(self.version, plugin.as_deref(), password.expose());
+        let action = "change its own password";
+        if let Some(first) = statements.first() {
+            // No hash form at all: refuse before any other query.
+            self.refuse_plaintext_without_tls(first, action)?;
+        }
+        self.refuse_other_host_accounts(user).await?;
+        self.run_first_allowed(&statements, action).await
     }
 
     async fn set_password(&mut self, user: &str, password: &SecretString) -> Result<()> {
@@ -576,15 +1654,16 @@ impl Session for MySession {
         user: &str,
         password: &SecretString,
     ) -> Result<Option<bool>> {
-        let Some(conn) = self.conn.as_mut() else {
+        if self.conn.is_none() {
             return Ok(None);
-        };
-        let rows: std::result::Result<Vec<(Option<String>, Option<String>)>, _> = conn
-            .exec(
+        }
+        let rows: std::result::Result<Vec<(Option<String>, Option<String>)>, _> = self
+            .exec_bounded(
                 "SELECT plugin, authentication_string FROM mysql.user WHERE User = ?",
                 (user,),
+                &format!("read the stored credential of {user:?}"),
             )
-            .await;
+            .await?;
         let Ok(rows) = rows else {
             return Ok(None); // no privilege to read mysql.user: try a login instead
         };
@@ -613,7 +1692,7 @@ impl Session for MySession {
         template: &str,
         alternate: &str,
         password: &SecretString,
-        _policy: ClonePolicy,
+        policy: ClonePolicy,
     ) -> Result<AlternateSync> {
         let wanted = self.accounts(template).await?;
         if wanted.is_empty() {
@@ -624,62 +1703,128 @@ impl Session for MySession {
             });
         }
         let existing = self.accounts(alternate).await?;
-        let mut sync = AlternateSync::default();
-        for Account {
-            host,
-            ssl_type,
-            max_user_connections: max_conn,
-            ..
-        } in wanted
+        // Read everything before changing anything: every refusal below
+        // leaves the server as it was.
+        let mut template_grants = Vec::with_capacity(wanted.len());
+        for a in &wanted {
+            let grants: Vec<Grant> = self
+                .grants(template, &a.host)
+                .await?
+                .iter()
+                .filter_map(|g| parse_grant(g, template, &a.host))
+                .collect();
+            template_grants.push(grants);
+        }
+        let mut alternate_grants = Vec::with_capacity(existing.len());
+        for a in &existing {
+            let grants: Vec<Grant> = self
+                .grants(alternate, &a.host)
+                .await?
+                .iter()
+                .filter_map(|g| parse_grant(g, alternate, &a.host))
+                .collect();
+            alternate_grants.push((a.host.clone(), grants));
+        }
+        self.refuse_unmarked_clone(
+            template,
+            alternate,
+            &wanted,
+            &template_grants,
+            &alternate_grants,
+        )?;
+        // A password that can only travel as a literal (and then only over
+        // TLS) is refused here, before the grants are aligned.
+        if let Some(statement) =
+            first_plaintext_password_statement(self.version, alternate, &wanted, &existing)
         {
-            let have = existing.iter().find(|a| a.host == host).cloned();
+            self.refuse_plaintext_without_tls(
+                &statement,
+                &format!("set the password of {alternate:?}"),
+            )?;
+        }
+        if !policy.allow_privileged {
+            self.refuse_privileged(template, &wanted, &template_grants)
+                .await?;
+        }
+        let alternate_is_clone = alternate.ends_with(CLONE_SUFFIX);
+        let mut sync = AlternateSync::default();
+        let mut created_hosts = 0;
+        for (wanted_account, template_grants) in wanted.iter().zip(&template_grants) {
+            let Account {
+                host,
+                plugin,
+                max_user_connections: max_conn,
+                ..
+            } = wanted_account;
+            let have = existing.iter().find(|a| &a.host == host).cloned();
+            let mut have_grants = alternate_grants
+                .iter()
+                .find(|(h, _)| h == host)
+                .map(|(_, g)| g.clone())
+                .unwrap_or_default();
             if have.is_none() {
-                let statement =
-                    create_user_statement(self.version, alternate, &host, password.expose());
-                self.run(&statement, &format!("create {}", account(alternate, &host)))
+                let statement = create_account_statement(
+                    self.version,
+                    alternate,
+                    host,
+                    Some(plugin),
+                    password.expose(),
+                );
+                self.run(&statement, &format!("create {}", account(alternate, host)))
                     .await?;
-                sync.created = true;
+                created_hosts += 1;
                 sync.changes.push(format!(
                     "CREATE USER {} IDENTIFIED …",
-                    account(alternate, &host)
+                    account(alternate, host)
                 ));
+                if alternate_is_clone {
+                    let sql = marker_grant(alternate, host);
+                    self.exec(&sql).await?;
+                    sync.changes.push(sql);
+                }
+                have_grants.clear();
             }
-            let (have_ssl, have_max) =
-                have.map_or((String::new(), 0), |a| (a.ssl_type, a.max_user_connections));
-            if have_ssl != ssl_type {
-                let require = match ssl_type.as_str() {
-                    "ANY" => "SSL",
-                    "X509" | "SPECIFIED" => "X509",
-                    _ => "NONE",
-                };
-                let sql = format!("ALTER USER {} REQUIRE {require}", account(alternate, &host));
-                self.exec(&sql).await?;
-                sync.changes.push(sql);
-            }
-            if have_max != max_conn {
+            let want_require = require_clause(wanted_account, self.version);
+            let have_require = have
+                .as_ref()
+                .map_or_else(|| "NONE".to_string(), |a| require_clause(a, self.version));
+            if have_require != want_require {
                 let sql = format!(
-                    "ALTER USER {} WITH MAX_USER_CONNECTIONS {max_conn}",
-                    account(alternate, &host)
+                    "ALTER USER {} REQUIRE {want_require}",
+                    account(alternate, host)
                 );
                 self.exec(&sql).await?;
                 sync.changes.push(sql);
             }
-            let current: Vec<String> = self
-                .grants(alternate, &host)
-                .await?
-                .iter()
-                .filter_map(|g| replay_grant(g, alternate, &host, alternate))
-                .collect();
-            for grant in self.grants(template, &host).await? {
-                let Some(replayed) = replay_grant(&grant, template, &host, alternate) else {
-                    continue;
-                };
-                if !current.contains(&replayed) {
-                    self.exec(&replayed).await?;
-                    sync.changes.push(replayed);
-                }
+            let have_max = have.as_ref().map_or(0, |a| a.max_user_connections);
+            if have_max != *max_conn {
+                let sql = format!(
+                    "ALTER USER {} WITH MAX_USER_CONNECTIONS {max_conn}",
+                    account(alternate, host)
+                );
+                self.exec(&sql).await?;
+                sync.changes.push(sql);
+            }
+            for sql in grant_plan(template_grants, &have_grants, alternate, host) {
+                self.exec(&sql).await?;
+                sync.changes.push(sql);
+            }
+            // After the grants: a default role must be granted first.
+            let have_roles = have.as_ref().map_or("", |a| a.default_roles.as_str());
+            if have_roles != wanted_account.default_roles {
+                let sql = default_role_statement(
+                    self.version,
+                    &account(alternate, host),
+                    &wanted_account.default_roles,
+                );
+                self.exec(&sql).await?;
+                sync.changes.push(sql);
             }
         }
+        // "Created" only when no account of the alternate existed: the new
+        // ones then hold the pending password. When some existed, the
+        // caller still sets (and checks) the password of every one.
+        sync.created = created_hosts > 0 && existing.is_empty();
         Ok(sync)
     }
 
@@ -726,21 +1871,22 @@ impl Session for MySession {
     async fn end_sessions(&mut self, user: &str, _before: Option<f64>) -> Result<u64> {
         // The process list has no connection start time: every session of
         // the user ends (a revocation is an emergency; clients reconnect).
-        let fail = self.fail(format!("list the sessions of {user:?}"));
-        let conn = self.conn()?;
-        let ids: Vec<u64> = conn
-            .exec(
+        let action = format!("list the sessions of {user:?}");
+        let fail = self.fail(action.clone());
+        let ids: Vec<u64> = self
+            .exec_bounded(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
                 (user,),
+                &action,
             )
-            .await
-            .map_err(&fail)?;
+            .await?
+            .map_err(fail)?;
         let mut ended = 0;
         for id in ids {
             // A session that ended meanwhile is not an error.
-            if conn
-                .query_drop(format!("KILL CONNECTION {id}"))
-                .await
+            if self
+                .drop_bounded(&format!("KILL CONNECTION {id}"), "end a session")
+                .await?
                 .is_ok()
             {
                 ended += 1;
@@ -982,52 +2128,271 @@ mod tests {
         );
     }
 
+    /// One row per server family and version: which statement each builder
+    /// sends, and whether it carries the plaintext (then only over TLS).
+    /// `H` = the native hash only; `P` = the literal (TLS only).
+    ///
+    /// Manual sections: MySQL 5.6 13.7.1.7 SET PASSWORD ('hash_string'
+    /// before 5.7.6); MySQL 5.7 13.7.1.7 SET PASSWORD ("'auth_string'
+    /// represents a cleartext password", 5.7.6+) and 13.7.1.1 ALTER USER
+    /// (`IDENTIFIED WITH auth_plugin AS 'auth_string'`, needs CREATE USER or
+    /// UPDATE on mysql except for one's own password, whose `USER()` form
+    /// takes only `IDENTIFIED BY`); MySQL 8.0 15.7.1.10 SET PASSWORD (the
+    /// cleartext is hashed by the account's plugin); MySQL 8.4 8.4.1.1
+    /// (mysql_native_password deprecated and disabled by default); MySQL 9.0
+    /// release notes (mysql_native_password removed); MariaDB SET PASSWORD /
+    /// CREATE USER (`'hash'`, `IDENTIFIED BY PASSWORD 'hash'`).
     #[test]
-    fn password_statements_per_server() {
+    fn password_statements_per_server_family_and_version() {
         let pw = "p'w\\x";
-        // MySQL 9 (AWS's function takes the 5.7 branch here: "9" does not start with "8").
-        let s = own_password_statement(v("9.1.0"), pw);
-        assert_eq!(s.sql, "ALTER USER CURRENT_USER() IDENTIFIED BY 'p''w\\\\x'");
-        assert!(s.carries_plaintext);
-        let s = own_password_statement(v("8.0.36"), pw);
-        assert!(s.carries_plaintext && s.sql.starts_with("ALTER USER CURRENT_USER()"));
-        for old in ["5.7.44", "10.11.6-MariaDB", "11.4.2-MariaDB"] {
-            let s = own_password_statement(v(old), pw);
+        let hash = native_password_hash(pw);
+        let native = Some(NATIVE);
+        let sha2 = Some("caching_sha2_password");
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            &'static [&'static str],
+            &'static str,
+            &'static str,
+        );
+        // (version, account plugin, own statements in order, set for other, create)
+        let table: &[Row] = &[
+            (
+                "10.11.6-MariaDB",
+                native,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "10.11.6-MariaDB",
+                None,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "10.11.6-MariaDB",
+                Some("ed25519"),
+                &["P SET PASSWORD = PASSWORD('"],
+                "H ALTER USER `u`@`%` IDENTIFIED VIA mysql_native_password USING '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "5.6.51",
+                native,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "5.7.5",
+                native,
+                &["H SET PASSWORD = '*"],
+                "H SET PASSWORD FOR `u`@`%` = '*",
+                "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
+            ),
+            (
+                "5.7.6",
+                native,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "5.7.44-log",
+                None,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "5.7.44",
+                Some("sha256_password"),
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH sha256_password BY '",
+            ),
+            (
+                "8.0.36",
+                native,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "8.0.36",
+                sha2,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH caching_sha2_password BY '",
+            ),
+            (
+                "8.0.36",
+                None,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED BY '",
+            ),
+            (
+                "8.4.3",
+                native,
+                &[
+                    "H ALTER USER CURRENT_USER() IDENTIFIED WITH mysql_native_password AS '*",
+                    "P SET PASSWORD = '",
+                ],
+                "H ALTER USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+                "H CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password AS '*",
+            ),
+            (
+                "8.4.3",
+                sha2,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH caching_sha2_password BY '",
+            ),
+            (
+                "9.1.0",
+                native,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH mysql_native_password BY '",
+            ),
+            (
+                "9.1.0",
+                sha2,
+                &["P SET PASSWORD = '"],
+                "P SET PASSWORD FOR `u`@`%` = '",
+                "P CREATE USER `u`@`%` IDENTIFIED WITH caching_sha2_password BY '",
+            ),
+        ];
+        let check = |row: &str, expected: &str, got: &PasswordStatement| {
+            let (kind, prefix) = expected.split_at(2);
             assert!(
-                !s.carries_plaintext && !s.sql.contains("p'w"),
-                "{old}: {}",
-                s.sql
+                got.sql.starts_with(prefix),
+                "{row}: expected {prefix:?}…, got {}",
+                got.sql
             );
-            assert!(s.sql.starts_with("SET PASSWORD = '*"));
+            match kind {
+                "H " => {
+                    assert!(!got.carries_plaintext, "{row}: {}", got.sql);
+                    assert!(
+                        got.sql.contains(&hash) && !got.sql.contains("p'"),
+                        "{row}: {}",
+                        got.sql
+                    );
+                }
+                _ => {
+                    assert!(got.carries_plaintext, "{row}: {}", got.sql);
+                    assert!(!got.sql.contains(&hash), "{row}: {}", got.sql);
+                }
+            }
+        };
+        for (version, plugin, own, set, create) in table {
+            let row = format!("{version} {plugin:?}");
+            let got = own_password_statements(v(version), *plugin, pw);
+            assert_eq!(got.len(), own.len(), "{row}: {got:?}");
+            for (expected, got) in own.iter().zip(&got) {
+                check(&row, expected, got);
+            }
+            check(
+                &row,
+                set,
+                &set_password_statement(v(version), "u", "%", *plugin, pw),
+            );
+            check(
+                &row,
+                create,
+                &create_account_statement(v(version), "u", "%", *plugin, pw),
+            );
         }
-        let s = set_password_statement(v("10.11.6-MariaDB"), "a`b", "%", None, pw);
-        assert_eq!(
-            s.sql,
-            format!(
-                "SET PASSWORD FOR `a``b`@`%` = '{}'",
-                native_password_hash(pw)
-            )
-        );
-        let s = set_password_statement(
-            v("5.7.44"),
-            "u",
-            "10.0.0.%",
-            Some("mysql_native_password"),
-            pw,
-        );
-        assert!(
-            s.sql.starts_with(
-                "ALTER USER `u`@`10.0.0.%` IDENTIFIED WITH mysql_native_password AS '*"
-            )
-        );
-        let s = set_password_statement(v("8.0.36"), "u", "%", Some("mysql_native_password"), pw);
-        assert!(!s.carries_plaintext);
-        let s = set_password_statement(v("8.0.36"), "u", "%", Some("caching_sha2_password"), pw);
-        assert!(s.carries_plaintext && s.sql.starts_with("ALTER USER `u`@`%` IDENTIFIED BY '"));
+        // Dynamic users (no template): the server's default plugin.
         let s = create_user_statement(v("9.1.0"), "u", "%", pw);
         assert!(s.carries_plaintext && s.sql.starts_with("CREATE USER `u`@`%` IDENTIFIED BY '"));
-        let s = create_user_statement(v("10.6.1-MariaDB"), "u", "%", pw);
-        assert!(!s.carries_plaintext && s.sql.contains("IDENTIFIED BY PASSWORD '*"));
+        let s = create_user_statement(v("5.7.44"), "u", "%", pw);
+        assert!(!s.carries_plaintext && s.sql.contains("AS '*"));
+        // The literal is escaped; the hash is the password's.
+        let s = set_password_statement(v("10.11.6-MariaDB"), "a`b", "%", None, pw);
+        assert_eq!(s.sql, format!("SET PASSWORD FOR `a``b`@`%` = '{hash}'"));
+    }
+
+    fn offline_session(version: &str, tls: bool) -> MySession {
+        MySession {
+            conn: None,
+            endpoint: Arc::from("db.example:3306"),
+            version: v(version),
+            tls,
+            bound: Duration::from_secs(5),
+            server_limit_ms: 4000,
+        }
+    }
+
+    /// Without TLS, a server with no hash form for the statement gets a
+    /// refusal before anything is sent (the session has no connection: any
+    /// attempt to send would fail differently).
+    #[tokio::test(flavor = "current_thread")]
+    async fn literal_password_refused_without_tls_before_anything_is_sent() {
+        let password = SecretString::new("new-password".to_string());
+        for version in ["9.1.0", "8.0.36"] {
+            let err = offline_session(version, false)
+                .set_own_password("u", &password)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "Refused", "{version}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("\"ssl\": true") && text.contains("nothing was changed"),
+                "{text}"
+            );
+            assert!(!text.contains("new-password"), "{text}");
+            // Over TLS the same plan goes to the server.
+            let err = offline_session(version, true)
+                .set_own_password("u", &password)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "Database", "{version}: {err}");
+        }
+        // MariaDB and old MySQL send the hash: no TLS needed.
+        for version in ["10.11.6-MariaDB", "5.6.51"] {
+            let err = offline_session(version, false)
+                .set_own_password("u", &password)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "Database", "{version}: {err}");
+        }
+    }
+
+    #[test]
+    fn plugin_named_by_show_create_user() {
+        assert_eq!(
+            plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED WITH 'caching_sha2_password' AS '$A$005$x' REQUIRE NONE").as_deref(),
+            Some("caching_sha2_password")
+        );
+        assert_eq!(
+            plugin_of_create_user(
+                "CREATE USER 'root'@'localhost' IDENTIFIED WITH 'mysql_native_password' AS '*24'"
+            )
+            .as_deref(),
+            Some(NATIVE)
+        );
+        assert_eq!(
+            plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED VIA ed25519 USING 'x'")
+                .as_deref(),
+            Some("ed25519")
+        );
+        assert_eq!(
+            plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*24'"),
+            None
+        );
     }
 
     #[test]
@@ -1035,7 +2400,7 @@ mod tests {
         let r = |line: &str| replay_grant(line, "app", "%", "app_clone");
         assert_eq!(
             r("GRANT SELECT, INSERT ON `shop`.* TO `app`@`%` WITH GRANT OPTION").as_deref(),
-            Some("GRANT SELECT, INSERT ON `shop`.* TO `app_clone`@`%` WITH GRANT OPTION")
+            Some("GRANT INSERT, SELECT ON `shop`.* TO `app_clone`@`%` WITH GRANT OPTION")
         );
         assert_eq!(
             r("GRANT SELECT ON `shop`.`orders` TO 'app'@'%'").as_deref(),
@@ -1050,5 +2415,420 @@ mod tests {
             None
         );
         assert_eq!(r("GRANT SELECT ON *.* TO `other`@`%`"), None);
+    }
+
+    /// Issue 9 item 10a: a grantee text inside an object name (MySQL 5.7
+    /// writes the grantee as 'user'@'host' and names in backticks).
+    #[test]
+    fn grantee_parsed_from_the_end_of_the_line() {
+        let r = |line: &str| replay_grant(line, "app", "%", "app_clone");
+        assert_eq!(
+            r("GRANT SELECT ON `x TO 'app'@'%'`.* TO 'app'@'%'").as_deref(),
+            Some("GRANT SELECT ON `x TO 'app'@'%'`.* TO `app_clone`@`%`")
+        );
+        assert_eq!(
+            r("GRANT SELECT ON `x TO ``app``@``%```.* TO `app`@`%` WITH GRANT OPTION").as_deref(),
+            Some("GRANT SELECT ON `x TO ``app``@``%```.* TO `app_clone`@`%` WITH GRANT OPTION")
+        );
+        assert_eq!(
+            r("GRANT `r TO app@%` TO `app`@`%`").as_deref(),
+            Some("GRANT `r TO app@%` TO `app_clone`@`%`")
+        );
+        // About someone else whose object mentions app: not ours.
+        assert_eq!(r("GRANT SELECT ON `x TO 'app'@'%'`.* TO 'other'@'%'"), None);
+    }
+
+    #[test]
+    fn privileged_grants_recognised() {
+        let p = |line: &str| {
+            parse_grant(line, "app", "%")
+                .as_ref()
+                .and_then(privileged_reason)
+        };
+        assert!(p("GRANT CREATE USER ON *.* TO `app`@`%`").is_some());
+        assert!(p("GRANT SELECT ON *.* TO `app`@`%` WITH GRANT OPTION").is_some());
+        assert!(p("GRANT ALL PRIVILEGES ON *.* TO 'app'@'%'").is_some());
+        assert!(p("GRANT SYSTEM_USER,ROLE_ADMIN ON *.* TO `app`@`%`").is_some());
+        assert!(p("GRANT UPDATE ON `mysql`.* TO `app`@`%`").is_some());
+        assert!(p("GRANT `dba`@`%` TO `app`@`%` WITH ADMIN OPTION").is_some());
+        assert!(p("GRANT SELECT, INSERT ON `shop`.* TO `app`@`%` WITH GRANT OPTION").is_none());
+        assert!(p("GRANT SELECT ON *.* TO `app`@`%`").is_none());
+        assert!(p("GRANT `reader` TO `app`@`%`").is_none());
+        assert!(
+            parse_grant_of_role("GRANT RELOAD ON *.* TO `r`")
+                .as_ref()
+                .and_then(privileged_reason)
+                .is_some()
+        );
+    }
+
+    /// MySQL 8 partial revokes (MySQL 8.0 manual, 8.2.12 "Privilege
+    /// Restriction Using Partial Revokes": with `partial_revokes=ON`,
+    /// `SHOW GRANTS` lists `REVOKE … ON schema.* FROM user` after the
+    /// global grant) are replayed after the global grant, and lifted
+    /// (schema-level GRANT) when the template has none; grants, GRANT
+    /// OPTION and roles the template lacks are revoked.
+    #[test]
+    fn grant_plan_aligns_both_directions_with_partial_revokes() {
+        let parse = |user: &str, lines: &[&str]| -> Vec<Grant> {
+            lines
+                .iter()
+                .filter_map(|l| parse_grant(l, user, "%"))
+                .collect()
+        };
+        let template = parse(
+            "app",
+            &[
+                "GRANT SELECT, INSERT, UPDATE ON *.* TO `app`@`%`",
+                "REVOKE INSERT, UPDATE ON `mysql`.* FROM `app`@`%`",
+                "GRANT SELECT ON `shop`.* TO `app`@`%`",
+                "GRANT `reader`@`%` TO `app`@`%`",
+            ],
+        );
+        let alternate = parse(
+            "app_clone",
+            &[
+                "GRANT USAGE ON *.* TO `app_clone`@`%`",
+                "GRANT SELECT ON `rotor_alternate_marker`.* TO `app_clone`@`%`",
+                "GRANT SELECT, DELETE ON `shop`.* TO `app_clone`@`%` WITH GRANT OPTION",
+                "GRANT `writer`@`%` TO `app_clone`@`%`",
+            ],
+        );
+        assert_eq!(
+            grant_plan(&template, &alternate, "app_clone", "%"),
+            vec![
+                "GRANT INSERT, SELECT, UPDATE ON *.* TO `app_clone`@`%`",
+                "GRANT `reader`@`%` TO `app_clone`@`%`",
+                "REVOKE DELETE ON `shop`.* FROM `app_clone`@`%`",
+                "REVOKE GRANT OPTION ON `shop`.* FROM `app_clone`@`%`",
+                "REVOKE `writer`@`%` FROM `app_clone`@`%`",
+                "REVOKE INSERT, UPDATE ON `mysql`.* FROM `app_clone`@`%`",
+            ]
+        );
+        // The other way round: the alternate's partial revoke the template lacks is lifted.
+        let template = parse("app", &["GRANT SELECT, INSERT ON *.* TO `app`@`%`"]);
+        let alternate = parse(
+            "app_clone",
+            &[
+                "GRANT SELECT, INSERT ON *.* TO `app_clone`@`%`",
+                "REVOKE INSERT ON `mysql`.* FROM `app_clone`@`%`",
+            ],
+        );
+        assert_eq!(
+            grant_plan(&template, &alternate, "app_clone", "%"),
+            vec!["GRANT INSERT ON `mysql`.* TO `app_clone`@`%`"]
+        );
+        // Aligned: nothing to do (the marker is never touched).
+        let same = parse("app", &["GRANT SELECT ON `shop`.* TO `app`@`%`"]);
+        let aligned = parse(
+            "app_clone",
+            &[
+                "GRANT SELECT ON `shop`.* TO `app_clone`@`%`",
+                "GRANT SELECT ON `rotor_alternate_marker`.* TO `app_clone`@`%`",
+            ],
+        );
+        assert!(grant_plan(&same, &aligned, "app_clone", "%").is_empty());
+    }
+
+    #[test]
+    fn literals_follow_the_sessions_sql_mode() {
+        assert!(has_no_backslash_escapes(
+            "STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"
+        ));
+        assert!(!has_no_backslash_escapes(
+            "STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION"
+        ));
+        let mut version = v("8.0.36");
+        let s = set_password_statement(version, "u", "%", None, r"a\b'");
+        assert_eq!(s.sql, r"SET PASSWORD FOR `u`@`%` = 'a\\b'''");
+        version.no_backslash_escapes = true;
+        let s = set_password_statement(version, "u", "%", None, r"a\b'");
+        assert_eq!(s.sql, r"SET PASSWORD FOR `u`@`%` = 'a\b'''");
+    }
+
+    /// MySQL 8 default roles (manual 15.7.1.1 "ALTER USER Role Options") and
+    /// the full REQUIRE clause (15.7.1.1 "ALTER USER SSL/TLS Options").
+    #[test]
+    fn default_roles_and_require_clause_statements() {
+        let mysql = v("8.0.36");
+        assert_eq!(
+            default_role_statement(mysql, "`u`@`%`", "`r`@`%`, `s`@`%`"),
+            "ALTER USER `u`@`%` DEFAULT ROLE `r`@`%`, `s`@`%`"
+        );
+        assert_eq!(
+            default_role_statement(mysql, "`u`@`%`", ""),
+            "ALTER USER `u`@`%` DEFAULT ROLE NONE"
+        );
+        assert_eq!(
+            default_role_statement(v("10.11.6-MariaDB"), "`u`@`%`", "r`x"),
+            "SET DEFAULT ROLE `r``x` FOR `u`@`%`"
+        );
+        let a = Account {
+            host: "%".into(),
+            plugin: String::new(),
+            ssl_type: "SPECIFIED".into(),
+            max_user_connections: 0,
+            ssl_cipher: "AES".into(),
+            x509_issuer: "/CN=CA".into(),
+            x509_subject: "/CN=it's".into(),
+            default_roles: String::new(),
+        };
+        assert_eq!(
+            require_clause(&a, mysql),
+            "ISSUER '/CN=CA' AND SUBJECT '/CN=it''s' AND CIPHER 'AES'"
+        );
+    }
+
+    /// A server that accepts TCP and never says a word: the connect (TCP,
+    /// TLS and login handshake) ends in Error::Timeout within the bound.
+    #[tokio::test(flavor = "current_thread")]
+    async fn silent_server_times_out_in_the_handshake() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and holds connections, answers nothing; ends with the test's runtime.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let engine = MysqlEngine::new(ConnectOptions {
+            connect_timeout: std::time::Duration::from_millis(300),
+            ..ConnectOptions::default()
+        });
+        for ssl in ["false", "true"] {
+            let secret = DbSecret::parse(
+                &SecretString::new(format!(
+                    r#"{{"engine":"mysql","host":"127.0.0.1","port":{port},"username":"u","password":"p","ssl":{ssl}}}"#
+                )),
+                "s",
+                "v",
+                crate::secret::Require::Connection,
+            )
+            .unwrap();
+            let started = std::time::Instant::now();
+            let err = match engine.connect(&secret, "current").await {
+                Ok(_) => panic!("a silent server cannot log anyone in"),
+                Err(e) => e,
+            };
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            assert_eq!(err.kind(), "Timeout", "ssl {ssl}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("127.0.0.1:{port}")) && text.contains("handshake"),
+                "{text}"
+            );
+        }
+    }
+
+    /// Server-side limits per family (MariaDB max_statement_time; MySQL
+    /// 5.7.8+ max_execution_time, MySQL 5.7 manual 5.1.7; lock waits on both).
+    #[test]
+    fn session_limits_per_family() {
+        let limit = Duration::from_millis(1200);
+        assert_eq!(
+            session_limits_statement(v("10.11.6-MariaDB"), limit),
+            "SET SESSION lock_wait_timeout = 1, innodb_lock_wait_timeout = 1, max_statement_time = 1.200"
+        );
+        assert_eq!(
+            session_limits_statement(v("8.0.36"), Duration::from_secs(4)),
+            "SET SESSION lock_wait_timeout = 4, innodb_lock_wait_timeout = 4, max_execution_time = 4000"
+        );
+        assert_eq!(
+            session_limits_statement(v("5.6.51"), limit),
+            "SET SESSION lock_wait_timeout = 1, innodb_lock_wait_timeout = 1"
+        );
+    }
+
+    /// A fake server without TLS that asks for the password in cleartext
+    /// (an attacker who stripped TLS asks for exactly that): Rotor never
+    /// sends it and refuses with a clear error.
+    #[tokio::test(flavor = "current_thread")]
+    async fn cleartext_password_request_refused_without_tls() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let password = "cleartext-canary-Pw1";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fake = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let packet = |seq: u8, payload: &[u8]| {
+                let mut out = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+                out.push(seq);
+                out.extend_from_slice(payload);
+                out
+            };
+            // Protocol 10 handshake: 4.1 protocol, plugin auth, no CLIENT_SSL.
+            let mut hello = vec![10u8];
+            hello.extend_from_slice(b"8.0.36\0");
+            hello.extend_from_slice(&7u32.to_le_bytes());
+            hello.extend_from_slice(b"abcdefgh\0");
+            hello.extend_from_slice(&0xA209u16.to_le_bytes());
+            hello.push(0x21);
+            hello.extend_from_slice(&2u16.to_le_bytes());
+            hello.extend_from_slice(&0x0038u16.to_le_bytes());
+            hello.push(21);
+            hello.extend_from_slice(&[0u8; 10]);
+            hello.extend_from_slice(b"ijklmnopqrst\0");
+            hello.extend_from_slice(b"mysql_native_password\0");
+            socket.write_all(&packet(0, &hello)).await.unwrap();
+            let mut received = Vec::new();
+            let mut buf = [0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            received.extend_from_slice(&buf[..n]);
+            // "Switch to mysql_clear_password": send me the password as is.
+            let mut switch = vec![0xFEu8];
+            switch.extend_from_slice(b"mysql_clear_password\0");
+            socket.write_all(&packet(2, &switch)).await.unwrap();
+            // Collect whatever the client sends next, until it closes or goes quiet.
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..n]);
+            }
+            received
+        });
+        let engine = MysqlEngine::new(ConnectOptions {
+            connect_timeout: Duration::from_secs(3),
+            ..ConnectOptions::default()
+        });
+        let secret = DbSecret::parse(
+            &SecretString::new(format!(
+                r#"{{"engine":"mysql","host":"127.0.0.1","port":{port},"username":"app","password":"{password}","ssl":false}}"#
+            )),
+            "s",
+            "v",
+            crate::secret::Require::Connection,
+        )
+        .unwrap();
+        let err = match engine.connect(&secret, "current").await {
+            Ok(_) => panic!("the fake server never accepts a login"),
+            Err(e) => e,
+        };
+        let received = fake.await.unwrap();
+        assert!(
+            !received
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "the password was sent in cleartext"
+        );
+        assert_eq!(err.kind(), "Refused", "{err}");
+        assert!(err.to_string().contains("mysql_clear_password"), "{err}");
+    }
+
+    /// A fake server that switches to an authentication plugin this build's
+    /// driver cannot answer (MariaDB client_ed25519: mysql_common panics
+    /// without its `client_ed25519` feature): a clear error, never a panic
+    /// of the function, and the password is not sent.
+    #[tokio::test(flavor = "current_thread")]
+    async fn unsupported_auth_plugin_request_is_an_error_not_a_panic() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let password = "cleartext-canary-Pw1";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fake = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let packet = |seq: u8, payload: &[u8]| {
+                let mut out = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+                out.push(seq);
+                out.extend_from_slice(payload);
+                out
+            };
+            // Protocol 10 handshake: 4.1 protocol, plugin auth, no CLIENT_SSL.
+            let mut hello = vec![10u8];
+            hello.extend_from_slice(b"8.0.36\0");
+            hello.extend_from_slice(&7u32.to_le_bytes());
+            hello.extend_from_slice(b"abcdefgh\0");
+            hello.extend_from_slice(&0xA209u16.to_le_bytes());
+            hello.push(0x21);
+            hello.extend_from_slice(&2u16.to_le_bytes());
+            hello.extend_from_slice(&0x0038u16.to_le_bytes());
+            hello.push(21);
+            hello.extend_from_slice(&[0u8; 10]);
+            hello.extend_from_slice(b"ijklmnopqrst\0");
+            hello.extend_from_slice(b"mysql_native_password\0");
+            socket.write_all(&packet(0, &hello)).await.unwrap();
+            let mut received = Vec::new();
+            let mut buf = [0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            received.extend_from_slice(&buf[..n]);
+            // "Switch to mysql_clear_password": send me the password as is.
+            let mut switch = vec![0xFEu8];
+            switch.extend_from_slice(b"client_ed25519\0");
+            socket.write_all(&packet(2, &switch)).await.unwrap();
+            // Collect whatever the client sends next, until it closes or goes quiet.
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&buf[..n]);
+            }
+            received
+        });
+        let engine = MysqlEngine::new(ConnectOptions {
+            connect_timeout: Duration::from_secs(3),
+            ..ConnectOptions::default()
+        });
+        let secret = DbSecret::parse(
+            &SecretString::new(format!(
+                r#"{{"engine":"mysql","host":"127.0.0.1","port":{port},"username":"app","password":"{password}","ssl":false}}"#
+            )),
+            "s",
+            "v",
+            crate::secret::Require::Connection,
+        )
+        .unwrap();
+        let err = match engine.connect(&secret, "current").await {
+            Ok(_) => panic!("the fake server never accepts a login"),
+            Err(e) => e,
+        };
+        let received = fake.await.unwrap();
+        assert!(
+            !received
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "the password was sent in cleartext"
+        );
+        assert_eq!(err.kind(), "Refused", "{err}");
+        assert!(err.to_string().contains("authentication"), "{err}");
+    }
+
+    /// Alternating users on a server where the alternate's password can
+    /// only travel as a literal: known before any grant is aligned, so the
+    /// refusal without TLS comes before any change.
+    #[test]
+    fn alternate_needing_a_literal_is_known_before_any_change() {
+        let account = |host: &str, plugin: &str| Account {
+            host: host.into(),
+            plugin: plugin.into(),
+            ssl_type: String::new(),
+            max_user_connections: 0,
+            ssl_cipher: String::new(),
+            x509_issuer: String::new(),
+            x509_subject: String::new(),
+            default_roles: String::new(),
+        };
+        let native = [account("%", NATIVE), account("10.%", NATIVE)];
+        let sha2 = [
+            account("%", NATIVE),
+            account("10.%", "caching_sha2_password"),
+        ];
+        let none: [Account; 0] = [];
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &native, &native).is_none());
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &native, &none).is_none());
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &native, &sha2).is_some());
+        assert!(first_plaintext_password_statement(v("8.0.36"), "a", &sha2, &none).is_some());
+        assert!(first_plaintext_password_statement(v("9.1.0"), "a", &native, &native).is_some());
+        assert!(
+            first_plaintext_password_statement(v("10.11.6-MariaDB"), "a", &sha2, &sha2).is_none()
+        );
     }
 }
