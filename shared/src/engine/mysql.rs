@@ -1974,7 +1974,11 @@ pub fn marked_hosts_sql(flavor: Flavor) -> &'static str {
 /// Knowledge Base "SET DEFAULT ROLE"); MySQL 8 takes a list
 /// (`SET DEFAULT ROLE role [, role] TO user`, MySQL 8.0 Reference Manual
 /// 15.7.1.9). The marker role is never made active: it confers nothing.
-pub fn default_role_statement(flavor: Flavor, who: &str, member_of: &[String]) -> Option<String> {
+pub fn lease_default_role_statement(
+    flavor: Flavor,
+    who: &str,
+    member_of: &[String],
+) -> Option<String> {
     let first = member_of.first()?;
     Some(match flavor {
         Flavor::MariaDb => format!("SET DEFAULT ROLE {} FOR {who}", quote_name(first)),
@@ -2057,7 +2061,7 @@ impl MySession {
             self.exec(&format!("GRANT {} TO {who}", quote_name(group)))
                 .await?;
         }
-        if let Some(sql) = default_role_statement(self.version.flavor, who, &user.member_of) {
+        if let Some(sql) = lease_default_role_statement(self.version.flavor, who, &user.member_of) {
             self.exec(&sql).await?;
         }
         Ok(())
@@ -2089,15 +2093,15 @@ mod tests {
         assert!(marked_hosts_sql(Flavor::MySql).contains("TO_USER = ?"));
         let groups = vec!["app_rw".to_string(), "audit".to_string()];
         assert_eq!(
-            default_role_statement(Flavor::MySql, "`v_a_1_abcdef`@`%`", &groups).as_deref(),
+            lease_default_role_statement(Flavor::MySql, "`v_a_1_abcdef`@`%`", &groups).as_deref(),
             Some("SET DEFAULT ROLE `app_rw`, `audit` TO `v_a_1_abcdef`@`%`"),
             "the marker is not made active"
         );
         assert_eq!(
-            default_role_statement(Flavor::MariaDb, "`v_a_1_abcdef`@`%`", &groups).as_deref(),
+            lease_default_role_statement(Flavor::MariaDb, "`v_a_1_abcdef`@`%`", &groups).as_deref(),
             Some("SET DEFAULT ROLE `app_rw` FOR `v_a_1_abcdef`@`%`")
         );
-        assert_eq!(default_role_statement(Flavor::MySql, "u", &[]), None);
+        assert_eq!(lease_default_role_statement(Flavor::MySql, "u", &[]), None);
     }
 
     fn v(s: &str) -> ServerVersion {
