@@ -7,8 +7,8 @@
 //! suite over stores); later engines add themselves to [`engines`].
 
 mod dynamic;
-mod dynamic_scope;
 mod dynamic_authz;
+mod dynamic_scope;
 mod inventory;
 mod rotation;
 mod safety;
