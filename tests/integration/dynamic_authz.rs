@@ -46,6 +46,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         Kind::Postgres,
         |d| Box::pin(role_cached(d)),
     );
+    add(
+        "guardduty_finding_reads_only_secrets_that_point_at_the_instance",
+        Kind::Postgres,
+        |d| Box::pin(guardduty_reads_candidates_only(d)),
+    );
     for kind in Kind::ALL {
         add("privileged_member_of_or_owner_role_refused", kind, |d| {
             Box::pin(privileged_refused(d))
@@ -722,4 +727,134 @@ async fn concurrent_issues_capped(db: TestDb) {
     }
     assert_eq!(user_count(&r).await, 2);
     cleanup(&r).await;
+}
+
+/// Item 6: a GuardDuty finding for a login that is not a lease read the
+/// value of every secret in the account to find the one whose host and
+/// username match. Candidates now come from the finding's instance: secrets
+/// in scope whose metadata names it (name, RDS tags), and the masters of
+/// roles whose host is on it. Only their values are read, so the count of
+/// GetSecretValue calls does not grow with unrelated secrets.
+async fn guardduty_reads_candidates_only(db: TestDb) {
+    use rotor::dynamic::revoke::{RevokeScope, from_event};
+    use std::sync::Arc;
+    let moto = rotor_tests::MotoService::new(&db.env);
+    let instance = unique("orders").replace('_', "-");
+    let host = format!("{instance}.aaaaaaaaaa.us-east-1.rds.amazonaws.com");
+    let scope = format!("{}/", unique("rotor/gd"));
+    let roles_prefix = format!("{}/", unique("rotor-gdroles"));
+    let on_instance = json!({"host": host});
+    // The app's secret names the instance in its name.
+    let app_user = unique("gd_app");
+    let app = moto
+        .create_secret(
+            &format!("{scope}{instance}/app"),
+            &db.secret(&app_user, "not-a-real-password-1", on_instance.clone()),
+        )
+        .await;
+    // A role's master on that instance, under a name that does not say so.
+    let master_user = unique("gd_master");
+    let master = moto
+        .create_secret(
+            &format!("{scope}{}", unique("master")),
+            &db.secret(&master_user, "not-a-real-password-2", on_instance.clone()),
+        )
+        .await;
+    moto.create_secret(
+        &format!("{roles_prefix}{}", unique("r").replace('_', "")),
+        &json!({"engine": db.engine_key(), "masterarn": master, "allowed_principals": [CALLER]})
+            .to_string(),
+    )
+    .await;
+    let unrelated = |n: usize| {
+        let moto = &moto;
+        let scope = &scope;
+        let db = &db;
+        async move {
+            for _ in 0..n {
+                let other = format!(
+                    "{}.aaaaaaaaaa.us-east-1.rds.amazonaws.com",
+                    unique("other").replace('_', "-")
+                );
+                moto.create_secret(
+                    &format!("{scope}{}", unique("svc")),
+                    &db.secret(
+                        &unique("svc"),
+                        "not-a-real-password-3",
+                        json!({"host": other}),
+                    ),
+                )
+                .await;
+            }
+        }
+    };
+    unrelated(2).await;
+    let counting = Arc::new(CountingStore {
+        inner: Arc::new(rotor::store::SecretsManagerStore::new(db.env.sm_client())),
+        calls: std::sync::Mutex::new(Vec::new()),
+    });
+    let dynamic = rotor::dynamic::Dynamic::new(counting.clone(), rotor_tests::dynamic_options(&db))
+        .with_roles_prefix(roles_prefix.clone())
+        .with_revoke_scope(RevokeScope {
+            secret_prefix: Some(scope.clone()),
+            secret_tag: None,
+        });
+    let caller = Caller {
+        arn: "event:aws.guardduty".into(),
+        via: "event",
+    };
+    let finding = |user: &str| {
+        json!({"source": "aws.guardduty", "detail-type": "GuardDuty Finding", "detail": {"resource": {
+            "resourceType": "RDSDBInstance",
+            "rdsDbInstanceDetails": {"dbInstanceIdentifier": instance, "engine": "postgres", "dbClusterIdentifier": null},
+            "rdsDbUserDetails": {"user": user}}}})
+    };
+    let reads = || counting.calls_naming("GetSecretValue ");
+    let revoke = |user: String| {
+        let dynamic = &dynamic;
+        let caller = &caller;
+        let event = finding(&user);
+        async move {
+            let (target, _) = from_event(&event, &[])
+                .expect("parse")
+                .expect("not ignored");
+            dynamic
+                .revoke(&target, true, caller, None)
+                .await
+                .unwrap_or_else(|e| panic!("{user}: {e}"))
+        }
+    };
+    let mut per_user = Vec::new();
+    for (user, expected) in [(&app_user, &app), (&master_user, &master)] {
+        let before = reads();
+        let report = revoke(user.clone()).await;
+        assert_eq!(
+            report
+                .revoked
+                .iter()
+                .map(|r| r.target.as_str())
+                .collect::<Vec<_>>(),
+            vec![expected.as_str()],
+            "{user}: the finding's login is found: {report:?}"
+        );
+        per_user.push(reads() - before);
+    }
+    // Six more secrets in scope that have nothing to do with the instance.
+    unrelated(6).await;
+    for (i, user) in [&app_user, &master_user].into_iter().enumerate() {
+        let before = reads();
+        revoke(user.clone()).await;
+        let now = reads() - before;
+        assert_eq!(
+            now,
+            per_user[i],
+            "{user}: GetSecretValue calls grew with unrelated secrets ({} before, {now} after adding 6): {:?}",
+            per_user[i],
+            counting
+                .calls
+                .lock()
+                .map(|c| c.iter().filter(|x| x.starts_with("GetSecretValue")).count())
+                .unwrap_or(0)
+        );
+    }
 }
