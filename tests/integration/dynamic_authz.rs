@@ -619,10 +619,15 @@ async fn revoke_user(r: &DynamicRole, username: &str) {
         arn: "cli:test".into(),
         via: "cli",
     };
-    r.dynamic
+    let report = r
+        .dynamic
         .revoke(&RevokeTarget::User(username.to_string()), false, &cli, None)
         .await
         .expect("revoke one lease");
+    assert!(
+        report.failures.is_empty() && report.revoked.len() == 1,
+        "revoking {username}: {report:?}"
+    );
 }
 
 /// Item 6: `max_active` caps the role's unexpired leases, counted from the

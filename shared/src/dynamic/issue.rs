@@ -112,10 +112,17 @@ impl Dynamic {
         // concurrent issues (other warm functions, the CLI) wait their turn,
         // so none can pass the count before another's user exists.
         let locked = role.has_caps();
-        if locked {
-            session
+        if locked
+            && let Err(e) = session
                 .acquire_lock(&role.issue_lock_name(), deadline::budget(ISSUE_LOCK_WAIT))
-                .await?;
+                .await
+        {
+            audit(
+                "failed",
+                &role.name,
+                json!({"reason": "issue lock not taken", "error": e.to_string(), "via": caller.via}),
+            );
+            return Err(e);
         }
         let created = self
             .create_within_caps(session.as_mut(), &role, &tag, expires_at, &password)
