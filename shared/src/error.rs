@@ -125,6 +125,17 @@ pub enum Error {
     #[error("refused: {0}")]
     Forbidden(String),
 
+    /// A role's cap on outstanding leases is reached (`max_active`,
+    /// `max_active_per_principal`); nothing was created.
+    #[error(
+        "role {role} already has {active} unexpired leases, its {cap}; nothing was created. Wait until one expires or revoke one (rotor revoke --user <lease>), or raise the cap in the role definition"
+    )]
+    TooManyLeases {
+        role: String,
+        cap: String,
+        active: usize,
+    },
+
     /// A request is well-formed but asks for something the policy refuses.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -167,6 +178,7 @@ impl Error {
             Error::Rds(_) => "Rds",
             Error::Refused { .. } => "Refused",
             Error::Forbidden(_) => "Forbidden",
+            Error::TooManyLeases { .. } => "TooManyLeases",
             Error::BadRequest(_) => "BadRequest",
             Error::Config(_) => "Config",
             Error::Io { .. } => "Io",

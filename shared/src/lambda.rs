@@ -281,6 +281,14 @@ mod dynamic_functions {
         let (status, code, message): (u16, &str, String) = match e {
             Error::Forbidden(_) => (403, "forbidden", e.to_string()),
             Error::BadRequest(_) => (400, "bad_request", e.to_string()),
+            // Reached only by callers the role allows (the cap is counted
+            // after the principal check); still no cap or count in the
+            // answer: those are in the log and the audit record.
+            Error::TooManyLeases { .. } => (
+                429,
+                "too_many_leases",
+                "too many credentials of this role are outstanding; retry after one expires or is revoked".into(),
+            ),
             Error::Refused { .. } => (
                 403,
                 "role_refused",

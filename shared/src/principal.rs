@@ -18,6 +18,29 @@ pub fn principal_allowed(arn: &str, patterns: &[String]) -> bool {
         .any(|p| candidates.iter().any(|c| glob(p.as_bytes(), c.as_bytes())))
 }
 
+/// The principal an ARN stands for, for counting what it holds: an STS
+/// assumed-role session is its IAM role (`arn:<partition>:iam::<account>:role/<name>`),
+/// whatever the session name, so a caller cannot become a new principal by
+/// choosing a new session name; anything else is itself. Lowercased: IAM
+/// names are unique without regard to case.
+pub fn canonical_principal(arn: &str) -> String {
+    let arn = arn.trim();
+    let mut parts = arn.splitn(6, ':');
+    if let (Some("arn"), Some(partition), Some("sts"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) && let Some(role) = resource.strip_prefix("assumed-role/")
+        && let Some((name, _session)) = role.split_once('/')
+    {
+        return format!("arn:{partition}:iam::{account}:role/{name}").to_ascii_lowercase();
+    }
+    arn.to_ascii_lowercase()
+}
+
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let (mut star, mut mark) = (None, 0);
@@ -43,6 +66,30 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_of_a_role_are_one_principal() {
+        let role = "arn:aws:iam::123456789012:role/ci-deploy";
+        for arn in [
+            "arn:aws:sts::123456789012:assumed-role/ci-deploy/run-7",
+            "arn:aws:sts::123456789012:assumed-role/ci-deploy/another-session",
+            "arn:aws:sts::123456789012:assumed-role/CI-Deploy/x",
+            "arn:aws:iam::123456789012:role/ci-deploy",
+        ] {
+            assert_eq!(canonical_principal(arn), role, "{arn}");
+        }
+        assert_eq!(
+            canonical_principal("arn:aws-cn:sts::123456789012:assumed-role/r/s"),
+            "arn:aws-cn:iam::123456789012:role/r"
+        );
+        for other in [
+            "arn:aws:sts::999999999999:assumed-role/ci-deploy/run-7",
+            "arn:aws:iam::123456789012:user/ci-deploy",
+            "arn:aws:sts::123456789012:federated-user/ci-deploy",
+        ] {
+            assert_ne!(canonical_principal(other), role, "{other}");
+        }
+    }
 
     #[test]
     fn globs() {

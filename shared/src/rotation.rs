@@ -1050,6 +1050,12 @@ mod tests {
         async fn users_with_prefix(&mut self, _p: &str) -> Result<Vec<String>> {
             Ok(vec![])
         }
+        async fn acquire_lock(&mut self, _n: &str, _w: std::time::Duration) -> Result<()> {
+            Ok(())
+        }
+        async fn release_lock(&mut self, _n: &str) -> Result<()> {
+            Ok(())
+        }
         async fn end_sessions(&mut self, _u: &str, _b: Option<f64>) -> Result<u64> {
             Ok(0)
         }

@@ -46,6 +46,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         Kind::Postgres,
         |d| Box::pin(role_cached(d)),
     );
+    add(
+        "guardduty_finding_reads_only_secrets_that_point_at_the_instance",
+        Kind::Postgres,
+        |d| Box::pin(guardduty_reads_candidates_only(d)),
+    );
     for kind in Kind::ALL {
         add("privileged_member_of_or_owner_role_refused", kind, |d| {
             Box::pin(privileged_refused(d))
@@ -55,6 +60,19 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             kind,
             |d| Box::pin(database_error_sanitised(d)),
         );
+        add(
+            "max_active_refuses_the_next_issue_until_one_is_revoked",
+            kind,
+            |d| Box::pin(max_active_per_role(d)),
+        );
+        add(
+            "max_active_per_principal_counts_only_that_principal",
+            kind,
+            |d| Box::pin(max_active_per_principal(d)),
+        );
+        add("concurrent_issues_never_exceed_max_active", kind, |d| {
+            Box::pin(concurrent_issues_capped(d))
+        });
     }
     t
 }
@@ -558,4 +576,290 @@ async fn role_cached(db: TestDb) {
         counting.calls.lock().map(|c| c.clone()).unwrap_or_default()
     );
     cleanup(&r).await;
+}
+
+/// One function URL request for `role` from `caller`; the password of a
+/// credential it returns is remembered for the leak check.
+async fn issue_via_url(r: &DynamicRole, caller: &str) -> Value {
+    let event = url_event(caller, &json!({"role": r.name, "ttl": "10m"}).to_string());
+    let response = rotor::lambda::issue_from_url(&r.dynamic, &event).await;
+    if let Some(p) = body_of(&response)["password"].as_str() {
+        leaks::remember(p);
+    }
+    response
+}
+
+fn issued_username(response: &Value) -> String {
+    assert_eq!(response["statusCode"], 200, "{response}");
+    body_of(response)["username"]
+        .as_str()
+        .expect("username")
+        .to_string()
+}
+
+/// A refusal because a cap is reached: 429 with a stable code, and a
+/// message that tells nothing about the cap or the leases.
+fn assert_over_the_cap(what: &str, response: &Value) {
+    assert_eq!(response["statusCode"], 429, "{what}: {response}");
+    let body = body_of(response);
+    assert_eq!(
+        body["error"],
+        json!("too_many_leases"),
+        "{what}: {response}"
+    );
+    let message = body["message"].as_str().unwrap_or("");
+    assert!(
+        !message.contains("max_active") && !message.chars().any(|c| c.is_ascii_digit()),
+        "{what}: the answer names the cap or a count: {message}"
+    );
+}
+
+async fn revoke_user(r: &DynamicRole, username: &str) {
+    let cli = Caller {
+        arn: "cli:test".into(),
+        via: "cli",
+    };
+    let report = r
+        .dynamic
+        .revoke(&RevokeTarget::User(username.to_string()), false, &cli, None)
+        .await
+        .expect("revoke one lease");
+    assert!(
+        report.failures.is_empty() && report.revoked.len() == 1,
+        "revoking {username}: {report:?}"
+    );
+}
+
+/// Item 6: `max_active` caps the role's unexpired leases, counted from the
+/// database. The next issue is refused (429, audited) until one is revoked;
+/// a caller who may not use the role still gets the one generic answer.
+async fn max_active_per_role(db: TestDb) {
+    let r = dynamic_role(&db, json!({"max_active": 2})).await;
+    let first = issued_username(&issue_via_url(&r, CALLER).await);
+    issued_username(&issue_via_url(&r, "arn:aws:sts::123456789012:assumed-role/ci-build/b1").await);
+    let third = issue_via_url(&r, CALLER).await;
+    assert_eq!(
+        third["statusCode"], 429,
+        "the 3rd issue must be refused (max_active 2): {third}"
+    );
+    assert_over_the_cap("the 3rd issue", &third);
+    assert_eq!(user_count(&r).await, 2, "nothing was created over the cap");
+    let logged = leaks::captured();
+    assert!(
+        logged.lines().any(|l| l.contains("\"audit\"")
+            && l.contains(&r.name)
+            && l.contains("refused")
+            && l.contains("max_active")),
+        "the refusal is audited, naming the role and the cap"
+    );
+    // Somebody not allowed learns nothing, not even that the role is full.
+    let intruder = "arn:aws:sts::123456789012:assumed-role/intruder/s";
+    let full = issue_via_url(&r, intruder).await;
+    let nowhere = rotor::lambda::issue_from_url(
+        &r.dynamic,
+        &url_event(intruder, &json!({"role": unique("nope")}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        answer_without_request_id(&full),
+        answer_without_request_id(&nowhere),
+        "an unauthorised caller gets the generic answer whether the role is full or absent"
+    );
+    // One revoked: room for one more, and only one.
+    revoke_user(&r, &first).await;
+    issued_username(&issue_via_url(&r, CALLER).await);
+    assert_over_the_cap("after refilling", &issue_via_url(&r, CALLER).await);
+    cleanup(&r).await;
+}
+
+/// Item 6: `max_active_per_principal` counts the caller's own leases only.
+/// Another session of the same IAM role is the same principal (a new
+/// session name does not escape the count); another principal is counted
+/// apart and is not refused because of the first one's leases.
+async fn max_active_per_principal(db: TestDb) {
+    let r = dynamic_role(&db, json!({"max_active_per_principal": 1})).await;
+    let deploy = CALLER;
+    let deploy_other_session = "arn:aws:sts::123456789012:assumed-role/ci-deploy/run-8";
+    let build = "arn:aws:sts::123456789012:assumed-role/ci-build/b1";
+    let mine = issued_username(&issue_via_url(&r, deploy).await);
+    let second = issue_via_url(&r, deploy).await;
+    assert_eq!(
+        second["statusCode"], 429,
+        "the principal's 2nd lease must be refused (max_active_per_principal 1): {second}"
+    );
+    assert_over_the_cap("the same principal again", &second);
+    assert_over_the_cap(
+        "another session of the same role",
+        &issue_via_url(&r, deploy_other_session).await,
+    );
+    let theirs = issue_via_url(&r, build).await;
+    assert_eq!(
+        theirs["statusCode"], 200,
+        "another principal is not counted with the first: {theirs}"
+    );
+    assert_over_the_cap("the other principal's 2nd", &issue_via_url(&r, build).await);
+    assert_eq!(user_count(&r).await, 2);
+    revoke_user(&r, &mine).await;
+    issued_username(&issue_via_url(&r, deploy_other_session).await);
+    cleanup(&r).await;
+}
+
+/// Item 6: issues that run at once cannot all pass the count before any of
+/// them has created its user: issuing is serialised per role on the
+/// server (advisory lock / GET_LOCK), so the cap holds exactly.
+async fn concurrent_issues_capped(db: TestDb) {
+    let r = dynamic_role(&db, json!({"max_active": 2})).await;
+    let (a, b, c, d, e, f) = tokio::join!(
+        issue_via_url(&r, CALLER),
+        issue_via_url(&r, CALLER),
+        issue_via_url(&r, CALLER),
+        issue_via_url(&r, CALLER),
+        issue_via_url(&r, CALLER),
+        issue_via_url(&r, CALLER),
+    );
+    let answers = [a, b, c, d, e, f];
+    let statuses: Vec<u64> = answers
+        .iter()
+        .map(|x| x["statusCode"].as_u64().unwrap_or(0))
+        .collect();
+    let issued = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        issued, 2,
+        "6 concurrent issues with max_active 2 issued {issued}: {statuses:?}"
+    );
+    for answer in answers.iter().filter(|x| x["statusCode"] != 200) {
+        assert_over_the_cap("a concurrent issue over the cap", answer);
+    }
+    assert_eq!(user_count(&r).await, 2);
+    cleanup(&r).await;
+}
+
+/// Item 6: a GuardDuty finding for a login that is not a lease read the
+/// value of every secret in the account to find the one whose host and
+/// username match. Candidates now come from the finding's instance: secrets
+/// in scope whose metadata names it (name, RDS tags), and the masters of
+/// roles whose host is on it. Only their values are read, so the count of
+/// GetSecretValue calls does not grow with unrelated secrets.
+async fn guardduty_reads_candidates_only(db: TestDb) {
+    use rotor::dynamic::revoke::{RevokeScope, from_event};
+    use std::sync::Arc;
+    let moto = rotor_tests::MotoService::new(&db.env);
+    let instance = unique("orders").replace('_', "-");
+    let host = format!("{instance}.aaaaaaaaaa.us-east-1.rds.amazonaws.com");
+    let scope = format!("{}/", unique("rotor/gd"));
+    let roles_prefix = format!("{}/", unique("rotor-gdroles"));
+    let on_instance = json!({"host": host});
+    // The app's secret names the instance in its name.
+    let app_user = unique("gd_app");
+    let app = moto
+        .create_secret(
+            &format!("{scope}{instance}/app"),
+            &db.secret(&app_user, "not-a-real-password-1", on_instance.clone()),
+        )
+        .await;
+    // A role's master on that instance, under a name that does not say so.
+    let master_user = unique("gd_master");
+    let master = moto
+        .create_secret(
+            &format!("{scope}{}", unique("master")),
+            &db.secret(&master_user, "not-a-real-password-2", on_instance.clone()),
+        )
+        .await;
+    moto.create_secret(
+        &format!("{roles_prefix}{}", unique("r").replace('_', "")),
+        &json!({"engine": db.engine_key(), "masterarn": master, "allowed_principals": [CALLER]})
+            .to_string(),
+    )
+    .await;
+    let unrelated = |n: usize| {
+        let moto = &moto;
+        let scope = &scope;
+        let db = &db;
+        async move {
+            for _ in 0..n {
+                let other = format!(
+                    "{}.aaaaaaaaaa.us-east-1.rds.amazonaws.com",
+                    unique("other").replace('_', "-")
+                );
+                moto.create_secret(
+                    &format!("{scope}{}", unique("svc")),
+                    &db.secret(
+                        &unique("svc"),
+                        "not-a-real-password-3",
+                        json!({"host": other}),
+                    ),
+                )
+                .await;
+            }
+        }
+    };
+    unrelated(2).await;
+    let counting = Arc::new(CountingStore {
+        inner: Arc::new(rotor::store::SecretsManagerStore::new(db.env.sm_client())),
+        calls: std::sync::Mutex::new(Vec::new()),
+    });
+    let dynamic = rotor::dynamic::Dynamic::new(counting.clone(), rotor_tests::dynamic_options(&db))
+        .with_roles_prefix(roles_prefix.clone())
+        .with_revoke_scope(RevokeScope {
+            secret_prefix: Some(scope.clone()),
+            secret_tag: None,
+        });
+    let caller = Caller {
+        arn: "event:aws.guardduty".into(),
+        via: "event",
+    };
+    let finding = |user: &str| {
+        json!({"source": "aws.guardduty", "detail-type": "GuardDuty Finding", "detail": {"resource": {
+            "resourceType": "RDSDBInstance",
+            "rdsDbInstanceDetails": {"dbInstanceIdentifier": instance, "engine": "postgres", "dbClusterIdentifier": null},
+            "rdsDbUserDetails": {"user": user}}}})
+    };
+    let reads = || counting.calls_naming("GetSecretValue ");
+    let revoke = |user: String| {
+        let dynamic = &dynamic;
+        let caller = &caller;
+        let event = finding(&user);
+        async move {
+            let (target, _) = from_event(&event, &[])
+                .expect("parse")
+                .expect("not ignored");
+            dynamic
+                .revoke(&target, true, caller, None)
+                .await
+                .unwrap_or_else(|e| panic!("{user}: {e}"))
+        }
+    };
+    let mut per_user = Vec::new();
+    for (user, expected) in [(&app_user, &app), (&master_user, &master)] {
+        let before = reads();
+        let report = revoke(user.clone()).await;
+        assert_eq!(
+            report
+                .revoked
+                .iter()
+                .map(|r| r.target.as_str())
+                .collect::<Vec<_>>(),
+            vec![expected.as_str()],
+            "{user}: the finding's login is found: {report:?}"
+        );
+        per_user.push(reads() - before);
+    }
+    // Six more secrets in scope that have nothing to do with the instance.
+    unrelated(6).await;
+    for (i, user) in [&app_user, &master_user].into_iter().enumerate() {
+        let before = reads();
+        revoke(user.clone()).await;
+        let now = reads() - before;
+        assert_eq!(
+            now,
+            per_user[i],
+            "{user}: GetSecretValue calls grew with unrelated secrets ({} before, {now} after adding 6): {:?}",
+            per_user[i],
+            counting
+                .calls
+                .lock()
+                .map(|c| c.iter().filter(|x| x.starts_with("GetSecretValue")).count())
+                .unwrap_or(0)
+        );
+    }
 }

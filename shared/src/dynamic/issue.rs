@@ -4,8 +4,11 @@
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Caller, Dynamic, lease_username, principal_allowed};
+use super::{
+    Caller, Dynamic, leases_of_role, principal_allowed, principal_tag, tagged_lease_username,
+};
 use crate::audit::{AuditRecord, record};
+use crate::deadline;
 use crate::engine::DynamicUser;
 use crate::error::{Error, Result};
 use crate::secret::SecretString;
@@ -14,6 +17,11 @@ use crate::time::{now, rfc3339};
 /// The one answer for every caller that may not use the role it named,
 /// whether the role exists or not.
 pub const NOT_ALLOWED: &str = "no role of that name exists that this caller may use; ask the role's owner to add your IAM principal to its allowed_principals";
+
+/// Longest an issue waits for the role's issue lock (less when the
+/// invocation has less time left). Holders keep it for a count and a
+/// CREATE, milliseconds each.
+const ISSUE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A freshly issued credential. Serialised only into the caller's response.
 #[derive(Clone, Debug, Serialize)]
@@ -97,26 +105,51 @@ impl Dynamic {
                 return Err(e);
             }
         };
-        let username = lease_username(&role.username_prefix, expires_at)?;
+        let tag = principal_tag(&role.username_prefix, &caller.arn);
         let password = self.password(&role.engine)?;
         let (mut session, master) = self.master_session(&role).await?;
-        let created = session
-            .create_dynamic_user(&DynamicUser {
-                username: username.clone(),
-                password: password.clone(),
-                expires_at,
-                member_of: role.member_of.clone(),
-                max_connections: role.max_connections,
-            })
-            .await;
-        if let Err(e) = created {
+        // With a cap, count and create under the role's server-side lock:
+        // concurrent issues (other warm functions, the CLI) wait their turn,
+        // so none can pass the count before another's user exists.
+        let locked = role.has_caps();
+        if locked
+            && let Err(e) = session
+                .acquire_lock(&role.issue_lock_name(), deadline::budget(ISSUE_LOCK_WAIT))
+                .await
+        {
             audit(
                 "failed",
-                &username,
-                json!({"role": role.name, "error": e.to_string()}),
+                &role.name,
+                json!({"reason": "issue lock not taken", "error": e.to_string(), "via": caller.via}),
             );
             return Err(e);
         }
+        let created = self
+            .create_within_caps(session.as_mut(), &role, &tag, expires_at, &password)
+            .await;
+        if locked && let Err(e) = session.release_lock(&role.issue_lock_name()).await {
+            // The lock goes with the session, which ends with this request.
+            tracing::warn!(role = %role.name, error = %e, "could not release the issue lock; it ends with the session");
+        }
+        let username = match created {
+            Ok(username) => username,
+            Err(e @ Error::TooManyLeases { .. }) => {
+                audit(
+                    "refused",
+                    &role.name,
+                    json!({"reason": "lease cap reached", "error": e.to_string(), "max_active": role.max_active, "max_active_per_principal": role.max_active_per_principal, "via": caller.via}),
+                );
+                return Err(e);
+            }
+            Err(e) => {
+                audit(
+                    "failed",
+                    &role.name,
+                    json!({"role": role.name, "error": e.to_string()}),
+                );
+                return Err(e);
+            }
+        };
         audit(
             "ok",
             &username,
@@ -137,6 +170,40 @@ impl Dynamic {
             port,
             dbname: role.dbname.or(master.dbname),
         })
+    }
+
+    /// Creates a lease for the principal tagged `tag` when the role's caps
+    /// allow one more (counted from the database: the role's marked,
+    /// exactly named leases), under a name no existing lease has. Returns
+    /// the username.
+    async fn create_within_caps(
+        &self,
+        session: &mut dyn crate::engine::Session,
+        role: &super::RoleDefinition,
+        tag: &str,
+        expires_at: u64,
+        password: &SecretString,
+    ) -> Result<String> {
+        let existing = leases_of_role(session, role).await?;
+        role.check_caps(&existing, tag, now())?;
+        // Three random characters follow the tag: avoid a name that exists.
+        let mut username = tagged_lease_username(&role.username_prefix, expires_at, tag)?;
+        for _ in 0..8 {
+            if !existing.iter().any(|l| l.username == username) {
+                break;
+            }
+            username = tagged_lease_username(&role.username_prefix, expires_at, tag)?;
+        }
+        session
+            .create_dynamic_user(&DynamicUser {
+                username: username.clone(),
+                password: password.clone(),
+                expires_at,
+                member_of: role.member_of.clone(),
+                max_connections: role.max_connections,
+            })
+            .await?;
+        Ok(username)
     }
 
     /// The dynamic users that exist now, from the database (optionally one role's).

@@ -66,6 +66,25 @@ pub struct RoleDefinition {
     pub username_prefix: String,
     /// IAM ARNs (wildcards `*` and `?`) that may request credentials.
     pub allowed_principals: Vec<String>,
+    /// Most unexpired leases the role may have at once; `None`: no cap.
+    pub max_active: Option<u32>,
+    /// Most unexpired leases one principal may hold of this role at once
+    /// (counted by the principal tag in the lease name); `None`: no cap.
+    pub max_active_per_principal: Option<u32>,
+}
+
+/// A positive whole number field (`max_connections`, `max_active`, …).
+fn count_field(doc: &Value, key: &str, bad: &dyn Fn(String) -> Error) -> Result<Option<u32>> {
+    match doc.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| bad(format!("\"{key}\" must be a positive whole number"))),
+        Some(_) => Err(bad(format!("\"{key}\" must be a positive whole number"))),
+    }
 }
 
 fn string_list(doc: &Value, key: &str, bad: &dyn Fn(String) -> Error) -> Result<Vec<String>> {
@@ -167,18 +186,9 @@ impl RoleDefinition {
                 crate::time::format_duration(max_ttl)
             )));
         }
-        let max_connections = match doc.get("max_connections") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(
-                n.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        bad("\"max_connections\" must be a positive whole number".into())
-                    })?,
-            ),
-            Some(_) => return Err(bad("\"max_connections\" must be a number".into())),
-        };
+        let max_connections = count_field(&doc, "max_connections", &bad)?;
+        let max_active = count_field(&doc, "max_active", &bad)?;
+        let max_active_per_principal = count_field(&doc, "max_active_per_principal", &bad)?;
         let username_prefix = match text("username_prefix")? {
             Some(p) => {
                 if p.is_empty()
@@ -215,6 +225,8 @@ impl RoleDefinition {
             max_connections,
             username_prefix,
             allowed_principals,
+            max_active,
+            max_active_per_principal,
         })
     }
 
@@ -254,6 +266,46 @@ impl RoleDefinition {
     pub fn user_prefix(&self) -> String {
         format!("{DYNAMIC_PREFIX}{}_", self.username_prefix)
     }
+
+    /// Whether issuing must count this role's leases first.
+    pub fn has_caps(&self) -> bool {
+        self.max_active.is_some() || self.max_active_per_principal.is_some()
+    }
+
+    /// The server-side lock that serialises issuing for this role, so two
+    /// concurrent issues cannot both pass the count (the lease prefix is
+    /// what the users of one role share on one server).
+    pub fn issue_lock_name(&self) -> String {
+        format!("rotor_issue_{}", self.username_prefix)
+    }
+
+    /// Refuses an issue for the caller tagged `tag` when `leases` (this
+    /// role's leases that exist now) already reach a cap at `now`. Expired
+    /// leases the sweep has not dropped yet do not count: they cannot log
+    /// in (PostgreSQL) or are about to be dropped (MySQL).
+    pub fn check_caps(&self, leases: &[Lease], tag: &str, now: u64) -> Result<()> {
+        let active: Vec<&Lease> = leases.iter().filter(|l| l.expires_at > now).collect();
+        if let Some(cap) = self.max_active
+            && active.len() >= cap as usize
+        {
+            return Err(Error::TooManyLeases {
+                role: self.name.clone(),
+                cap: format!("max_active {cap}"),
+                active: active.len(),
+            });
+        }
+        if let Some(cap) = self.max_active_per_principal {
+            let mine = active.iter().filter(|l| l.principal_tag() == tag).count();
+            if mine >= cap as usize {
+                return Err(Error::TooManyLeases {
+                    role: self.name.clone(),
+                    cap: format!("max_active_per_principal {cap} (for this caller's principal)"),
+                    active: mine,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a dynamic username says about itself.
@@ -266,19 +318,76 @@ pub struct Lease {
     pub expires_at: u64,
 }
 
+impl Lease {
+    /// The principal tag: the first [`PRINCIPAL_TAG_LEN`] characters of the
+    /// name's random part (see [`principal_tag`]). Leases issued before
+    /// tags existed carry random characters here: they count against
+    /// whichever principal's tag they happen to equal, until they expire.
+    pub fn principal_tag(&self) -> &str {
+        let random = &self.username[self.username.len().saturating_sub(RANDOM_LEN)..];
+        &random[..PRINCIPAL_TAG_LEN.min(random.len())]
+    }
+}
+
 /// `v_<prefix>_<expiry base 36>_<6 random base-36 characters>`.
 pub fn lease_username(prefix: &str, expires_at: u64) -> Result<String> {
-    let mut bytes = [0u8; 6];
-    rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut bytes)
-        .map_err(|e| Error::Config(format!("the OS random number generator failed: {e}")))?;
-    let random: String = bytes
-        .iter()
-        .map(|b| char::from_digit(u32::from(*b) % 36, 36).unwrap_or('0'))
-        .collect();
+    tagged_lease_username(prefix, expires_at, &random_base36(PRINCIPAL_TAG_LEN)?)
+}
+
+/// `v_<prefix>_<expiry base 36>_<tag><3 random base-36 characters>`: the
+/// name of a lease issued to the principal whose [`principal_tag`] is `tag`.
+/// The shape is the one [`parse_lease`] accepts (six lowercase letters or
+/// digits after the expiry).
+pub fn tagged_lease_username(prefix: &str, expires_at: u64, tag: &str) -> Result<String> {
+    let random = random_base36(RANDOM_LEN - PRINCIPAL_TAG_LEN)?;
     Ok(format!(
-        "{DYNAMIC_PREFIX}{prefix}_{}_{random}",
+        "{DYNAMIC_PREFIX}{prefix}_{}_{tag}{random}",
         to_base36(expires_at)
     ))
+}
+
+fn random_base36(len: usize) -> Result<String> {
+    let mut bytes = vec![0u8; len];
+    rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut bytes)
+        .map_err(|e| Error::Config(format!("the OS random number generator failed: {e}")))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from_digit(u32::from(*b) % 36, 36).unwrap_or('0'))
+        .collect())
+}
+
+/// Length of the principal tag at the start of a lease name's random part.
+pub const PRINCIPAL_TAG_LEN: usize = 3;
+
+/// The tag that marks the leases of one principal of one role: the first
+/// [`PRINCIPAL_TAG_LEN`] base-36 digits of SHA-256 over the role's
+/// username prefix and the caller's canonical principal
+/// ([`crate::principal::canonical_principal`]: every session of an IAM role
+/// is that role).
+///
+/// Why it cannot be gamed: the caller's ARN comes from the signed request,
+/// never from the body, and the tag is computed by Rotor; the caller
+/// chooses nothing in the name. A new session name is the same principal,
+/// so the count cannot be escaped that way. Distinct principals share a tag
+/// with probability 1/46656: their leases then count together, which can
+/// refuse early but never lets anyone hold more than the cap. Only a
+/// caller who may create IAM principals that `allowed_principals` admits
+/// could aim at a collision or spread leases over many principals, and
+/// such a caller is inside the trust boundary: `max_active` bounds the role
+/// whatever the principals.
+pub fn principal_tag(username_prefix: &str, caller_arn: &str) -> String {
+    use sha2::Digest;
+    let principal = crate::principal::canonical_principal(caller_arn);
+    let digest = sha2::Sha256::digest(format!("{username_prefix}\0{principal}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let mut n = u64::from_be_bytes(first) % 36u64.pow(PRINCIPAL_TAG_LEN as u32);
+    let mut tag = vec!['0'; PRINCIPAL_TAG_LEN];
+    for slot in tag.iter_mut().rev() {
+        *slot = char::from_digit((n % 36) as u32, 36).unwrap_or('0');
+        n /= 36;
+    }
+    tag.into_iter().collect()
 }
 
 fn to_base36(mut n: u64) -> String {
@@ -676,6 +785,97 @@ impl Dynamic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_cap_fields_are_positive_whole_numbers() {
+        let parse =
+            |doc: &str| RoleDefinition::parse(&SecretString::new(doc), "rotor/roles/r", "arn:r");
+        let ok = parse(
+            r#"{"engine":"postgres","masterarn":"m","max_active":5,"max_active_per_principal":2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.max_active, ok.max_active_per_principal),
+            (Some(5), Some(2))
+        );
+        let none = parse(r#"{"engine":"postgres","masterarn":"m"}"#).unwrap();
+        assert_eq!(
+            (none.max_active, none.max_active_per_principal),
+            (None, None)
+        );
+        for field in ["max_active", "max_active_per_principal"] {
+            for bad in ["0", "-1", "1.5", "\"3\"", "true", "4294967296"] {
+                let doc = format!(r#"{{"engine":"postgres","masterarn":"m","{field}":{bad}}}"#);
+                let e = parse(&doc).expect_err(&doc);
+                assert!(
+                    e.to_string().contains("positive whole number"),
+                    "{doc}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn principal_tags_name_the_principal_not_the_session() {
+        let a = principal_tag("ord", "arn:aws:sts::123456789012:assumed-role/ci/run-1");
+        assert_eq!(a.len(), PRINCIPAL_TAG_LEN);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "{a}"
+        );
+        assert_eq!(
+            a,
+            principal_tag("ord", "arn:aws:sts::123456789012:assumed-role/ci/run-2")
+        );
+        assert_eq!(a, principal_tag("ord", "arn:aws:iam::123456789012:role/ci"));
+        assert_ne!(
+            a,
+            principal_tag("ord", "arn:aws:sts::123456789012:assumed-role/cd/run-1")
+        );
+        let name = tagged_lease_username("ord", 1_900_000_000, &a).unwrap();
+        let lease = parse_lease(&name).expect("a tagged name is a lease name");
+        assert_eq!(lease.principal_tag(), a);
+    }
+
+    #[test]
+    fn caps_count_unexpired_leases_and_the_callers_own() {
+        let role = RoleDefinition::parse(
+            &SecretString::new(r#"{"engine":"postgres","masterarn":"m","max_active":3,"max_active_per_principal":2}"#),
+            "rotor/roles/ord",
+            "arn:r",
+        )
+        .unwrap();
+        let now = 1_900_000_000;
+        let mine = principal_tag("ord", "arn:aws:iam::1:role/me");
+        let theirs = principal_tag("ord", "arn:aws:iam::1:role/them");
+        assert_ne!(mine, theirs);
+        let lease = |tag: &str, expires_at: u64| {
+            parse_lease(&tagged_lease_username("ord", expires_at, tag).unwrap()).unwrap()
+        };
+        // Two of mine, one expired (not yet swept): one counts.
+        let leases = vec![
+            lease(&mine, now + 60),
+            lease(&mine, now - 1),
+            lease(&theirs, now + 60),
+        ];
+        role.check_caps(&leases, &mine, now)
+            .expect("1 of mine, 2 active of 3");
+        let leases = vec![
+            lease(&mine, now + 60),
+            lease(&mine, now + 1),
+            lease(&theirs, now + 60),
+        ];
+        let e = role.check_caps(&leases, &mine, now).expect_err("role cap");
+        assert!(e.to_string().contains("max_active 3"), "{e}");
+        let leases = vec![lease(&mine, now + 60), lease(&mine, now + 1)];
+        let e = role
+            .check_caps(&leases, &mine, now)
+            .expect_err("principal cap");
+        assert!(e.to_string().contains("max_active_per_principal 2"), "{e}");
+        role.check_caps(&leases, &theirs, now)
+            .expect("the other principal is not counted");
+    }
 
     #[test]
     fn lease_names_fit_mysql_and_round_trip() {

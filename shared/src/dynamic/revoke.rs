@@ -36,8 +36,17 @@ pub enum RevokeTarget {
     /// Every secret carrying this tag.
     Tag { key: String, value: String },
     /// A login a detector reported: a dynamic user, or the static secret
-    /// whose host starts with `instance` and whose username is `user`.
-    DbLogin { instance: String, user: String },
+    /// whose host is on `instance` (or `cluster`) and whose username is
+    /// `user`. `engine` as the detector names it (`postgres`,
+    /// `aurora-mysql`, …), when known.
+    DbLogin {
+        instance: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        engine: Option<String>,
+        user: String,
+    },
 }
 
 /// The evidence for one revoked credential.
@@ -111,11 +120,21 @@ pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarg
         }
         ("aws.guardduty", "GuardDuty Finding") => {
             let resource = detail.get("resource").cloned().unwrap_or(Value::Null);
+            let cluster = text(&resource, &["rdsDbInstanceDetails", "dbClusterIdentifier"]);
             let instance = text(&resource, &["rdsDbInstanceDetails", "dbInstanceIdentifier"])
-                .or_else(|| text(&resource, &["rdsDbInstanceDetails", "dbClusterIdentifier"]));
+                .or_else(|| cluster.clone());
+            let engine = text(&resource, &["rdsDbInstanceDetails", "engine"]);
             let user = text(&resource, &["rdsDbUserDetails", "user"]);
             match (instance, user) {
-                (Some(instance), Some(user)) => Ok(Some((RevokeTarget::DbLogin { instance, user }, false))),
+                (Some(instance), Some(user)) => Ok(Some((
+                    RevokeTarget::DbLogin {
+                        cluster: cluster.filter(|c| *c != instance),
+                        instance,
+                        engine,
+                        user,
+                    },
+                    false,
+                ))),
                 _ => Err(Error::BadEvent(
                     "the GuardDuty finding names no RDS instance and user (resource.rdsDbInstanceDetails / rdsDbUserDetails)".into(),
                 )),
@@ -195,6 +214,54 @@ impl RevokeScope {
     }
 }
 
+/// Whether `host` is the endpoint of one of `on` (instance or cluster ids):
+/// the id itself or a name under it (`<id>.<…>.rds.amazonaws.com`,
+/// `<cluster>.cluster-ro-…`). RDS identifiers are case-insensitive.
+fn host_is_on(host: &str, on: &[&str]) -> bool {
+    let host = host.to_ascii_lowercase();
+    on.iter().any(|id| {
+        let id = id.to_ascii_lowercase();
+        host == id
+            || host
+                .strip_prefix(&id)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// Whether a secret's name or tags point at one of `on`: the name contains
+/// the id, or a tag value is the id or an RDS ARN of it (`…:db:<id>`,
+/// `…:cluster:<id>`).
+fn metadata_points_at(
+    name: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+    on: &[&str],
+) -> bool {
+    let name = name.to_ascii_lowercase();
+    on.iter().any(|id| {
+        let id = id.to_ascii_lowercase();
+        name.contains(&id)
+            || tags.values().any(|v| {
+                let v = v.to_ascii_lowercase();
+                v == id
+                    || v.ends_with(&format!(":db:{id}"))
+                    || v.ends_with(&format!(":cluster:{id}"))
+            })
+    })
+}
+
+/// `postgres` or `mysql` for an engine name as secrets, roles and GuardDuty
+/// write it (`aurora-postgresql`, `mariadb`, `aurora-mysql`, `aurora`).
+fn engine_family(engine: &str) -> &'static str {
+    let engine = engine.to_ascii_lowercase();
+    if engine.contains("postgres") {
+        "postgres"
+    } else if engine.contains("mysql") || engine.contains("mariadb") || engine == "aurora" {
+        "mysql"
+    } else {
+        "other"
+    }
+}
+
 /// `ROTOR_IGNORE_PRINCIPALS`: comma-separated ARN patterns of Rotor's roles.
 pub fn ignored_principals_from_env() -> Vec<String> {
     std::env::var("ROTOR_IGNORE_PRINCIPALS")
@@ -267,14 +334,25 @@ impl Dynamic {
                     }
                 }
             }
-            RevokeTarget::DbLogin { instance, user } => {
+            RevokeTarget::DbLogin {
+                instance,
+                cluster,
+                engine,
+                user,
+            } => {
                 if parse_lease(user).is_some() {
                     self.revoke_user(user, dry_run, caller, &mut report).await;
                 } else {
-                    let secrets = self.secrets_for_login(instance, user).await?;
+                    let on: Vec<&str> = std::iter::once(instance.as_str())
+                        .chain(cluster.as_deref())
+                        .collect();
+                    let secrets = self.secrets_for_login(&on, engine.as_deref(), user).await?;
                     if secrets.is_empty() {
                         return Err(Error::NotFound {
-                            what: format!("a secret for user {user:?} on {instance}"),
+                            what: format!(
+                                "a secret in this deployment's scope for user {user:?} on {} (looked at secrets whose name or RDS tags name it, and the masters of roles on it)",
+                                on.join(" / ")
+                            ),
                         });
                     }
                     for arn in secrets {
@@ -309,39 +387,130 @@ impl Dynamic {
         )))
     }
 
-    /// Static secrets whose host starts with `<instance>.` (or is it) and
-    /// whose username is `user`.
-    async fn secrets_for_login(&self, instance: &str, user: &str) -> Result<Vec<String>> {
+    /// Static secrets in the deployment's scope for a login a detector saw
+    /// on `on` (the instance id, and the cluster id when there is one):
+    /// those whose host is on it and whose username is `user` (or its
+    /// alternate). Values are read only for candidates:
+    ///
+    /// - secrets in scope whose *metadata* points at the instance: the name
+    ///   contains its id, or a tag value is the id or an RDS ARN ending in
+    ///   `:db:<id>` / `:cluster:<id>` (RDS-managed secrets carry
+    ///   `aws:rds:primaryDBInstanceArn` / `…ClusterArn`; operators may tag
+    ///   theirs the same way);
+    /// - the master secrets (in scope) of roles under the roles prefix whose
+    ///   master's host is on the instance, for roles of the detector's
+    ///   engine family.
+    ///
+    /// So a finding costs a listing plus reads bounded by the candidates
+    /// and the roles, however many other secrets the account holds.
+    async fn secrets_for_login(
+        &self,
+        on: &[&str],
+        engine: Option<&str>,
+        user: &str,
+    ) -> Result<Vec<String>> {
+        let mut candidates: Vec<String> = Vec::new();
+        for s in self.secrets_in_scope().await? {
+            if metadata_points_at(&s.name, &s.tags, on) && !candidates.contains(&s.arn) {
+                candidates.push(s.arn);
+            }
+        }
+        let (roles, _) = self.roles().await?;
+        let mut masters: Vec<String> = Vec::new();
+        for role in roles {
+            let same_family =
+                engine.is_none_or(|e| engine_family(e) == engine_family(&role.engine));
+            if same_family && !masters.contains(&role.masterarn) {
+                masters.push(role.masterarn);
+            }
+        }
+        for master in masters {
+            let host = match self.login_at(&master).await {
+                Some(secret) => secret.host,
+                None => continue,
+            };
+            if !host_is_on(&host, on) {
+                continue;
+            }
+            let meta = match self.store().describe(&master).await {
+                Ok(meta) => meta,
+                Err(e) => {
+                    tracing::warn!(secret = %master, error = %e, "cannot describe a role's master");
+                    continue;
+                }
+            };
+            if !self.revoke_scope().contains(&meta.name, &meta.tags) {
+                tracing::info!(secret = %meta.name, "a role's master on the instance is outside the deployment's scope: left alone");
+                continue;
+            }
+            if !candidates.contains(&meta.arn) {
+                candidates.push(meta.arn);
+            }
+        }
+        let user_base = user
+            .strip_suffix(crate::strategy::CLONE_SUFFIX)
+            .unwrap_or(user);
         let mut out = Vec::new();
-        for s in self.store().list_secrets(&ListFilter::default()).await? {
-            let Ok(Some(value)) = self
-                .store()
-                .get(&s.arn, VersionRef::Stage(AWSCURRENT))
-                .await
-            else {
+        for arn in candidates {
+            let Some(secret) = self.login_at(&arn).await else {
                 continue;
             };
-            let Ok(secret) = DbSecret::parse(&value, &s.arn, AWSCURRENT, Require::Connection)
-            else {
-                continue;
-            };
-            let host_matches = secret.host == instance
-                || secret
-                    .host
-                    .strip_prefix(instance)
-                    .is_some_and(|rest| rest.starts_with('.'));
             let base = secret
                 .username
                 .strip_suffix(crate::strategy::CLONE_SUFFIX)
                 .unwrap_or(&secret.username);
-            let user_base = user
-                .strip_suffix(crate::strategy::CLONE_SUFFIX)
-                .unwrap_or(user);
-            if host_matches && base == user_base {
-                out.push(s.arn);
+            let same_family =
+                engine.is_none_or(|e| engine_family(e) == engine_family(&secret.engine));
+            if host_is_on(&secret.host, on) && base == user_base && same_family {
+                out.push(arn);
             }
         }
         Ok(out)
+    }
+
+    /// The secrets of the deployment's scope, metadata only (no values):
+    /// by its name prefix and its tag; every secret when unlimited (CLI).
+    async fn secrets_in_scope(&self) -> Result<Vec<crate::store::SecretSummary>> {
+        let scope = self.revoke_scope();
+        if !scope.is_limited() {
+            return self.store().list_secrets(&ListFilter::default()).await;
+        }
+        let mut out: Vec<crate::store::SecretSummary> = Vec::new();
+        if let Some(prefix) = &scope.secret_prefix {
+            out.extend(
+                self.store()
+                    .list_secrets(&ListFilter {
+                        name_prefix: Some(prefix.clone()),
+                        tag_key: None,
+                    })
+                    .await?,
+            );
+        }
+        if let Some((key, value)) = &scope.secret_tag {
+            for s in self
+                .store()
+                .list_secrets(&ListFilter {
+                    name_prefix: None,
+                    tag_key: Some(key.clone()),
+                })
+                .await?
+            {
+                if s.tags.get(key) == Some(value) && !out.iter().any(|o| o.arn == s.arn) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The connection fields of a secret's AWSCURRENT value, if it has them.
+    async fn login_at(&self, arn: &str) -> Option<DbSecret> {
+        let value = self
+            .store()
+            .get(arn, VersionRef::Stage(AWSCURRENT))
+            .await
+            .ok()??;
+        DbSecret::parse(&value, arn, AWSCURRENT, Require::Connection).ok()
     }
 
     /// Revokes one dynamic user: finds its role by the lease prefix, then as
@@ -566,6 +735,67 @@ mod tests {
     use super::*;
 
     #[test]
+    fn finding_instance_matches_hosts_names_and_rds_tags() {
+        let on = ["orders-db", "orders-cluster"];
+        assert!(host_is_on(
+            "orders-db.abc123.us-east-1.rds.amazonaws.com",
+            &on
+        ));
+        assert!(host_is_on(
+            "ORDERS-CLUSTER.cluster-ro-abc.us-east-1.rds.amazonaws.com",
+            &on
+        ));
+        assert!(host_is_on("orders-db", &on));
+        assert!(!host_is_on(
+            "orders-db2.abc123.us-east-1.rds.amazonaws.com",
+            &on
+        ));
+        assert!(!host_is_on(
+            "billing.abc123.us-east-1.rds.amazonaws.com",
+            &on
+        ));
+        let none = std::collections::BTreeMap::new();
+        assert!(metadata_points_at("prod/orders-db/app", &none, &on));
+        assert!(!metadata_points_at("prod/billing/app", &none, &on));
+        let tagged: std::collections::BTreeMap<String, String> = [(
+            "aws:rds:primaryDBInstanceArn".to_string(),
+            "arn:aws:rds:us-east-1:123456789012:db:orders-db".to_string(),
+        )]
+        .into();
+        assert!(metadata_points_at("rds!db-1234", &tagged, &on));
+        let cluster: std::collections::BTreeMap<String, String> = [(
+            "aws:rds:primaryDBClusterArn".to_string(),
+            "arn:aws:rds:us-east-1:123456789012:cluster:orders-cluster".to_string(),
+        )]
+        .into();
+        assert!(metadata_points_at("rds!cluster-1234", &cluster, &on));
+        assert!(!metadata_points_at("rds!db-9", &cluster, &["billing"]));
+        assert_eq!(
+            engine_family("aurora-postgresql"),
+            engine_family("postgres")
+        );
+        assert_eq!(engine_family("aurora-mysql"), engine_family("mariadb"));
+        assert_ne!(engine_family("mysql"), engine_family("postgres"));
+    }
+
+    #[test]
+    fn guardduty_finding_carries_cluster_and_engine() {
+        let gd = json!({"source": "aws.guardduty", "detail-type": "GuardDuty Finding", "detail": {"resource": {"rdsDbInstanceDetails": {"dbInstanceIdentifier": "db1", "dbClusterIdentifier": "c1", "engine": "aurora-postgresql"}, "rdsDbUserDetails": {"user": "app"}}}});
+        assert_eq!(
+            from_event(&gd, &[]).unwrap(),
+            Some((
+                RevokeTarget::DbLogin {
+                    instance: "db1".into(),
+                    cluster: Some("c1".into()),
+                    engine: Some("aurora-postgresql".into()),
+                    user: "app".into()
+                },
+                false
+            ))
+        );
+    }
+
+    #[test]
     fn events_are_understood_or_refused_clearly() {
         let custom = json!({"source": "rotor", "detail-type": "Revoke Credential", "detail": {"role": "ci", "dry_run": true}});
         assert_eq!(
@@ -583,6 +813,8 @@ mod tests {
             Some((
                 RevokeTarget::DbLogin {
                     instance: "db1".into(),
+                    cluster: None,
+                    engine: None,
                     user: "app".into()
                 },
                 false

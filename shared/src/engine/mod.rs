@@ -164,6 +164,16 @@ pub trait Session: Send {
     /// A user that cannot be marked is not left behind.
     async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()>;
 
+    /// Takes the server-wide exclusive lock `name` for this session, waiting
+    /// at most `wait` ([`crate::Error::Timeout`] after that). Held until
+    /// [`release_lock`](Self::release_lock) or the session ends, so a
+    /// crashed holder never keeps it. PostgreSQL: an advisory lock (in the
+    /// session's database); MySQL and MariaDB: `GET_LOCK`.
+    async fn acquire_lock(&mut self, name: &str, wait: std::time::Duration) -> Result<()>;
+
+    /// Releases a lock taken with [`acquire_lock`](Self::acquire_lock).
+    async fn release_lock(&mut self, name: &str) -> Result<()>;
+
     /// Users whose names start with `prefix` and that carry
     /// [`LEASE_MARKER`]: the dynamic users Rotor created. Users without the
     /// marker are never listed, whatever their names.

@@ -1858,6 +1858,50 @@ impl Session for MySession {
         Ok(())
     }
 
+    async fn acquire_lock(&mut self, name: &str, wait: std::time::Duration) -> Result<()> {
+        // GET_LOCK waits at most its timeout (whole seconds, at least 1) and
+        // answers 1 (taken), 0 (timed out) or NULL (error); the client bound
+        // is a little longer so the server's answer arrives first.
+        let secs = wait.as_secs().max(1);
+        let fail = self.fail(format!("wait for the lock {name:?}"));
+        let endpoint = self.endpoint.to_string();
+        let conn = self.conn()?;
+        let taken: Option<Option<i64>> = crate::deadline::bounded(
+            &endpoint,
+            &format!("wait for the lock {name:?}"),
+            std::time::Duration::from_secs(secs + 1),
+            async {
+                conn.exec_first("SELECT GET_LOCK(?, ?)", (name, secs))
+                    .await
+                    .map_err(&fail)
+            },
+        )
+        .await?;
+        match taken.flatten() {
+            Some(1) => Ok(()),
+            Some(0) => Err(Error::Timeout {
+                endpoint,
+                what: format!("wait for the lock {name:?} (held by another session)"),
+                after_ms: secs * 1000,
+            }),
+            _ => Err(Error::Database {
+                endpoint,
+                action: format!("take the lock {name:?}"),
+                detail: "GET_LOCK returned NULL".into(),
+            }),
+        }
+    }
+
+    async fn release_lock(&mut self, name: &str) -> Result<()> {
+        let fail = self.fail(format!("release the lock {name:?}"));
+        let conn = self.conn()?;
+        let _: Option<Option<i64>> = conn
+            .exec_first("SELECT RELEASE_LOCK(?)", (name,))
+            .await
+            .map_err(&fail)?;
+        Ok(())
+    }
+
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
         self.require_roles()?;
         let sql = marked_users_sql(self.version.flavor);

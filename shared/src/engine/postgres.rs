@@ -720,6 +720,17 @@ fn plan_alternate(
     Ok(plan)
 }
 
+/// The 64-bit advisory lock key for a lock name: the first 8 bytes of its
+/// SHA-256, so names Rotor uses do not land on keys an application picked
+/// by counting from 1.
+fn advisory_key(name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("rotor:{name}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
 struct PgSession {
     client: Client,
     endpoint: String,
@@ -1367,6 +1378,34 @@ impl Session for PgSession {
             ));
         }
         Ok(())
+    }
+
+    async fn acquire_lock(&mut self, name: &str, wait: Duration) -> Result<()> {
+        // The lock's wait is bounded on the server (lock_timeout, set for
+        // this statement after the session's limits) and by the client.
+        let wait_ms = deadline::server_limit(wait).as_millis().max(1);
+        let sql = format!(
+            "{}SET lock_timeout = {wait_ms}; SELECT pg_advisory_lock({}); SET lock_timeout = {};",
+            self.limits,
+            advisory_key(name),
+            deadline::server_limit(self.statement_bound).as_millis()
+        );
+        let action = format!("wait for the lock {name:?}");
+        deadline::bounded(&self.endpoint, &action, wait, async {
+            self.client
+                .batch_execute(&sql)
+                .await
+                .map_err(self.db_error(action.clone()))
+        })
+        .await
+    }
+
+    async fn release_lock(&mut self, name: &str) -> Result<()> {
+        self.change(
+            &format!("release the lock {name:?}"),
+            &format!("SELECT pg_advisory_unlock({})", advisory_key(name)),
+        )
+        .await
     }
 
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
