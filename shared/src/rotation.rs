@@ -642,6 +642,20 @@ impl Rotator {
                 ),
             ));
         }
+        let port = |s: &DbSecret| s.port.unwrap_or(self.engine.default_port());
+        if master.host == current.host && port(&master) != port(current) {
+            return Err(Error::bad_secret(
+                &meta.arn,
+                AWSCURRENT,
+                format!(
+                    "current database {}:{} and master {}:{} are different servers on the same host; the login that proves AWSCURRENT and the master must reach the same server",
+                    current.host,
+                    port(current),
+                    master.host,
+                    port(&master)
+                ),
+            ));
+        }
         if master.host != current.host && !self.is_replica(current, &master).await? {
             return Err(Error::bad_secret(
                 &meta.arn,
@@ -1274,6 +1288,32 @@ mod tests {
                 r.handle(&event(&s, "finishSecret", &token)).await.unwrap(),
                 Outcome::AlreadyCurrent
             );
+        });
+    }
+
+    #[test]
+    fn alternating_refuses_a_master_on_another_port_of_the_same_host() {
+        rt().block_on(async {
+            let s = setup(Strategy::AlternatingUsers);
+            let mut value: serde_json::Value = serde_json::from_str(
+                s.store
+                    .get(&s.arn, VersionRef::Stage(AWSCURRENT))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .expose(),
+            )
+            .unwrap();
+            value["port"] = 6543.into();
+            s.store
+                .put_current("app", &SecretString::new(value.to_string()))
+                .unwrap();
+            let e = rotator(&s, Strategy::AlternatingUsers)
+                .rotate(&s.arn)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), "BadSecret", "{e}");
+            assert!(!s.db.users.lock().unwrap().contains_key("app_clone"));
         });
     }
 

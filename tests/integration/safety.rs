@@ -80,6 +80,13 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         |e| Box::pin(lock_wait(e)),
     );
     add(
+        "alternating_users::member_clone_with_objects_of_its_own_is_never_taken_over",
+        |e| Box::pin(member_clone_with_objects(e)),
+    );
+    add("time::statement_bound_shrinks_with_the_time_left", |e| {
+        Box::pin(bound_shrinks(e))
+    });
+    add(
         "single_user::recovery_tries_the_newest_unlabelled_versions",
         |e| Box::pin(recovery_newest(e)),
     );
@@ -880,5 +887,95 @@ async fn list_versions_pages(env: TestEnv) {
             "older-on-page-1".to_string()
         ],
         "every page, newest first to the sub-second"
+    );
+}
+
+// ---- review follow-ups --------------------------------------------------------
+
+async fn member_clone_with_objects(env: TestEnv) {
+    let db = TestDb::new(Kind::Postgres, &env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_owned"),
+        json!({}),
+    )
+    .await;
+    // Somebody's role that happens to be named like the clone, with a table
+    // of its own; up to PostgreSQL 15 the user may grant itself to it.
+    let clone = format!("{}_clone", f.user);
+    f.admin.create_user(&clone, &new_password()).await;
+    let table = unique("rotor_theirs");
+    pg(&f)
+        .batch_execute(&format!(
+            "CREATE TABLE public.{t} (id int); ALTER TABLE public.{t} OWNER TO {c}; GRANT {u} TO {c}",
+            t = pg_ident(&table),
+            c = pg_ident(&clone),
+            u = pg_ident(&f.user)
+        ))
+        .await
+        .expect("setup");
+    let before = f.admin.stored_credential(&clone).await;
+    let err = create_and_set(&f, &f.rotator())
+        .await
+        .expect_err("membership in the user must not make a role with objects of its own Rotor's");
+    assert_eq!(err.kind(), "Refused", "{err}");
+    assert_eq!(
+        f.admin.stored_credential(&clone).await,
+        before,
+        "password unchanged"
+    );
+}
+
+async fn bound_shrinks(env: TestEnv) {
+    let db = TestDb::new(Kind::Postgres, &env);
+    let f = fixture(
+        &db,
+        Strategy::SingleUser,
+        &unique("rotor_shrink"),
+        json!({}),
+    )
+    .await;
+    let before = f.admin.stored_credential(&f.user).await;
+    let holder = env.admin().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; ALTER ROLE {} CONNECTION LIMIT 5",
+            pg_ident(&f.user)
+        ))
+        .await
+        .expect("hold the role's row");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(14)).await;
+        let _ = holder.batch_execute("ROLLBACK").await;
+    });
+    let current = f.secret(&f.current_version().await).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(8);
+    let engine = env.engine();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        rotor::deadline::scope(Some(deadline), async {
+            let mut session = engine.connect(&current, "current").await?;
+            // The step did other work after logging in: less time is left
+            // for the statement than when the session opened.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            session.set_own_password(&f.user, &new_password()).await
+        }),
+    )
+    .await
+    .expect("bounded");
+    let err = result.expect_err("the change must give up while the row is locked");
+    assert_eq!(err.kind(), "Timeout", "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered within the deadline, not {:?} after the start",
+        started.elapsed()
+    );
+    release.await.expect("release");
+    assert_eq!(
+        f.admin.stored_credential(&f.user).await,
+        before,
+        "the server rolled the change back"
     );
 }

@@ -172,25 +172,28 @@ impl Engine for PostgresEngine {
                 client
             }
         };
-        // Statements get a client-side bound from what is left, and a
-        // server-side one just below it (sent with each change, in the same
-        // round trip), so the server rolls back a statement stuck on a lock
-        // rather than committing it after Rotor gave up.
-        let statement_bound = deadline::budget(STATEMENT_TIMEOUT);
-        let server_ms = deadline::server_limit(statement_bound).as_millis();
-        Ok(Box::new(PgSession {
-            client,
-            endpoint,
-            statement_bound,
-            limits: format!(
-                "SET statement_timeout = {server_ms}; SET lock_timeout = {server_ms}; "
-            ),
-        }))
+        Ok(Box::new(PgSession { client, endpoint }))
     }
 }
 
 /// A statement's own bound when no Lambda deadline is closer (CLI, tests).
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client-side bound of a call made now: what is left of the deadline
+/// (see [`deadline`]), at most [`STATEMENT_TIMEOUT`]. Computed per call, so
+/// it shrinks as the invocation runs out.
+fn statement_bound() -> Duration {
+    deadline::budget(STATEMENT_TIMEOUT)
+}
+
+/// `SET statement_timeout …; SET lock_timeout …;` just below `bound`, sent
+/// in the same round trip as each change: the server gives up (and rolls
+/// back) before the client does, so a change never lands after Rotor
+/// reported a timeout.
+fn limits_sql(bound: Duration) -> String {
+    let ms = deadline::server_limit(bound).as_millis();
+    format!("SET statement_timeout = {ms}; SET lock_timeout = {ms}; ")
+}
 
 /// Watches what a server sends until authentication ends, and refuses a
 /// request for the cleartext password on a connection without TLS: that is
@@ -538,6 +541,9 @@ struct CloneState {
     attrs: RoleAttributes,
     superuser: bool,
     comment: Option<String>,
+    /// It owns objects or holds privileges of its own somewhere
+    /// (`pg_shdepend`, every database): not a bare alternate.
+    has_own_objects_or_grants: bool,
     /// (group, with ADMIN OPTION).
     memberships: Vec<(String, bool)>,
     /// (database, or "" for every database; `name=value` as stored).
@@ -647,9 +653,14 @@ fn plan_alternate(
         }
         Some(have) => {
             let member = have.memberships.iter().find(|(g, _)| g == base);
-            if have.comment.as_deref() != Some(marker.as_str()) && member.is_none() {
+            // Membership alone (what AWS's function leaves) counts only for a
+            // bare role: up to PostgreSQL 15 the base user may grant itself
+            // to any role, so membership proves nothing about a role that
+            // owns objects or holds grants of its own.
+            let bare_member = member.is_some() && !have.has_own_objects_or_grants;
+            if have.comment.as_deref() != Some(marker.as_str()) && !bare_member {
                 return Err(format!(
-                    "role {clone:?} exists but Rotor did not make it as the alternate of {base:?} (it has no comment {marker:?} and is not a member of {base:?}); Rotor never takes over a role it did not make. If it is this user's alternate, mark it with COMMENT ON ROLE {ident} IS {}; otherwise rename or drop it",
+                    "role {clone:?} exists but Rotor did not make it as the alternate of {base:?} (it has no comment {marker:?}, and is not a bare member of {base:?} that owns nothing and holds no grants of its own); Rotor never takes over a role it did not make. If it is this user's alternate, mark it with COMMENT ON ROLE {ident} IS {}; otherwise rename or drop it",
                     escape_literal(&marker)
                 ));
             }
@@ -734,10 +745,6 @@ fn advisory_key(name: &str) -> i64 {
 struct PgSession {
     client: Client,
     endpoint: String,
-    /// Client-side bound of one call.
-    statement_bound: Duration,
-    /// `SET statement_timeout …; SET lock_timeout …;`, sent before changes.
-    limits: String,
 }
 
 /// What a dynamic user owns that would run or read with `owner_role`'s
@@ -1027,14 +1034,15 @@ impl PgSession {
 
     fn db_error(&self, action: impl Into<String>) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
         let action = action.into();
-        move |e| database_error(&self.endpoint, &action, self.statement_bound, e)
+        move |e| database_error(&self.endpoint, &action, statement_bound(), e)
     }
 
     /// Runs statements that change something, after the session's
     /// server-side time limits (same round trip), within the client bound.
     async fn change(&self, action: &str, sql: &str) -> Result<()> {
-        let text = format!("{}{sql}", self.limits);
-        deadline::bounded(&self.endpoint, action, self.statement_bound, async {
+        let bound = statement_bound();
+        let text = format!("{}{sql}", limits_sql(bound));
+        deadline::bounded(&self.endpoint, action, bound, async {
             self.client
                 .batch_execute(&text)
                 .await
@@ -1061,6 +1069,7 @@ impl PgSession {
         alternate: &str,
         password: &SecretString,
         policy: ClonePolicy,
+        bound: Duration,
     ) -> Result<AlternateSync> {
         let (base, clone) = alternate_pair(template, alternate).ok_or_else(|| Error::Refused {
             endpoint: self.endpoint.clone(),
@@ -1086,7 +1095,6 @@ impl PgSession {
         }
         let created = have.is_none();
         let endpoint = self.endpoint.clone();
-        let bound = self.statement_bound;
         let fail = |action: String| {
             let endpoint = endpoint.clone();
             move |e: tokio_postgres::Error| database_error(&endpoint, &action, bound, e)
@@ -1098,7 +1106,7 @@ impl PgSession {
             .transaction()
             .await
             .map_err(fail("begin a transaction".into()))?;
-        tx.batch_execute(&self.limits)
+        tx.batch_execute(&limits_sql(bound))
             .await
             .map_err(fail("set time limits".into()))?;
         for change in &plan {
@@ -1137,6 +1145,52 @@ impl PgSession {
             created,
             changes: plan.iter().map(CloneChange::describe).collect(),
         })
+    }
+
+    /// Whether `user`'s stored SCRAM verifier was made from `password`;
+    /// `None` when this login may not read it or it is not SCRAM.
+    async fn stored_verifier_matches(
+        &self,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<Option<bool>> {
+        // Ask first: reading pg_authid without the privilege would put an
+        // ERROR in the server log on every rotation (RDS masters lack it).
+        let readable: bool = self
+            .client
+            .query_one(
+                "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if !readable {
+            return Ok(None);
+        }
+        match self
+            .client
+            .query_opt(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&user],
+            )
+            .await
+        {
+            Ok(None) => Ok(Some(false)),
+            Ok(Some(row)) => {
+                let stored: Option<String> = row.get(0);
+                Ok(match stored {
+                    None => Some(false),
+                    Some(v) if v.starts_with("SCRAM-SHA-256$") => {
+                        Some(scram_verifier_matches(&v, password.expose()))
+                    }
+                    // md5 or other formats: let the caller try a login instead.
+                    Some(_) => None,
+                })
+            }
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(None),
+            Err(e) => Err(self.db_error("read pg_authid")(e)),
+        }
     }
 
     /// Superuser-like powers `user` holds directly or through any role it
@@ -1201,7 +1255,7 @@ impl PgSession {
         let row = self
             .client
             .query_opt(
-                &format!("SELECT {ROLE_ATTRIBUTE_COLUMNS}, rolsuper, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1"),
+                &format!("SELECT {ROLE_ATTRIBUTE_COLUMNS}, rolsuper, shobj_description(oid, 'pg_authid'), EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = pg_roles.oid) FROM pg_roles WHERE rolname = $1"),
                 &[&clone],
             )
             .await
@@ -1224,6 +1278,7 @@ impl PgSession {
             attrs: RoleAttributes::from_row(&r),
             superuser: r.get(7),
             comment: r.get(8),
+            has_own_objects_or_grants: r.get(9),
             memberships,
             settings: self.settings(clone).await?,
         }))
@@ -1259,7 +1314,7 @@ impl PgSession {
 #[async_trait]
 impl Session for PgSession {
     async fn check(&mut self) -> Result<()> {
-        deadline::bounded(&self.endpoint, "SELECT 1", self.statement_bound, async {
+        deadline::bounded(&self.endpoint, "SELECT 1", statement_bound(), async {
             self.client
                 .simple_query("SELECT 1")
                 .await
@@ -1286,43 +1341,14 @@ impl Session for PgSession {
         user: &str,
         password: &SecretString,
     ) -> Result<Option<bool>> {
-        // Ask first: reading pg_authid without the privilege would put an
-        // ERROR in the server log on every rotation (RDS masters lack it).
-        let readable: bool = self
-            .client
-            .query_one(
-                "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')",
-                &[],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(false);
-        if !readable {
-            return Ok(None);
-        }
-        match self
-            .client
-            .query_opt(
-                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
-                &[&user],
-            )
-            .await
-        {
-            Ok(None) => Ok(Some(false)),
-            Ok(Some(row)) => {
-                let stored: Option<String> = row.get(0);
-                Ok(match stored {
-                    None => Some(false),
-                    Some(v) if v.starts_with("SCRAM-SHA-256$") => {
-                        Some(scram_verifier_matches(&v, password.expose()))
-                    }
-                    // md5 or other formats: let the caller try a login instead.
-                    Some(_) => None,
-                })
-            }
-            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(None),
-            Err(e) => Err(self.db_error("read pg_authid")(e)),
-        }
+        let endpoint = self.endpoint.clone();
+        deadline::bounded(
+            &endpoint,
+            "reading the stored password verifier",
+            statement_bound(),
+            self.stored_verifier_matches(user, password),
+        )
+        .await
     }
 
     async fn sync_alternate_user(
@@ -1333,13 +1359,13 @@ impl Session for PgSession {
         policy: ClonePolicy,
     ) -> Result<AlternateSync> {
         let endpoint = self.endpoint.clone();
-        let bound = self.statement_bound;
+        let bound = statement_bound();
         let what = format!("aligning {alternate:?} with {template:?}");
         deadline::bounded(
             &endpoint,
             &what,
             bound,
-            self.align_alternate(template, alternate, password, policy),
+            self.align_alternate(template, alternate, password, policy, bound),
         )
         .await
     }
@@ -1386,9 +1412,9 @@ impl Session for PgSession {
         let wait_ms = deadline::server_limit(wait).as_millis().max(1);
         let sql = format!(
             "{}SET lock_timeout = {wait_ms}; SELECT pg_advisory_lock({}); SET lock_timeout = {};",
-            self.limits,
+            limits_sql(statement_bound()),
             advisory_key(name),
-            deadline::server_limit(self.statement_bound).as_millis()
+            deadline::server_limit(statement_bound()).as_millis()
         );
         let action = format!("wait for the lock {name:?}");
         deadline::bounded(&self.endpoint, &action, wait, async {
@@ -1657,6 +1683,7 @@ mod tests {
             },
             superuser: false,
             comment: None,
+            has_own_objects_or_grants: false,
             memberships: vec![("stray".into(), false)],
             settings: BTreeSet::new(),
         };
@@ -1671,8 +1698,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("did not make"), "{e}");
-        // AWS's clones are members of the user: accepted, then marked.
+        // AWS's clones are members of the user: accepted, then marked…
         have.memberships.push(("app".into(), true));
+        // …unless they own objects or hold grants of their own (the base user
+        // may grant itself to any role up to PostgreSQL 15).
+        let mut owner = have.clone();
+        owner.has_own_objects_or_grants = true;
+        let e = plan_alternate(
+            "app",
+            "app_clone",
+            &[],
+            Some(&owner),
+            &wanted,
+            ClonePolicy::default(),
+        )
+        .unwrap_err();
+        assert!(e.contains("owns nothing"), "{e}");
         let plan = plan_alternate(
             "app",
             "app_clone",
@@ -1697,6 +1738,7 @@ mod tests {
             attrs: plain(),
             superuser: false,
             comment: Some("rotor:alternate-of:app".into()),
+            has_own_objects_or_grants: true,
             memberships: vec![("app".into(), false)],
             settings: wanted.settings.clone(),
         };

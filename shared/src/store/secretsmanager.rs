@@ -61,6 +61,9 @@ where
     }
 }
 
+/// Pages of ListSecretVersionIds read at most (100 versions each).
+const MAX_VERSION_PAGES: usize = 20;
+
 fn is_not_found<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
     matches!(err, SdkError::ServiceError(s) if s.err().code() == Some("ResourceNotFoundException"))
 }
@@ -288,7 +291,9 @@ impl SecretStore for SecretsManagerStore {
         // Every page: the newest versions may be on any of them.
         let mut versions = Vec::new();
         let mut next_token: Option<String> = None;
-        loop {
+        // Secrets Manager keeps about 100 versions; a service that repeats
+        // its token must not keep the step busy until the deadline.
+        for _ in 0..MAX_VERSION_PAGES {
             let out = self
                 .client
                 .list_secret_version_ids()
