@@ -690,8 +690,12 @@ pub fn privileged_reason(grant: &Grant) -> Option<String> {
 /// both directions: adds what is missing, revokes what the template lacks
 /// (privileges per object, GRANT OPTION, roles and their ADMIN OPTION), and
 /// replays MySQL 8 partial revokes (or lifts ones the template lacks). The
-/// marker grant is left alone. Order: grants, then revocations, then
-/// partial revokes (which need the global privilege to exist first).
+/// marker grant is left alone. Order: privileges per object (global first),
+/// then roles, then partial revokes (which need the global privilege to
+/// exist first). An object whose privileges must shrink or change is reset
+/// (`REVOKE ALL PRIVILEGES`, `REVOKE GRANT OPTION`) and given the template's
+/// privileges: `SHOW GRANTS` tokens (`ALL PRIVILEGES`, column lists) are not
+/// subtractable sets.
 pub fn grant_plan(template: &[Grant], alternate: &[Grant], to: &str, host: &str) -> Vec<String> {
     use std::collections::BTreeMap;
     let who = account(to, host);
@@ -746,30 +750,46 @@ pub fn grant_plan(template: &[Grant], alternate: &[Grant], to: &str, host: &str)
     objects.sort_by_key(|o| (o.as_str() != "*.*", o.to_string()));
     objects.dedup();
     let empty = (BTreeSet::new(), false);
+    let mut global_reset = false;
     for object in objects {
         let (want_p, want_go) = want.get(object).unwrap_or(&empty);
         let (have_p, have_go) = have.get(object).unwrap_or(&empty);
-        let add: BTreeSet<String> = want_p.difference(have_p).cloned().collect();
-        if !add.is_empty() || (*want_go && !have_go) {
+        if (want_p, want_go) == (have_p, have_go) {
+            continue;
+        }
+        let option = if *want_go { " WITH GRANT OPTION" } else { "" };
+        // SHOW GRANTS writes ALL PRIVILEGES and each column grant
+        // (`SELECT (`a`, `b`)`) as one token, so tokens cannot be
+        // subtracted. Only gaining: grant the missing tokens (the result is
+        // the union, which is the template's). Anything else: reset the
+        // object and grant the template's privileges. Between the two
+        // statements (one round trip each, milliseconds) the alternate
+        // lacks that object's privileges; it is the account not in use as
+        // AWSCURRENT, and the grants must shrink anyway.
+        if have_p.is_subset(want_p) && (*want_go || !have_go) {
+            let add: BTreeSet<String> = want_p.difference(have_p).cloned().collect();
             let list = if add.is_empty() {
-                join(want_p)
+                "USAGE".to_string()
             } else {
                 join(&add)
             };
-            let list = if list.is_empty() {
+            grants.push(format!("GRANT {list} ON {object} TO {who}{option}"));
+            continue;
+        }
+        global_reset |= object == "*.*";
+        if !have_p.is_empty() {
+            grants.push(format!("REVOKE ALL PRIVILEGES ON {object} FROM {who}"));
+        }
+        if *have_go {
+            grants.push(format!("REVOKE GRANT OPTION ON {object} FROM {who}"));
+        }
+        if !want_p.is_empty() || *want_go {
+            let list = if want_p.is_empty() {
                 "USAGE".to_string()
             } else {
-                list
+                join(want_p)
             };
-            let option = if *want_go { " WITH GRANT OPTION" } else { "" };
             grants.push(format!("GRANT {list} ON {object} TO {who}{option}"));
-        }
-        let remove: BTreeSet<String> = have_p.difference(want_p).cloned().collect();
-        if !remove.is_empty() {
-            revokes.push(format!("REVOKE {} ON {object} FROM {who}", join(&remove)));
-        }
-        if *have_go && !want_go {
-            revokes.push(format!("REVOKE GRANT OPTION ON {object} FROM {who}"));
         }
     }
     let (want_r, have_r) = (roles(template), roles(alternate));
@@ -790,7 +810,13 @@ pub fn grant_plan(template: &[Grant], alternate: &[Grant], to: &str, host: &str)
     for role in have_r.keys().filter(|r| !want_r.contains_key(*r)) {
         revokes.push(format!("REVOKE {role} FROM {who}"));
     }
-    let (want_pr, have_pr) = (partial(template), partial(alternate));
+    let want_pr = partial(template);
+    // REVOKE ALL on *.* also removed the alternate's partial revokes.
+    let have_pr = if global_reset {
+        BTreeMap::new()
+    } else {
+        partial(alternate)
+    };
     let mut partials = Vec::new();
     for (object, privs) in &want_pr {
         let missing: BTreeSet<String> = privs
@@ -2510,6 +2536,105 @@ mod tests {
         );
     }
 
+    /// Global write privileges reach the `mysql` schema (MySQL 8.0 manual,
+    /// 8.2.2 "Privileges Provided by MySQL": a privilege granted on `*.*`
+    /// applies to every database, and 8.2.3 "Grant Tables": accounts live in
+    /// `mysql.user` / `mysql.global_priv`, so UPDATE there changes any
+    /// password); MySQL 8 CREATE ROLE / DROP ROLE (8.2.2: "roles and users are
+    /// both accounts", so DROP ROLE can drop users and CREATE ROLE makes
+    /// locked accounts). Refused without the opt-in.
+    #[test]
+    fn global_write_and_role_privileges_are_privileged() {
+        let p = |line: &str| {
+            parse_grant(line, "app", "%")
+                .as_ref()
+                .and_then(privileged_reason)
+        };
+        for privilege in [
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+            "CREATE",
+            "DROP",
+            "ALTER",
+            "CREATE ROLE",
+            "DROP ROLE",
+        ] {
+            let line = format!("GRANT SELECT, {privilege} ON *.* TO `app`@`%`");
+            assert!(p(&line).is_some_and(|r| r.contains(privilege)), "{line}");
+        }
+        // The same on one schema is ordinary.
+        assert!(
+            p("GRANT INSERT, UPDATE, DELETE, CREATE, DROP, ALTER ON `shop`.* TO `app`@`%`")
+                .is_none()
+        );
+    }
+
+    /// `SHOW GRANTS` writes ALL PRIVILEGES and each column grant as one
+    /// token (MySQL 8.0 manual, 15.7.7.22 SHOW GRANTS; 15.7.1.6 GRANT
+    /// "Column Privileges": `SELECT (col1, col2)`), so tokens cannot be
+    /// subtracted: an object whose privileges must shrink or change is reset
+    /// (REVOKE ALL PRIVILEGES, GRANT OPTION when held) and given the
+    /// template's privileges; one that only gains gets the missing tokens.
+    #[test]
+    fn grant_plan_resets_objects_whose_privileges_are_not_a_subset() {
+        let parse = |user: &str, lines: &[&str]| -> Vec<Grant> {
+            lines
+                .iter()
+                .filter_map(|l| parse_grant(l, user, "%"))
+                .collect()
+        };
+        let all = parse("app", &["GRANT ALL PRIVILEGES ON `shop`.* TO `app`@`%`"]);
+        let narrow = parse(
+            "app_clone",
+            &["GRANT SELECT, INSERT ON `shop`.* TO `app_clone`@`%` WITH GRANT OPTION"],
+        );
+        assert_eq!(
+            grant_plan(&all, &narrow, "app_clone", "%"),
+            vec![
+                "REVOKE ALL PRIVILEGES ON `shop`.* FROM `app_clone`@`%`",
+                "REVOKE GRANT OPTION ON `shop`.* FROM `app_clone`@`%`",
+                "GRANT ALL PRIVILEGES ON `shop`.* TO `app_clone`@`%`",
+            ]
+        );
+        let narrow = parse("app", &["GRANT SELECT, INSERT ON `shop`.* TO `app`@`%`"]);
+        let all = parse(
+            "app_clone",
+            &["GRANT ALL PRIVILEGES ON `shop`.* TO `app_clone`@`%`"],
+        );
+        assert_eq!(
+            grant_plan(&narrow, &all, "app_clone", "%"),
+            vec![
+                "REVOKE ALL PRIVILEGES ON `shop`.* FROM `app_clone`@`%`",
+                "GRANT INSERT, SELECT ON `shop`.* TO `app_clone`@`%`",
+            ]
+        );
+        let columns = parse(
+            "app",
+            &["GRANT SELECT (`a`), INSERT (`c`) ON `shop`.`t` TO `app`@`%`"],
+        );
+        let wider = parse(
+            "app_clone",
+            &["GRANT SELECT (`a`, `b`), UPDATE (`c`) ON `shop`.`t` TO `app_clone`@`%`"],
+        );
+        assert_eq!(
+            grant_plan(&columns, &wider, "app_clone", "%"),
+            vec![
+                "REVOKE ALL PRIVILEGES ON `shop`.`t` FROM `app_clone`@`%`",
+                "GRANT INSERT (`c`), SELECT (`a`) ON `shop`.`t` TO `app_clone`@`%`",
+            ]
+        );
+        // Only gaining: the missing tokens, no reset (no window without them).
+        let less = parse(
+            "app_clone",
+            &["GRANT SELECT ON `shop`.* TO `app_clone`@`%`"],
+        );
+        assert_eq!(
+            grant_plan(&narrow, &less, "app_clone", "%"),
+            vec!["GRANT INSERT ON `shop`.* TO `app_clone`@`%`"]
+        );
+    }
+
     /// MySQL 8 partial revokes (MySQL 8.0 manual, 8.2.12 "Privilege
     /// Restriction Using Partial Revokes": with `partial_revokes=ON`,
     /// `SHOW GRANTS` lists `REVOKE … ON schema.* FROM user` after the
@@ -2546,9 +2671,10 @@ mod tests {
             grant_plan(&template, &alternate, "app_clone", "%"),
             vec![
                 "GRANT INSERT, SELECT, UPDATE ON *.* TO `app_clone`@`%`",
-                "GRANT `reader`@`%` TO `app_clone`@`%`",
-                "REVOKE DELETE ON `shop`.* FROM `app_clone`@`%`",
+                "REVOKE ALL PRIVILEGES ON `shop`.* FROM `app_clone`@`%`",
                 "REVOKE GRANT OPTION ON `shop`.* FROM `app_clone`@`%`",
+                "GRANT SELECT ON `shop`.* TO `app_clone`@`%`",
+                "GRANT `reader`@`%` TO `app_clone`@`%`",
                 "REVOKE `writer`@`%` FROM `app_clone`@`%`",
                 "REVOKE INSERT, UPDATE ON `mysql`.* FROM `app_clone`@`%`",
             ]
