@@ -607,8 +607,10 @@ fn is_marker_object(object: &str) -> bool {
 /// Refused: global GRANT OPTION; global ALL PRIVILEGES, CREATE USER, SUPER,
 /// FILE, SHUTDOWN, RELOAD and the MySQL 8 / MariaDB 10.5 administrative
 /// privileges that split SUPER (SYSTEM_USER, ROLE_ADMIN, SET_USER_ID,
-/// CONNECTION_ADMIN, SET USER, …); write access to the `mysql` schema (the
-/// manual: UPDATE on `mysql` is enough for ALTER USER / SET PASSWORD FOR);
+/// CONNECTION_ADMIN, SET USER, …), MySQL 8 CREATE ROLE / DROP ROLE; write
+/// access to the `mysql` schema, globally (INSERT, UPDATE, DELETE, CREATE,
+/// DROP, ALTER on `*.*`) or on it (the manual: UPDATE on `mysql` is enough
+/// for ALTER USER / SET PASSWORD FOR);
 /// a role held WITH ADMIN OPTION (it can be handed on).
 pub fn privileged_reason(grant: &Grant) -> Option<String> {
     const GLOBAL_ADMIN: &[&str] = &[
@@ -627,6 +629,10 @@ pub fn privileged_reason(grant: &Grant) -> Option<String> {
         "READ_ONLY ADMIN",
         "SET USER",
         "FEDERATED ADMIN",
+        // MySQL 8: roles and users are both accounts, so DROP ROLE can drop
+        // users (MySQL 8.0 manual, 8.2.2 "Privileges Provided by MySQL").
+        "CREATE ROLE",
+        "DROP ROLE",
         "SYSTEM_USER",
         "ROLE_ADMIN",
         "SET_USER_ID",
@@ -667,6 +673,12 @@ pub fn privileged_reason(grant: &Grant) -> Option<String> {
                 }
                 if let Some(p) = upper.iter().find(|p| GLOBAL_ADMIN.contains(&p.as_str())) {
                     return Some(format!("the global {p} privilege"));
+                }
+                // A write privilege on *.* covers the `mysql` schema too.
+                if let Some(p) = upper.iter().find(|p| SCHEMA_WRITE.contains(&p.as_str())) {
+                    return Some(format!(
+                        "the global {p} privilege (it covers the mysql schema: enough to change any account)"
+                    ));
                 }
             }
             let mysql_schema = object.eq_ignore_ascii_case("`mysql`.*")
