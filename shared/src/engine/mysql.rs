@@ -1166,7 +1166,7 @@ impl Engine for MysqlEngine {
             version,
             tls,
             bound: self.options.connect_timeout,
-            server_limit_ms: u64::try_from(server_limit.as_millis()).unwrap_or(u64::MAX),
+            server_limit,
         }))
     }
 }
@@ -1194,6 +1194,17 @@ pub fn session_limits_statement(version: ServerVersion, limit: Duration) -> Stri
         }
     }
 }
+
+/// How long the server may take to give up on a statement under a session
+/// limit of `limit`: MariaDB's `max_statement_time` ends any statement at
+/// `limit`, but lock waits end at `lock_wait_timeout` (whole seconds, at
+/// least 1), and MySQL's `max_execution_time` covers SELECT only.
+fn server_gives_up_within(limit: Duration) -> Duration {
+    limit.max(Duration::from_secs(limit.as_secs().max(1)))
+}
+
+/// Time for the server's "aborted" answer to reach Rotor.
+const SERVER_ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// One row of `mysql.user`: what an alternate account must mirror.
 #[derive(Clone, Debug)]
@@ -1257,8 +1268,9 @@ struct MySession {
     /// Each statement's bound before the Lambda deadline is applied
     /// ([`deadline::budget`]).
     bound: Duration,
-    /// The server-side limit set at connect, in milliseconds (for messages).
-    server_limit_ms: u64,
+    /// The session's server-side limit (set at connect, lowered when a
+    /// statement gets less time: [`MySession::statement_bound`]).
+    server_limit: Duration,
 }
 
 impl Drop for MySession {
@@ -1283,6 +1295,36 @@ impl MySession {
         })
     }
 
+    /// The client-side bound for the next statement, with the server sure to
+    /// give up first. The statement's bound follows the Lambda deadline
+    /// ([`deadline::budget`]) and can fall below the limits the session set
+    /// at connect; the server would then keep running (and commit) a
+    /// statement Rotor already reported as timed out. So: when the session's
+    /// limit is above what this bound allows, lower it first (one more round
+    /// trip, only near the deadline). `lock_wait_timeout` counts whole
+    /// seconds (at least 1) and MySQL's `max_execution_time` covers SELECT
+    /// only, so the server's own give-up time can stay above a very short
+    /// bound: the client then waits for it (plus a margin), which the
+    /// deadline's report reserve ([`deadline::REPORT_RESERVE`]) covers.
+    async fn statement_bound(&mut self, what: &str) -> Result<Duration> {
+        let bound = deadline::budget(self.bound);
+        let wanted = deadline::server_limit(bound);
+        if wanted < self.server_limit {
+            let sql = session_limits_statement(self.version, wanted);
+            let fail = self.fail(format!(
+                "lower its session time limits before it may {what}"
+            ));
+            let endpoint = self.endpoint.clone();
+            let conn = self.conn()?;
+            deadline::bounded(&endpoint, "lower its session time limits", bound, async {
+                conn.query_drop(&sql).await.map_err(fail)
+            })
+            .await?;
+            self.server_limit = wanted;
+        }
+        Ok(bound.max(server_gives_up_within(self.server_limit) + SERVER_ANSWER_MARGIN))
+    }
+
     /// Runs `sql` (no result rows) within the statement bound; the outer
     /// error is a timeout, the inner one the server's answer.
     async fn drop_bounded(
@@ -1290,7 +1332,8 @@ impl MySession {
         sql: &str,
         what: &str,
     ) -> Result<std::result::Result<(), mysql_async::Error>> {
-        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let bound = self.statement_bound(what).await?;
+        let endpoint = self.endpoint.clone();
         let conn = self.conn()?;
         deadline::bounded(&endpoint, what, bound, async {
             Ok(conn.query_drop(sql).await)
@@ -1307,7 +1350,8 @@ impl MySession {
     where
         T: mysql_async::prelude::FromRow + Send + 'static,
     {
-        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let bound = self.statement_bound(what).await?;
+        let endpoint = self.endpoint.clone();
         let conn = self.conn()?;
         deadline::bounded(&endpoint, what, bound, async { Ok(conn.query(sql).await) }).await
     }
@@ -1323,7 +1367,8 @@ impl MySession {
         T: mysql_async::prelude::FromRow + Send + 'static,
         P: Into<mysql_async::Params> + Send,
     {
-        let (endpoint, bound) = (self.endpoint.clone(), deadline::budget(self.bound));
+        let bound = self.statement_bound(what).await?;
+        let endpoint = self.endpoint.clone();
         let conn = self.conn()?;
         deadline::bounded(&endpoint, what, bound, async {
             Ok(conn.exec(sql, params).await)
@@ -1335,7 +1380,7 @@ impl MySession {
     /// at the session's time limits is a (retryable) timeout.
     fn fail(&self, action: String) -> impl Fn(mysql_async::Error) -> Error + use<> {
         let endpoint = self.endpoint.clone();
-        let server_limit_ms = self.server_limit_ms;
+        let server_limit_ms = u64::try_from(self.server_limit.as_millis()).unwrap_or(u64::MAX);
         move |e| match e {
             mysql_async::Error::Server(s) if is_server_timeout(s.code) => Error::Timeout {
                 endpoint: endpoint.to_string(),
@@ -1931,12 +1976,12 @@ impl Session for MySession {
     }
 
     async fn release_lock(&mut self, name: &str) -> Result<()> {
-        let fail = self.fail(format!("release the lock {name:?}"));
-        let conn = self.conn()?;
-        let _: Option<Option<i64>> = conn
-            .exec_first("SELECT RELEASE_LOCK(?)", (name,))
-            .await
-            .map_err(&fail)?;
+        let action = format!("release the lock {name:?}");
+        let fail = self.fail(action.clone());
+        let _: Vec<Option<i64>> = self
+            .exec_bounded("SELECT RELEASE_LOCK(?)", (name,), &action)
+            .await?
+            .map_err(fail)?;
         Ok(())
     }
 
@@ -1944,10 +1989,9 @@ impl Session for MySession {
         self.require_roles()?;
         let sql = marked_users_sql(self.version.flavor);
         let fail = self.fail("list dynamic users".into());
-        let conn = self.conn()?;
-        conn.exec(sql, (LEASE_MARKER, prefix, prefix))
-            .await
-            .map_err(&fail)
+        self.exec_bounded(sql, (LEASE_MARKER, prefix, prefix), "list dynamic users")
+            .await?
+            .map_err(fail)
     }
 
     async fn end_sessions(&mut self, user: &str, _before: Option<f64>) -> Result<u64> {
