@@ -228,18 +228,10 @@ pub fn own_password_statements(
 ) -> Vec<PasswordStatement> {
     let hash = native_password_hash(password);
     if !version.mysql_5_7_6_or_later() {
-        return vec![
-            if version.native_hash_fits(plugin) || version.flavor == Flavor::MySql {
-                PasswordStatement::hash(format!("SET PASSWORD = '{hash}'"))
-            } else {
-                // MariaDB ed25519 and friends: PASSWORD() hashes for the
-                // account's plugin (MariaDB 10.4+, SET PASSWORD).
-                PasswordStatement::plaintext(format!(
-                    "SET PASSWORD = PASSWORD({})",
-                    literal(password, version)
-                ))
-            },
-        ];
+        // The plugin is not read here (one round trip saved): a MariaDB
+        // account on another plugin (ed25519) refuses the native hash with
+        // 1372, which becomes a clear Refused ([`own_password_refusal`]).
+        return vec![PasswordStatement::hash(format!("SET PASSWORD = '{hash}'"))];
     }
     let literal =
         PasswordStatement::plaintext(format!("SET PASSWORD = {}", literal(password, version)));
@@ -980,6 +972,17 @@ pub fn has_no_backslash_escapes(sql_mode: &str) -> bool {
         .any(|m| m.trim().eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))
 }
 
+/// Why the server refused a user's own password statement, when the error
+/// means "this account is not a mysql_native_password account": MariaDB
+/// 1372 (ER_PASSWD_LENGTH) for `SET PASSWORD = '<native hash>'` on an
+/// ed25519 (or other plugin) account, whose plugin a single user's login
+/// does not read. Nothing changed.
+fn own_password_refusal(version: ServerVersion, code: u16) -> Option<String> {
+    (version.flavor == Flavor::MariaDb && code == 1372).then(|| {
+        "the account does not use mysql_native_password (ed25519 or another plugin), and Rotor sets a MariaDB user's own password only as a mysql_native_password hash (never as plaintext). Give the account mysql_native_password (ALTER USER … IDENTIFIED VIA mysql_native_password USING PASSWORD(…)), or rotate it with alternating users".to_string()
+    })
+}
+
 /// Server errors that mean a session time limit ended the statement (it
 /// was rolled back): 1205 lock wait timeout, 1969 MariaDB
 /// max_statement_time exceeded, 3024 MySQL max_execution_time exceeded.
@@ -1459,6 +1462,14 @@ impl MySession {
                         "password hash form refused for lack of privilege; trying the next form"
                     );
                     refused = Some(e.message);
+                }
+                Err(mysql_async::Error::Server(e))
+                    if let Some(reason) = own_password_refusal(self.version, e.code) =>
+                {
+                    return Err(Error::Refused {
+                        endpoint: self.endpoint.to_string(),
+                        reason,
+                    });
                 }
                 Err(e) => {
                     return Err(Error::Database {
@@ -2310,7 +2321,10 @@ mod tests {
             (
                 "10.11.6-MariaDB",
                 Some("ed25519"),
-                &["P SET PASSWORD = PASSWORD('"],
+                // The plugin is never read for a MariaDB single user: one
+                // form; a non-native account's refusal (1372) becomes a
+                // clear Refused (own_password_refusal).
+                &["H SET PASSWORD = '*"],
                 "H ALTER USER `u`@`%` IDENTIFIED VIA mysql_native_password USING '*",
                 "H CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*",
             ),
@@ -2468,7 +2482,7 @@ mod tests {
             version: v(version),
             tls,
             bound: Duration::from_secs(5),
-            server_limit_ms: 4000,
+            server_limit: Duration::from_secs(4),
         }
     }
 
@@ -2596,6 +2610,21 @@ mod tests {
                 .and_then(privileged_reason)
                 .is_some()
         );
+    }
+
+    /// MariaDB answers 1372 "Password hash should be 43 characters long"
+    /// when a non-native (ed25519) account is given a native hash by `SET
+    /// PASSWORD = '<hash>'` (MariaDB SET PASSWORD: the string is the hash for
+    /// the account's plugin): a Refused naming the way out, not that text.
+    #[test]
+    fn mariadb_non_native_own_password_refusal_is_clear() {
+        let reason = own_password_refusal(v("10.11.6-MariaDB"), 1372).expect("refused");
+        assert!(
+            reason.contains("mysql_native_password") && reason.contains("ed25519"),
+            "{reason}"
+        );
+        assert!(own_password_refusal(v("10.11.6-MariaDB"), 1045).is_none());
+        assert!(own_password_refusal(v("8.0.36"), 1372).is_none());
     }
 
     /// Global write privileges reach the `mysql` schema (MySQL 8.0 manual,
