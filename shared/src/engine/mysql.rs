@@ -1134,13 +1134,48 @@ impl Engine for MysqlEngine {
                 },
             }
         };
-        let row: Option<(String, String)> =
-            deadline::bounded(&endpoint, "report its version", left(), async {
-                conn.query_first("SELECT VERSION(), @@SESSION.sql_mode")
-                    .await
-                    .map_err(database_error("report its version"))
-            })
-            .await?;
+        // The server gives up on a lock wait (and rolls back) before Rotor does.
+        let server_limit = deadline::server_limit(bound);
+        // One round trip for the limits and the version: the limits'
+        // statement depends on the family, guessed from the handshake's
+        // version (MariaDB is 10+, MySQL below). A wrong guess fails the SET
+        // (unknown variable), and nothing after it runs: then the two
+        // statements go separately.
+        let (major, minor, patch) = conn.server_version();
+        let guess = ServerVersion {
+            flavor: if major >= 10 {
+                Flavor::MariaDb
+            } else {
+                Flavor::MySql
+            },
+            major: major.into(),
+            minor: minor.into(),
+            patch: patch.into(),
+            no_backslash_escapes: false,
+        };
+        let guessed_limits = session_limits_statement(guess, server_limit);
+        let together = deadline::bounded(&endpoint, "report its version", left(), async {
+            Ok(limits_then_version(&mut conn, &guessed_limits).await)
+        })
+        .await?;
+        let (row, limits_set) = match together {
+            Ok(row) => (row, Some(guessed_limits)),
+            Err(mysql_async::Error::Server(e)) => {
+                tracing::info!(
+                    code = e.code,
+                    "session limits guessed from the handshake refused; setting them after the version"
+                );
+                let row: Option<(String, String)> =
+                    deadline::bounded(&endpoint, "report its version", left(), async {
+                        conn.query_first("SELECT VERSION(), @@SESSION.sql_mode")
+                            .await
+                            .map_err(database_error("report its version"))
+                    })
+                    .await?;
+                (row, None)
+            }
+            Err(e) => return Err(database_error("report its version")(e)),
+        };
         let (text, sql_mode) = row.unzip();
         let version = text
             .as_deref()
@@ -1154,15 +1189,15 @@ impl Engine for MysqlEngine {
                 action: "report a version Rotor understands".into(),
                 detail: format!("VERSION() returned {text:?}"),
             })?;
-        // The server gives up on a lock wait (and rolls back) before Rotor does.
-        let server_limit = deadline::server_limit(bound);
         let limits = session_limits_statement(version, server_limit);
-        deadline::bounded(&endpoint, "set its session time limits", left(), async {
-            conn.query_drop(&limits)
-                .await
-                .map_err(database_error("set session time limits"))
-        })
-        .await?;
+        if limits_set.as_deref() != Some(limits.as_str()) {
+            deadline::bounded(&endpoint, "set its session time limits", left(), async {
+                conn.query_drop(&limits)
+                    .await
+                    .map_err(database_error("set session time limits"))
+            })
+            .await?;
+        }
         Ok(Box::new(MySession {
             conn: Some(conn),
             endpoint: Arc::from(endpoint),
@@ -1172,6 +1207,30 @@ impl Engine for MysqlEngine {
             server_limit,
         }))
     }
+}
+
+/// Runs `limits` and `SELECT VERSION(), @@SESSION.sql_mode` in one round
+/// trip (mysql_async asks for CLIENT_MULTI_STATEMENTS); the version row.
+async fn limits_then_version(
+    conn: &mut Conn,
+    limits: &str,
+) -> std::result::Result<Option<(String, String)>, mysql_async::Error> {
+    let mut result = conn
+        .query_iter(format!("{limits}; SELECT VERSION(), @@SESSION.sql_mode"))
+        .await?;
+    let mut row = None;
+    // Two result sets: the SET's (no rows), then the version's.
+    for _ in 0..4 {
+        if result.is_empty() {
+            break;
+        }
+        let rows: Vec<(String, String)> = result.collect().await?;
+        if row.is_none() {
+            row = rows.into_iter().next();
+        }
+    }
+    result.drop_result().await?;
+    Ok(row)
 }
 
 /// `SET SESSION` of the server-side limits for a session whose statements
