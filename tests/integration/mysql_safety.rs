@@ -52,6 +52,22 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             "current_user_named_clone_does_not_take_over_its_base",
             |e| Box::pin(clone_named_current_user_does_not_take_over_base(e)),
         ),
+        (
+            "alternate_grants_equal_the_templates_through_all_privileges_and_column_grants",
+            |e| Box::pin(alternate_grants_equal_templates(e)),
+        ),
+        (
+            "template_with_a_global_write_privilege_refused_without_opt_in",
+            |e| Box::pin(global_write_privilege_refused(e)),
+        ),
+        (
+            "statement_under_a_deadline_shorter_than_the_session_limit_times_out_and_never_lands",
+            |e| Box::pin(deadline_shorter_than_session_limit(e)),
+        ),
+        (
+            "retry_after_a_crash_between_host_accounts_sets_every_host_account",
+            |e| Box::pin(retry_after_crash_between_host_accounts(e)),
+        ),
     ];
     scenarios
         .into_iter()
@@ -589,5 +605,244 @@ async fn clone_named_current_user_does_not_take_over_base(env: TestEnv) {
             .await,
         grants_before,
         "victim's grants unchanged"
+    );
+}
+
+/// SHOW GRANTS of `user`@`%` as two accounts compare: the grantee written
+/// out, the password hash cut off, the marker left out, sorted.
+async fn grants_modulo_grantee(admin: &rotor_tests::Admin, user: &str) -> Vec<String> {
+    let who = mysql_account(user);
+    let mut lines: Vec<String> = admin
+        .rows(&format!("SHOW GRANTS FOR {who}"))
+        .await
+        .into_iter()
+        .filter(|l| !l.contains("rotor_alternate_marker"))
+        .map(|l| {
+            let l = l.replace(&who, "<grantee>");
+            match l.find(" IDENTIFIED BY PASSWORD ") {
+                Some(i) => l[..i].to_string(),
+                None => l,
+            }
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// SHOW GRANTS writes `ALL PRIVILEGES` and column grants (`SELECT (`a`,
+/// `b`)`) as single tokens: widening the template to ALL, narrowing it back,
+/// and changing column grants must each leave the alternate with exactly
+/// the template's grants (it used to lose SELECT/INSERT or everything).
+async fn alternate_grants_equal_templates(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_all"),
+        json!({}),
+    )
+    .await;
+    let table = unique("rotor_cols");
+    f.admin
+        .exec(&format!(
+            "CREATE TABLE rotor_test.`{table}` (a INT, b INT, c INT)"
+        ))
+        .await;
+    let clone = format!("{}_clone", f.user);
+    let rotator = f.rotator();
+    let mut current = f.user.clone();
+    let steps: [(&str, &[&str]); 5] = [
+        ("SELECT on rotor_test.*", &[]),
+        (
+            "widened to ALL on rotor_test.*",
+            &["GRANT ALL PRIVILEGES ON rotor_test.* TO {who}"],
+        ),
+        (
+            "narrowed back to SELECT, INSERT",
+            &[
+                "REVOKE ALL PRIVILEGES ON rotor_test.* FROM {who}",
+                "GRANT SELECT, INSERT ON rotor_test.* TO {who}",
+            ],
+        ),
+        (
+            "column grants",
+            &["GRANT SELECT (a, b), UPDATE (c) ON rotor_test.{table} TO {who}"],
+        ),
+        (
+            "column grants changed",
+            &[
+                "REVOKE SELECT (b), UPDATE (c) ON rotor_test.{table} FROM {who}",
+                "GRANT INSERT (c) ON rotor_test.{table} TO {who}",
+            ],
+        ),
+    ];
+    for (what, statements) in steps {
+        // The change is made on the current user: the next rotation's template.
+        for sql in statements {
+            f.admin
+                .exec(
+                    &sql.replace("{who}", &mysql_account(&current))
+                        .replace("{table}", &format!("`{table}`")),
+                )
+                .await;
+        }
+        for round in 1..=2 {
+            let (_, new) = f.rotate(&rotator).await;
+            current = f.secret(&new).await.username;
+            let alternate = if current == f.user { &clone } else { &f.user };
+            let (want, have) = (
+                grants_modulo_grantee(&f.admin, &current).await,
+                grants_modulo_grantee(&f.admin, alternate).await,
+            );
+            assert_eq!(
+                have, want,
+                "{what}, rotation {round}: alternate {alternate} vs template {current}"
+            );
+        }
+    }
+    f.admin
+        .exec(&format!("DROP TABLE rotor_test.`{table}`"))
+        .await;
+}
+
+/// UPDATE on *.* covers the `mysql` schema: enough to change any account
+/// (the master's included). Refused without the opt-in; nothing changes.
+async fn global_write_privilege_refused(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_gw"),
+        json!({}),
+    )
+    .await;
+    f.admin
+        .exec(&format!(
+            "GRANT UPDATE ON *.* TO {}",
+            mysql_account(&f.user)
+        ))
+        .await;
+    let before = f.admin.stored_credential(&f.user).await;
+    let (_, result) = create_then_set(&f).await;
+    let err = result.expect_err("a template with global UPDATE must be refused");
+    assert_eq!(err.kind(), "Refused", "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("UPDATE") && text.contains("ROTOR_ALLOW_PRIVILEGED_CLONE"),
+        "names the privilege and the opt-in: {text}"
+    );
+    assert_eq!(
+        f.admin
+            .users_starting_with(&format!("{}_clone", f.user))
+            .await,
+        0,
+        "no clone created"
+    );
+    assert_eq!(f.admin.stored_credential(&f.user).await, before);
+}
+
+/// The session's server-side limits were set at connect (here 3.2 s); a
+/// later statement gets less time from the Lambda deadline (here 1 s). The
+/// server must give up first: Rotor reports a timeout, and after the lock
+/// is released the statement has NOT landed.
+async fn deadline_shorter_than_session_limit(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_dl"),
+        json!({}),
+    )
+    .await;
+    let master = master_secret(&f).await;
+    let engine = db.engine_with(rotor::engine::ConnectOptions {
+        tls: rotor::engine::TlsSettings::with_ca_bundle(Some(env.ca.clone().into())),
+        connect_timeout: std::time::Duration::from_secs(4),
+        ..rotor::engine::ConnectOptions::default()
+    });
+    let mut session = engine
+        .connect(&master, "master")
+        .await
+        .expect("master login");
+    let before = f.admin.stored_credential(&f.user).await;
+    f.admin.exec("LOCK TABLES mysql.global_priv READ").await;
+    let deadline = std::time::Instant::now()
+        + rotor::deadline::REPORT_RESERVE
+        + std::time::Duration::from_millis(1000);
+    let started = std::time::Instant::now();
+    let result = rotor::deadline::scope(
+        Some(deadline),
+        session.set_password(&f.user, &new_password()),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    // Held a moment longer, then released: a statement the server still
+    // runs would now land.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    f.admin.exec("UNLOCK TABLES").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = f.admin.stored_credential(&f.user).await;
+    drop(session);
+    let err = match result {
+        Ok(()) => panic!("set_password cannot succeed while the table is locked"),
+        Err(e) => e,
+    };
+    println!("ended after {elapsed:?} with {}: {err}", err.kind());
+    assert_eq!(err.kind(), "Timeout", "{err}");
+    assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(after, before, "the timed-out statement landed after all");
+}
+
+/// setSecret crashed after setting one host account of the alternate (here
+/// the one a login from this machine matches); the other is an ed25519
+/// account, whose hash Rotor cannot compare. The retry must not let one
+/// login decide: both host accounts end with the pending password.
+async fn retry_after_crash_between_host_accounts(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_crash"),
+        json!({}),
+    )
+    .await;
+    add_loopback_account(&f.admin, &f.user).await;
+    let rotator = f.rotator();
+    // app -> app_clone: the next rotation's alternate is app, on two hosts.
+    let (_, new) = f.rotate(&rotator).await;
+    assert_ne!(f.secret(&new).await.username, f.user);
+    f.admin
+        .exec("INSTALL PLUGIN IF NOT EXISTS ed25519 SONAME 'auth_ed25519'")
+        .await;
+    f.admin
+        .exec(&format!(
+            "ALTER USER {} IDENTIFIED VIA ed25519 USING PASSWORD('old-Password-1')",
+            mysql_account(&f.user)
+        ))
+        .await;
+    let token = f.moto.start_rotation(&f.arn).await;
+    f.step(&rotator, Step::CreateSecret, &token)
+        .await
+        .expect("createSecret");
+    f.remember_values().await;
+    let pending = f.secret(&token).await;
+    assert_eq!(pending.username, f.user);
+    let hash = rotor::engine::mysql::native_password_hash(pending.password.expose());
+    // The crash: one host account already holds the pending password.
+    f.admin
+        .exec(&format!(
+            "SET PASSWORD FOR {} = '{hash}'",
+            rotor::engine::mysql::account(&f.user, "127.0.0.1")
+        ))
+        .await;
+    let outcome = f
+        .step(&rotator, Step::SetSecret, &token)
+        .await
+        .expect("setSecret retried");
+    println!("retried setSecret: {outcome:?}");
+    assert_eq!(
+        f.admin.stored_credential(&f.user).await.as_deref(),
+        Some(format!("%:{hash},127.0.0.1:{hash}").as_str()),
+        "every host account holds the pending password"
     );
 }
