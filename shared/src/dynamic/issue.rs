@@ -185,7 +185,7 @@ impl Dynamic {
         password: &SecretString,
     ) -> Result<String> {
         let existing = leases_of_role(session, role).await?;
-        role.check_caps(&existing, tag, now())?;
+        role.check_caps(&existing, tag)?;
         // Three random characters follow the tag: avoid a name that exists.
         let mut username = tagged_lease_username(&role.username_prefix, expires_at, tag)?;
         for _ in 0..8 {

@@ -280,11 +280,13 @@ impl RoleDefinition {
     }
 
     /// Refuses an issue for the caller tagged `tag` when `leases` (this
-    /// role's leases that exist now) already reach a cap at `now`. Expired
-    /// leases the sweep has not dropped yet do not count: they cannot log
-    /// in (PostgreSQL) or are about to be dropped (MySQL).
-    pub fn check_caps(&self, leases: &[Lease], tag: &str, now: u64) -> Result<()> {
-        let active: Vec<&Lease> = leases.iter().filter(|l| l.expires_at > now).collect();
+    /// role's leases that exist now) already reach a cap. Every lease that
+    /// still exists counts, expired or not, until a revoke or the sweep
+    /// drops it: on MySQL/MariaDB an expired user still logs in until then,
+    /// and on PostgreSQL sessions opened before `VALID UNTIL` stay open. So
+    /// short TTLs cannot be used to hold more than the cap at once.
+    pub fn check_caps(&self, leases: &[Lease], tag: &str) -> Result<()> {
+        let active: Vec<&Lease> = leases.iter().collect();
         if let Some(cap) = self.max_active
             && active.len() >= cap as usize
         {
@@ -839,7 +841,7 @@ mod tests {
     }
 
     #[test]
-    fn caps_count_unexpired_leases_and_the_callers_own() {
+    fn caps_count_every_existing_lease_and_the_callers_own() {
         let role = RoleDefinition::parse(
             &SecretString::new(r#"{"engine":"postgres","masterarn":"m","max_active":3,"max_active_per_principal":2}"#),
             "rotor/roles/ord",
@@ -853,27 +855,21 @@ mod tests {
         let lease = |tag: &str, expires_at: u64| {
             parse_lease(&tagged_lease_username("ord", expires_at, tag).unwrap()).unwrap()
         };
-        // Two of mine, one expired (not yet swept): one counts.
+        role.check_caps(&[lease(&mine, now + 60), lease(&theirs, now + 60)], &mine)
+            .expect("1 of mine, 2 of 3");
+        // An expired lease not yet dropped still counts, for the role and
+        // for its principal: it may still log in (MySQL) or hold sessions.
         let leases = vec![
             lease(&mine, now + 60),
             lease(&mine, now - 1),
             lease(&theirs, now + 60),
         ];
-        role.check_caps(&leases, &mine, now)
-            .expect("1 of mine, 2 active of 3");
-        let leases = vec![
-            lease(&mine, now + 60),
-            lease(&mine, now + 1),
-            lease(&theirs, now + 60),
-        ];
-        let e = role.check_caps(&leases, &mine, now).expect_err("role cap");
+        let e = role.check_caps(&leases, &mine).expect_err("role cap");
         assert!(e.to_string().contains("max_active 3"), "{e}");
-        let leases = vec![lease(&mine, now + 60), lease(&mine, now + 1)];
-        let e = role
-            .check_caps(&leases, &mine, now)
-            .expect_err("principal cap");
+        let leases = vec![lease(&mine, now + 60), lease(&mine, now - 3600)];
+        let e = role.check_caps(&leases, &mine).expect_err("principal cap");
         assert!(e.to_string().contains("max_active_per_principal 2"), "{e}");
-        role.check_caps(&leases, &theirs, now)
+        role.check_caps(&leases, &theirs)
             .expect("the other principal is not counted");
     }
 
