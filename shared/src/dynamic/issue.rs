@@ -304,12 +304,29 @@ impl Dynamic {
             .envs(credential.environment())
             .status()
             .await;
-        // Revoke first, then report the command's fate.
+        // Revoke first, then report the command's fate. The role is read
+        // again (it may have changed while the command ran) and its
+        // owner_role checked before the drop hands anything to it.
         let role = self.role(role_id).await?;
-        let (mut session, _) = self.master_session(&role).await?;
-        let revoked = session
-            .drop_user(&credential.username, role.owner_role.as_deref())
-            .await?;
+        let dropped = async {
+            let owner = self.owner_role_for_drop(&role)?;
+            let (mut session, _) = self.master_session(&role).await?;
+            session.drop_user(&credential.username, owner).await
+        }
+        .await;
+        let revoked = match dropped {
+            Ok(revoked) => revoked,
+            Err(e) => {
+                record(&AuditRecord {
+                    action: "revoke",
+                    actor: &caller.arn,
+                    target: &credential.username,
+                    outcome: "failed",
+                    detail: json!({"reason": "rotor exec finished", "role": role.name, "error": e.to_string()}),
+                });
+                return Err(e);
+            }
+        };
         record(&AuditRecord {
             action: "revoke",
             actor: &caller.arn,

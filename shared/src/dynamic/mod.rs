@@ -520,6 +520,12 @@ pub const PRIVILEGED_ROLES: &[&str] = &[
     "mariadb.sys",
 ];
 
+/// Whether `name` is one of [`PRIVILEGED_ROLES`] (any case).
+pub fn is_privileged_role(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    PRIVILEGED_ROLES.contains(&name.as_str())
+}
+
 /// `ROTOR_ALLOW_PRIVILEGED_ROLES=true`: roles may name [`PRIVILEGED_ROLES`].
 pub fn allow_privileged_roles_from_env() -> bool {
     std::env::var("ROTOR_ALLOW_PRIVILEGED_ROLES")
@@ -532,12 +538,25 @@ impl RoleDefinition {
         self.member_of
             .iter()
             .chain(self.owner_role.as_ref())
-            .filter(|r| {
-                let r = r.to_ascii_lowercase();
-                PRIVILEGED_ROLES.contains(&r.as_str())
-            })
+            .filter(|r| is_privileged_role(r))
             .cloned()
             .collect()
+    }
+
+    /// Refuses a role whose `owner_role` is one of [`PRIVILEGED_ROLES`]
+    /// unless `allowed`: dropping its users would hand what they own to
+    /// that role. `member_of` is not checked here: a role edited to grant
+    /// something privileged must still have its users dropped.
+    pub fn check_owner_role(&self, allowed: bool) -> Result<()> {
+        match &self.owner_role {
+            Some(owner) if !allowed && is_privileged_role(owner) => Err(Error::Refused {
+                endpoint: format!("role {}", self.name),
+                reason: format!(
+                    "owner_role names {owner}, which gives superuser-like or server-file powers, and dropping this role's users would hand what they own to it (REASSIGN OWNED). Set owner_role to a plain NOLOGIN role in the role secret (the next sweep then drops them), or set ROTOR_ALLOW_PRIVILEGED_ROLES=true if the deployment means it"
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a role that grants [`PRIVILEGED_ROLES`] unless `allowed`.
@@ -775,6 +794,18 @@ impl Dynamic {
         let engine = self.engine(&role.engine)?;
         let session = engine.connect(&master, "master").await?;
         Ok((session, master))
+    }
+
+    /// The `owner_role` to pass to a drop of `role`'s users, checked first:
+    /// on an engine that hands a dropped user's objects to it, a
+    /// privileged `owner_role` (the role may have been edited since its
+    /// users were issued) is refused unless the deployment allows it, and
+    /// then nothing may be dropped.
+    pub fn owner_role_for_drop<'a>(&self, role: &'a RoleDefinition) -> Result<Option<&'a str>> {
+        if self.engine(&role.engine)?.hands_objects_to_owner_role() {
+            role.check_owner_role(self.allow_privileged_roles)?;
+        }
+        Ok(role.owner_role.as_deref())
     }
 
     /// A new password for a user of this engine.
@@ -1030,6 +1061,18 @@ mod tests {
         assert_eq!(err.kind(), "Refused");
         assert!(err.to_string().contains("ROTOR_ALLOW_PRIVILEGED_ROLES"));
         assert!(bad.check_privileges(true).is_ok(), "allowed by the setting");
+        // Drops check only owner_role (what REASSIGN OWNED hands objects to):
+        // a privileged member_of must not stop its users being dropped.
+        let e = bad.check_owner_role(false).unwrap_err().to_string();
+        assert!(
+            e.contains("rds_superuser") && e.contains("rotor/roles/x"),
+            "{e}"
+        );
+        assert!(bad.check_owner_role(true).is_ok());
+        let member_only = role(
+            r#"{"engine":"postgres","masterarn":"m","member_of":["pg_read_all_data"],"owner_role":"app_owner"}"#,
+        );
+        assert!(member_only.check_owner_role(false).is_ok());
         let ok = role(
             r#"{"engine":"postgres","masterarn":"m","member_of":["app_rw"],"owner_role":"app_owner"}"#,
         );

@@ -564,7 +564,16 @@ impl Dynamic {
         caller: &Caller,
         report: &mut RevokeReport,
     ) {
-        let results: Vec<(String, std::result::Result<Revoked, String>)> = if dry_run {
+        // Checked before any drop (dry runs too, so they show the refusal):
+        // a role edited to a privileged owner_role must not receive its
+        // users' objects.
+        let owner = self.owner_role_for_drop(role);
+        let results: Vec<(String, std::result::Result<Revoked, String>)> = if let Err(e) = &owner {
+            users
+                .iter()
+                .map(|u| (u.clone(), Err(e.to_string())))
+                .collect()
+        } else if dry_run {
             users
                 .iter()
                 .map(|u| {
@@ -583,7 +592,7 @@ impl Dynamic {
             };
             match session {
                 Ok(mut session) => session
-                    .drop_users(users, role.owner_role.as_deref())
+                    .drop_users(users, owner.ok().flatten())
                     .await
                     .into_iter()
                     .map(|(user, drop)| {

@@ -42,6 +42,13 @@ pub trait Engine: Send + Sync {
     /// `EXCLUDE_CHARACTERS` default for this engine.
     fn default_excluded_characters(&self) -> &'static str;
 
+    /// Whether dropping a user hands what it owns to the role's
+    /// `owner_role` (PostgreSQL's `REASSIGN OWNED`). MySQL and MariaDB have
+    /// no object owners, so their drops ignore `owner_role`.
+    fn hands_objects_to_owner_role(&self) -> bool {
+        false
+    }
+
     /// Logs in with `secret`; `Error::LoginRefused` when the server says no.
     async fn connect(&self, secret: &DbSecret, which: Role) -> Result<Box<dyn Session>>;
 }

@@ -89,6 +89,10 @@ impl Engine for PostgresEngine {
         "postgres"
     }
 
+    fn hands_objects_to_owner_role(&self) -> bool {
+        true
+    }
+
     fn accepts(&self, engine: &str) -> bool {
         self.engines().contains(&engine)
     }
