@@ -567,3 +567,25 @@ fn revoke_events_come_from_a_dedicated_bus_with_named_publishers() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Review of issue 17: a CloudTrail record of a call that *failed*
+/// (someone's `PutResourcePolicy` refused with AccessDenied) still matched
+/// the revocation rule, so anyone could force rotations by trying. The rule
+/// matches only records without an `errorCode` (EventBridge's
+/// `exists: false`); the handler ignores them too.
+#[test]
+fn cloudtrail_revocation_rule_matches_only_calls_that_succeeded() {
+    let t = load();
+    let rule = t
+        .resources
+        .get("RevokeOnEventCloudTrailRule")
+        .expect("RevokeOnEventCloudTrailRule");
+    let filter = rule
+        .value_at(10, "errorCode")
+        .map(|v| v.replace([' ', '"', '\''], ""));
+    assert_eq!(
+        filter.as_deref(),
+        Some("[{exists:false}]"),
+        "RevokeOnEventCloudTrailRule's pattern needs `errorCode: [{{ \"exists\": false }}]` under `detail:` (a failed call must not force a rotation)"
+    );
+}
