@@ -22,6 +22,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             env,
             move |env| lookalikes_survive(TestDb::new(kind, &env)),
         ));
+        t.push(trial(
+            format!("dynamic_scope::{k}::another_holder_of_the_marker_admin_option_refuses_issue"),
+            env,
+            move |env| marker_admin_squatted(TestDb::new(kind, &env)),
+        ));
     }
     t.push(trial(
         "dynamic_scope::postgres::dropped_lease_leaves_owner_role_no_escalation_path",
@@ -463,4 +468,85 @@ async fn privileged_owner_role_blocks_drops(db: TestDb) {
         report.failures.is_empty() && report.revoked.len() == 2,
         "{report:?}"
     );
+}
+
+/// Review of issue 17: whoever holds ADMIN OPTION on `rotor_lease` can mark
+/// any user as a lease (a CREATEROLE user who created the role before Rotor
+/// did, on PostgreSQL 16+ or MariaDB). The sweep and revocations would then
+/// drop users of its choosing and hand their objects to `owner_role`, and
+/// it could fill the caps. Issuing refuses while anyone but the master,
+/// superusers and the deployment's trusted masters holds it.
+///
+/// The holder is this test's own (`rotor_squat_…`); the shared fixture's
+/// options trust that name so that other tests issuing on the same server
+/// meanwhile are not refused. This test's function trusts only the test
+/// masters, as a deployment would.
+async fn marker_admin_squatted(db: TestDb) {
+    let r = dynamic_role(&db, json!({})).await;
+    // The marker exists once a lease was issued.
+    let first = r
+        .dynamic
+        .issue(&r.name, Some(600), &cli(), false)
+        .await
+        .expect("issue before anyone else holds the marker");
+    leaks::remember(first.password.expose());
+    let holder = unique("rotor_squat");
+    let marker = rotor::engine::LEASE_MARKER;
+    let (grant, drop_holder) = match db.kind {
+        Kind::Postgres => (
+            format!(
+                "CREATE ROLE {h} NOLOGIN; GRANT {marker} TO {h} WITH ADMIN OPTION",
+                h = pg_ident(&holder)
+            ),
+            format!("DROP ROLE IF EXISTS {}", pg_ident(&holder)),
+        ),
+        Kind::MariaDb => (
+            format!(
+                "CREATE USER '{holder}'@'%' ACCOUNT LOCK; GRANT {marker} TO '{holder}'@'%' WITH ADMIN OPTION"
+            ),
+            format!("DROP USER IF EXISTS '{holder}'@'%'"),
+        ),
+    };
+    for sql in grant.split("; ") {
+        r.admin.exec(sql).await;
+    }
+    let mut options = rotor_tests::dynamic_options(&db);
+    options.lease_marker_admins = vec!["rotor_dmaster_*".into()];
+    let dynamic = rotor::dynamic::Dynamic::new(
+        std::sync::Arc::new(rotor::store::SecretsManagerStore::new(db.env.sm_client())),
+        options,
+    )
+    .with_roles_prefix(r.prefix.clone());
+    let squatted = dynamic.issue(&r.name, Some(600), &cli(), false).await;
+    // Restore the server before judging: nothing else may see the holder.
+    r.admin.exec(&drop_holder).await;
+    let after = dynamic.issue(&r.name, Some(600), &cli(), false).await;
+    let refusal = match squatted {
+        Ok(c) => {
+            leaks::remember(c.password.expose());
+            panic!(
+                "issued {} while {holder} holds ADMIN OPTION on {marker} and could mark any user as a lease",
+                c.username
+            );
+        }
+        Err(e) => e,
+    };
+    assert_eq!(refusal.kind(), "Refused", "{refusal}");
+    let text = refusal.to_string();
+    assert!(
+        text.contains(&holder) && text.contains(marker) && text.contains("ADMIN OPTION"),
+        "the refusal names the holder, the marker and what to revoke: {text}"
+    );
+    let after = after.expect("issue once the holder is gone");
+    leaks::remember(after.password.expose());
+    let prefix = r.dynamic.role(&r.name).await.expect("role").user_prefix();
+    assert_eq!(
+        r.admin.users_starting_with(&prefix).await,
+        2,
+        "the refused issue created nothing"
+    );
+    r.dynamic
+        .revoke(&RevokeTarget::Role(r.name.clone()), false, &cli(), None)
+        .await
+        .expect("cleanup");
 }
