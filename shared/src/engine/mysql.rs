@@ -2430,6 +2430,7 @@ mod tests {
         MySession {
             conn: None,
             endpoint: Arc::from("db.example:3306"),
+            marker_admins: Vec::new(),
             version: v(version),
             tls,
             bound: Duration::from_secs(5),
