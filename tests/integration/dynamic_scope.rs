@@ -445,7 +445,7 @@ async fn privileged_owner_role_blocks_drops(db: TestDb) {
         .await;
     assert_eq!(
         owner,
-        [expiring.username.clone()],
+        std::slice::from_ref(&expiring.username),
         "the lease's table was reassigned"
     );
     // Put the role back; now the drops go through.

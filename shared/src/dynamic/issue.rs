@@ -215,10 +215,10 @@ impl Dynamic {
         let mut out = Vec::new();
         for role in roles {
             let (mut session, _) = self.master_session(&role).await?;
-            for user in session.users_with_prefix(&role.user_prefix()).await? {
-                if let Some(lease) = super::parse_lease(&user) {
-                    out.push((role.name.clone(), lease));
-                }
+            // The same filter as the sweep, revoke and the caps: marked users
+            // whose names are exactly this role's lease names.
+            for lease in leases_of_role(session.as_mut(), &role).await? {
+                out.push((role.name.clone(), lease));
             }
         }
         Ok(out)
