@@ -567,3 +567,72 @@ fn revoke_events_come_from_a_dedicated_bus_with_named_publishers() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Review of issue 17: a CloudTrail record of a call that *failed*
+/// (someone's `PutResourcePolicy` refused with AccessDenied) still matched
+/// the revocation rule, so anyone could force rotations by trying. The rule
+/// matches only records without an `errorCode` (EventBridge's
+/// `exists: false`); the handler ignores them too.
+#[test]
+fn cloudtrail_revocation_rule_matches_only_calls_that_succeeded() {
+    let t = load();
+    let rule = t
+        .resources
+        .get("RevokeOnEventCloudTrailRule")
+        .expect("RevokeOnEventCloudTrailRule");
+    let filter = rule
+        .value_at(10, "errorCode")
+        .map(|v| v.replace([' ', '"', '\''], ""));
+    assert_eq!(
+        filter.as_deref(),
+        Some("[{exists:false}]"),
+        "RevokeOnEventCloudTrailRule's pattern needs `errorCode: [{{ \"exists\": false }}]` under `detail:` (a failed call must not force a rotation)"
+    );
+}
+
+/// Review of issue 17: the revoke bus's policy only denies; it grants
+/// nothing. A publisher in another account listed in RevokeEventPublishers
+/// escapes the Deny but has no Allow, so its events are silently refused.
+/// Chosen: publishers are principals of this account only, and the
+/// parameter and infra/README say so (cross-account callers assume a role
+/// here). Adding an Allow for other accounts must change those words.
+#[test]
+fn revoke_event_publishers_are_documented_as_this_account_only() {
+    let t = load();
+    let lines: Vec<&str> = t.text.lines().collect();
+    let (_, params) = section(&lines, "Parameters").expect("Parameters");
+    let start = params
+        .iter()
+        .position(|l| l.trim_end() == "  RevokeEventPublishers:")
+        .expect("parameter RevokeEventPublishers");
+    let description: String = params[start + 1..]
+        .iter()
+        .take_while(|l| indent_of(l) > 2 || is_blank_or_comment(l))
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut problems = Vec::new();
+    if !description.contains("this account only") {
+        problems.push(format!(
+            "RevokeEventPublishers's Description must say the publishers are of \"this account only\" (the bus policy grants other accounts nothing): {description}"
+        ));
+    }
+    let readme =
+        std::fs::read_to_string(repo_root().join("infra/README.md")).expect("infra/README.md");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `RevokeEventPublishers`"))
+        .unwrap_or("");
+    if !row.contains("this account only") {
+        problems.push(format!(
+            "infra/README.md's RevokeEventPublishers row must say \"this account only\": {row}"
+        ));
+    }
+    let bus = t.resources.get("RevokeEventBus").expect("RevokeEventBus");
+    if bus.mentions("Effect: Allow") {
+        problems.push(
+            "RevokeEventBus's policy allows someone: if other accounts may publish now, update this test and the docs".into(),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -370,7 +370,7 @@ mod dynamic_functions {
                 tracing::error!(error_kind = e.kind(), error = %e, "event refused");
             })?;
             let Some((target, dry_run)) = parsed else {
-                tracing::info!("event caused by Rotor itself: ignored");
+                tracing::info!("event ignored: caused by Rotor itself, or a CloudTrail record of a call that failed");
                 return Ok(json!({"ignored": true}));
             };
             let caller = Caller {

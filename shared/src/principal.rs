@@ -41,7 +41,7 @@ pub fn canonical_principal(arn: &str) -> String {
     arn.to_ascii_lowercase()
 }
 
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while t < text.len() {

@@ -73,6 +73,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         add("concurrent_issues_never_exceed_max_active", kind, |d| {
             Box::pin(concurrent_issues_capped(d))
         });
+        add(
+            "expired_leases_count_against_max_active_until_dropped",
+            kind,
+            |d| Box::pin(expired_leases_count_until_dropped(d)),
+        );
     }
     t
 }
@@ -731,6 +736,62 @@ async fn concurrent_issues_capped(db: TestDb) {
         assert_over_the_cap("a concurrent issue over the cap", answer);
     }
     assert_eq!(user_count(&r).await, 2);
+    cleanup(&r).await;
+}
+
+/// One function URL request for `role` from [`CALLER`] with a 1-second
+/// ttl; returns the lease name once its expiry has passed (nothing swept).
+async fn issue_and_outlive(r: &DynamicRole) -> String {
+    let event = url_event(CALLER, &json!({"role": r.name, "ttl": "1s"}).to_string());
+    let response = rotor::lambda::issue_from_url(&r.dynamic, &event).await;
+    if let Some(p) = body_of(&response)["password"].as_str() {
+        leaks::remember(p);
+    }
+    let username = issued_username(&response);
+    let expires_at = parse_lease(&username).expect("a lease name").expires_at;
+    while rotor::time::now() <= expires_at {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    username
+}
+
+/// Review of issue 17 item 6: caps cannot be dodged with short TTLs. An
+/// expired lease that still exists still counts: on MySQL/MariaDB it logs
+/// in until the sweep drops it, and on PostgreSQL sessions opened before
+/// VALID UNTIL stay open. Only a revoke or the sweep frees the slot.
+async fn expired_leases_count_until_dropped(db: TestDb) {
+    let r = dynamic_role(&db, json!({"max_active": 1})).await;
+    let cli = Caller {
+        arn: "cli:test".into(),
+        via: "cli",
+    };
+    // Freed by the sweep.
+    let swept = issue_and_outlive(&r).await;
+    assert_eq!(user_count(&r).await, 1, "nothing dropped {swept} yet");
+    assert_over_the_cap(
+        "an expired lease that still exists counts (max_active 1)",
+        &issue_via_url(&r, CALLER).await,
+    );
+    let report = r
+        .dynamic
+        .sweep(&rotor::dynamic::sweep::SweepOptions::default(), &cli, None)
+        .await
+        .expect("sweep");
+    assert!(
+        report
+            .actions
+            .iter()
+            .any(|a| a.target == swept && a.outcome == "done"),
+        "the sweep dropped {swept}: {report:?}"
+    );
+    // Freed by a revoke.
+    let revoked = issue_and_outlive(&r).await;
+    assert_over_the_cap(
+        "an expired lease counts until it is revoked",
+        &issue_via_url(&r, CALLER).await,
+    );
+    revoke_user(&r, &revoked).await;
+    issued_username(&issue_via_url(&r, CALLER).await);
     cleanup(&r).await;
 }
 

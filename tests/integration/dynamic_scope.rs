@@ -22,11 +22,21 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             env,
             move |env| lookalikes_survive(TestDb::new(kind, &env)),
         ));
+        t.push(trial(
+            format!("dynamic_scope::{k}::another_holder_of_the_marker_admin_option_refuses_issue"),
+            env,
+            move |env| marker_admin_squatted(TestDb::new(kind, &env)),
+        ));
     }
     t.push(trial(
         "dynamic_scope::postgres::dropped_lease_leaves_owner_role_no_escalation_path",
         env,
         |env| no_escalation_through_owner_role(TestDb::new(Kind::Postgres, &env)),
+    ));
+    t.push(trial(
+        "dynamic_scope::postgres::privileged_owner_role_set_after_issue_blocks_every_drop",
+        env,
+        |env| privileged_owner_role_blocks_drops(TestDb::new(Kind::Postgres, &env)),
     ));
     t
 }
@@ -297,6 +307,246 @@ async fn no_escalation_through_owner_role(db: TestDb) {
             "DROP FUNCTION IF EXISTS public.{f}(); DROP VIEW IF EXISTS public.{v}; DROP TABLE public.{t}; DROP TABLE public.{st}; DROP ROLE {}",
             pg_ident(&probe)
         ))
+        .await
+        .expect("cleanup");
+}
+
+/// Review of issue 17: `owner_role` was checked only at issue. A role edited
+/// afterwards to name a privileged owner would have every later drop (the
+/// sweep, a revoke, `rotor exec`) `REASSIGN OWNED` the leases' objects to
+/// it. Every drop that hands objects over checks the role first: refused,
+/// counted as a failure naming the role, and nothing is touched (the lease
+/// still logs in and still owns its table).
+async fn privileged_owner_role_blocks_drops(db: TestDb) {
+    let r = dynamic_role(&db, json!({})).await;
+    let role = r.dynamic.role(&r.name).await.expect("role");
+    let master = r.dynamic.master_secret(&role).await.expect("master");
+    // The master may act as the privileged role, so REASSIGN to it would work.
+    let privileged = "pg_signal_backend";
+    r.admin
+        .exec(&format!(
+            "GRANT {privileged} TO {}",
+            pg_ident(&master.username)
+        ))
+        .await;
+    let expiring = r
+        .dynamic
+        .issue(&r.name, Some(3), &cli(), false)
+        .await
+        .expect("issue");
+    leaks::remember(expiring.password.expose());
+    let table = unique("rotor_leasetab");
+    let lease = pg_login(&db, &expiring.username, expiring.password.expose()).await;
+    lease
+        .batch_execute(&format!(
+            "CREATE TABLE public.{} (id int)",
+            pg_ident(&table)
+        ))
+        .await
+        .expect("the lease creates a table");
+    drop(lease);
+    let current = r
+        .dynamic
+        .issue(&r.name, Some(600), &cli(), false)
+        .await
+        .expect("issue");
+    leaks::remember(current.password.expose());
+    // The role is edited after the leases were issued.
+    let value = r
+        .moto
+        .client
+        .get_secret_value()
+        .secret_id(&r.name)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .expect("role value")
+        .secret_string
+        .expect("string");
+    let mut edited: serde_json::Value = serde_json::from_str(&value).expect("json");
+    edited["owner_role"] = json!(privileged);
+    r.moto
+        .client
+        .put_secret_value()
+        .secret_id(&r.name)
+        .secret_string(edited.to_string())
+        .send()
+        .await
+        .expect("edit the role");
+    // A function that reads the role every time, as after a cold start.
+    let dynamic = rotor::dynamic::Dynamic::new(
+        std::sync::Arc::new(rotor::store::SecretsManagerStore::new(db.env.sm_client())),
+        rotor_tests::dynamic_options(&db),
+    )
+    .with_roles_prefix(r.prefix.clone())
+    .with_role_cache_ttl(std::time::Duration::ZERO);
+    let expires_at = rotor::dynamic::parse_lease(&expiring.username)
+        .expect("lease")
+        .expires_at;
+    while rotor::time::now() <= expires_at {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let refused = |what: &str, error: &str| {
+        assert!(
+            error.contains(&r.name) && error.contains(privileged) && error.contains("owner_role"),
+            "{what}: the failure names the role and its privileged owner_role: {error}"
+        );
+    };
+    let swept = dynamic
+        .sweep(&SweepOptions::default(), &cli(), None)
+        .await
+        .expect("sweep");
+    let action = swept
+        .actions
+        .iter()
+        .find(|a| a.target == expiring.username)
+        .unwrap_or_else(|| panic!("the sweep reports {}: {swept:?}", expiring.username));
+    assert_eq!(
+        action.outcome, "failed",
+        "the sweep dropped a lease handing its objects to a privileged owner_role: {swept:?}"
+    );
+    refused("sweep", action.error.as_deref().unwrap_or(""));
+    assert!(swept.failures >= 1, "{swept:?}");
+    for target in [
+        RevokeTarget::User(expiring.username.clone()),
+        RevokeTarget::Role(r.name.clone()),
+    ] {
+        let report = dynamic
+            .revoke(&target, false, &cli(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{target:?}: {e}"));
+        assert!(
+            report.revoked.is_empty() && !report.failures.is_empty(),
+            "{target:?}: a revoke went ahead with a privileged owner_role: {report:?}"
+        );
+        for (_, error) in &report.failures {
+            refused(&format!("{target:?}"), error);
+        }
+    }
+    for user in [&expiring.username, &current.username] {
+        assert!(exists(&r, user).await, "{user} was dropped");
+        let can_login = r
+            .admin
+            .rows(&format!(
+                "SELECT rolcanlogin::text FROM pg_roles WHERE rolname = '{user}'"
+            ))
+            .await;
+        assert_eq!(
+            can_login,
+            ["true"],
+            "{user} was touched (NOLOGIN) before the refusal"
+        );
+    }
+    let owner = r
+        .admin
+        .rows(&format!(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = '{table}'"
+        ))
+        .await;
+    assert_eq!(
+        owner,
+        std::slice::from_ref(&expiring.username),
+        "the lease's table was reassigned"
+    );
+    // Put the role back; now the drops go through.
+    r.admin
+        .exec(&format!("DROP TABLE public.{}", pg_ident(&table)))
+        .await;
+    r.moto
+        .client
+        .put_secret_value()
+        .secret_id(&r.name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("restore the role");
+    let report = dynamic
+        .revoke(&RevokeTarget::Role(r.name.clone()), false, &cli(), None)
+        .await
+        .expect("revoke");
+    assert!(
+        report.failures.is_empty() && report.revoked.len() == 2,
+        "{report:?}"
+    );
+}
+
+/// Review of issue 17: whoever holds ADMIN OPTION on `rotor_lease` can mark
+/// any user as a lease (a CREATEROLE user who created the role before Rotor
+/// did, on PostgreSQL 16+ or MariaDB). The sweep and revocations would then
+/// drop users of its choosing and hand their objects to `owner_role`, and
+/// it could fill the caps. Issuing refuses while anyone but the master,
+/// superusers and the deployment's trusted masters holds it.
+///
+/// The holder is this test's own (`rotor_squat_…`); the shared fixture's
+/// options trust that name so that other tests issuing on the same server
+/// meanwhile are not refused. This test's function trusts only the test
+/// masters, as a deployment would.
+async fn marker_admin_squatted(db: TestDb) {
+    let r = dynamic_role(&db, json!({})).await;
+    // The marker exists once a lease was issued.
+    let first = r
+        .dynamic
+        .issue(&r.name, Some(600), &cli(), false)
+        .await
+        .expect("issue before anyone else holds the marker");
+    leaks::remember(first.password.expose());
+    let holder = unique("rotor_squat");
+    let marker = rotor::engine::LEASE_MARKER;
+    let (grant, drop_holder) = match db.kind {
+        Kind::Postgres => (
+            format!(
+                "CREATE ROLE {h} NOLOGIN; GRANT {marker} TO {h} WITH ADMIN OPTION",
+                h = pg_ident(&holder)
+            ),
+            format!("DROP ROLE IF EXISTS {}", pg_ident(&holder)),
+        ),
+        Kind::MariaDb => (
+            format!(
+                "CREATE USER '{holder}'@'%' ACCOUNT LOCK; GRANT {marker} TO '{holder}'@'%' WITH ADMIN OPTION"
+            ),
+            format!("DROP USER IF EXISTS '{holder}'@'%'"),
+        ),
+    };
+    for sql in grant.split("; ") {
+        r.admin.exec(sql).await;
+    }
+    let mut options = rotor_tests::dynamic_options(&db);
+    options.lease_marker_admins = vec!["rotor_dmaster_*".into()];
+    let dynamic = rotor::dynamic::Dynamic::new(
+        std::sync::Arc::new(rotor::store::SecretsManagerStore::new(db.env.sm_client())),
+        options,
+    )
+    .with_roles_prefix(r.prefix.clone());
+    let squatted = dynamic.issue(&r.name, Some(600), &cli(), false).await;
+    // Restore the server before judging: nothing else may see the holder.
+    r.admin.exec(&drop_holder).await;
+    let after = dynamic.issue(&r.name, Some(600), &cli(), false).await;
+    let refusal = match squatted {
+        Ok(c) => {
+            leaks::remember(c.password.expose());
+            panic!(
+                "issued {} while {holder} holds ADMIN OPTION on {marker} and could mark any user as a lease",
+                c.username
+            );
+        }
+        Err(e) => e,
+    };
+    assert_eq!(refusal.kind(), "Refused", "{refusal}");
+    let text = refusal.to_string();
+    assert!(
+        text.contains(&holder) && text.contains(marker) && text.contains("ADMIN OPTION"),
+        "the refusal names the holder, the marker and what to revoke: {text}"
+    );
+    let after = after.expect("issue once the holder is gone");
+    leaks::remember(after.password.expose());
+    let prefix = r.dynamic.role(&r.name).await.expect("role").user_prefix();
+    assert_eq!(
+        r.admin.users_starting_with(&prefix).await,
+        2,
+        "the refused issue created nothing"
+    );
+    r.dynamic
+        .revoke(&RevokeTarget::Role(r.name.clone()), false, &cli(), None)
         .await
         .expect("cleanup");
 }

@@ -185,7 +185,7 @@ impl Dynamic {
         password: &SecretString,
     ) -> Result<String> {
         let existing = leases_of_role(session, role).await?;
-        role.check_caps(&existing, tag, now())?;
+        role.check_caps(&existing, tag)?;
         // Three random characters follow the tag: avoid a name that exists.
         let mut username = tagged_lease_username(&role.username_prefix, expires_at, tag)?;
         for _ in 0..8 {
@@ -215,10 +215,10 @@ impl Dynamic {
         let mut out = Vec::new();
         for role in roles {
             let (mut session, _) = self.master_session(&role).await?;
-            for user in session.users_with_prefix(&role.user_prefix()).await? {
-                if let Some(lease) = super::parse_lease(&user) {
-                    out.push((role.name.clone(), lease));
-                }
+            // The same filter as the sweep, revoke and the caps: marked users
+            // whose names are exactly this role's lease names.
+            for lease in leases_of_role(session.as_mut(), &role).await? {
+                out.push((role.name.clone(), lease));
             }
         }
         Ok(out)
@@ -304,12 +304,29 @@ impl Dynamic {
             .envs(credential.environment())
             .status()
             .await;
-        // Revoke first, then report the command's fate.
+        // Revoke first, then report the command's fate. The role is read
+        // again (it may have changed while the command ran) and its
+        // owner_role checked before the drop hands anything to it.
         let role = self.role(role_id).await?;
-        let (mut session, _) = self.master_session(&role).await?;
-        let revoked = session
-            .drop_user(&credential.username, role.owner_role.as_deref())
-            .await?;
+        let dropped = async {
+            let owner = self.owner_role_for_drop(&role)?;
+            let (mut session, _) = self.master_session(&role).await?;
+            session.drop_user(&credential.username, owner).await
+        }
+        .await;
+        let revoked = match dropped {
+            Ok(revoked) => revoked,
+            Err(e) => {
+                record(&AuditRecord {
+                    action: "revoke",
+                    actor: &caller.arn,
+                    target: &credential.username,
+                    outcome: "failed",
+                    detail: json!({"reason": "rotor exec finished", "role": role.name, "error": e.to_string()}),
+                });
+                return Err(e);
+            }
+        };
         record(&AuditRecord {
             action: "revoke",
             actor: &caller.arn,

@@ -280,11 +280,13 @@ impl RoleDefinition {
     }
 
     /// Refuses an issue for the caller tagged `tag` when `leases` (this
-    /// role's leases that exist now) already reach a cap at `now`. Expired
-    /// leases the sweep has not dropped yet do not count: they cannot log
-    /// in (PostgreSQL) or are about to be dropped (MySQL).
-    pub fn check_caps(&self, leases: &[Lease], tag: &str, now: u64) -> Result<()> {
-        let active: Vec<&Lease> = leases.iter().filter(|l| l.expires_at > now).collect();
+    /// role's leases that exist now) already reach a cap. Every lease that
+    /// still exists counts, expired or not, until a revoke or the sweep
+    /// drops it: on MySQL/MariaDB an expired user still logs in until then,
+    /// and on PostgreSQL sessions opened before `VALID UNTIL` stay open. So
+    /// short TTLs cannot be used to hold more than the cap at once.
+    pub fn check_caps(&self, leases: &[Lease], tag: &str) -> Result<()> {
+        let active: Vec<&Lease> = leases.iter().collect();
         if let Some(cap) = self.max_active
             && active.len() >= cap as usize
         {
@@ -518,6 +520,12 @@ pub const PRIVILEGED_ROLES: &[&str] = &[
     "mariadb.sys",
 ];
 
+/// Whether `name` is one of [`PRIVILEGED_ROLES`] (any case).
+pub fn is_privileged_role(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    PRIVILEGED_ROLES.contains(&name.as_str())
+}
+
 /// `ROTOR_ALLOW_PRIVILEGED_ROLES=true`: roles may name [`PRIVILEGED_ROLES`].
 pub fn allow_privileged_roles_from_env() -> bool {
     std::env::var("ROTOR_ALLOW_PRIVILEGED_ROLES")
@@ -530,12 +538,25 @@ impl RoleDefinition {
         self.member_of
             .iter()
             .chain(self.owner_role.as_ref())
-            .filter(|r| {
-                let r = r.to_ascii_lowercase();
-                PRIVILEGED_ROLES.contains(&r.as_str())
-            })
+            .filter(|r| is_privileged_role(r))
             .cloned()
             .collect()
+    }
+
+    /// Refuses a role whose `owner_role` is one of [`PRIVILEGED_ROLES`]
+    /// unless `allowed`: dropping its users would hand what they own to
+    /// that role. `member_of` is not checked here: a role edited to grant
+    /// something privileged must still have its users dropped.
+    pub fn check_owner_role(&self, allowed: bool) -> Result<()> {
+        match &self.owner_role {
+            Some(owner) if !allowed && is_privileged_role(owner) => Err(Error::Refused {
+                endpoint: format!("role {}", self.name),
+                reason: format!(
+                    "owner_role names {owner}, which gives superuser-like or server-file powers, and dropping this role's users would hand what they own to it (REASSIGN OWNED). Set owner_role to a plain NOLOGIN role in the role secret (the next sweep then drops them), or set ROTOR_ALLOW_PRIVILEGED_ROLES=true if the deployment means it"
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a role that grants [`PRIVILEGED_ROLES`] unless `allowed`.
@@ -775,6 +796,18 @@ impl Dynamic {
         Ok((session, master))
     }
 
+    /// The `owner_role` to pass to a drop of `role`'s users, checked first:
+    /// on an engine that hands a dropped user's objects to it, a
+    /// privileged `owner_role` (the role may have been edited since its
+    /// users were issued) is refused unless the deployment allows it, and
+    /// then nothing may be dropped.
+    pub fn owner_role_for_drop<'a>(&self, role: &'a RoleDefinition) -> Result<Option<&'a str>> {
+        if self.engine(&role.engine)?.hands_objects_to_owner_role() {
+            role.check_owner_role(self.allow_privileged_roles)?;
+        }
+        Ok(role.owner_role.as_deref())
+    }
+
     /// A new password for a user of this engine.
     pub fn password(&self, engine_key: &str) -> Result<SecretString> {
         let engine = self.engine(engine_key)?;
@@ -839,7 +872,7 @@ mod tests {
     }
 
     #[test]
-    fn caps_count_unexpired_leases_and_the_callers_own() {
+    fn caps_count_every_existing_lease_and_the_callers_own() {
         let role = RoleDefinition::parse(
             &SecretString::new(r#"{"engine":"postgres","masterarn":"m","max_active":3,"max_active_per_principal":2}"#),
             "rotor/roles/ord",
@@ -853,27 +886,21 @@ mod tests {
         let lease = |tag: &str, expires_at: u64| {
             parse_lease(&tagged_lease_username("ord", expires_at, tag).unwrap()).unwrap()
         };
-        // Two of mine, one expired (not yet swept): one counts.
+        role.check_caps(&[lease(&mine, now + 60), lease(&theirs, now + 60)], &mine)
+            .expect("1 of mine, 2 of 3");
+        // An expired lease not yet dropped still counts, for the role and
+        // for its principal: it may still log in (MySQL) or hold sessions.
         let leases = vec![
             lease(&mine, now + 60),
             lease(&mine, now - 1),
             lease(&theirs, now + 60),
         ];
-        role.check_caps(&leases, &mine, now)
-            .expect("1 of mine, 2 active of 3");
-        let leases = vec![
-            lease(&mine, now + 60),
-            lease(&mine, now + 1),
-            lease(&theirs, now + 60),
-        ];
-        let e = role.check_caps(&leases, &mine, now).expect_err("role cap");
+        let e = role.check_caps(&leases, &mine).expect_err("role cap");
         assert!(e.to_string().contains("max_active 3"), "{e}");
-        let leases = vec![lease(&mine, now + 60), lease(&mine, now + 1)];
-        let e = role
-            .check_caps(&leases, &mine, now)
-            .expect_err("principal cap");
+        let leases = vec![lease(&mine, now + 60), lease(&mine, now - 3600)];
+        let e = role.check_caps(&leases, &mine).expect_err("principal cap");
         assert!(e.to_string().contains("max_active_per_principal 2"), "{e}");
-        role.check_caps(&leases, &theirs, now)
+        role.check_caps(&leases, &theirs)
             .expect("the other principal is not counted");
     }
 
@@ -1034,6 +1061,18 @@ mod tests {
         assert_eq!(err.kind(), "Refused");
         assert!(err.to_string().contains("ROTOR_ALLOW_PRIVILEGED_ROLES"));
         assert!(bad.check_privileges(true).is_ok(), "allowed by the setting");
+        // Drops check only owner_role (what REASSIGN OWNED hands objects to):
+        // a privileged member_of must not stop its users being dropped.
+        let e = bad.check_owner_role(false).unwrap_err().to_string();
+        assert!(
+            e.contains("rds_superuser") && e.contains("rotor/roles/x"),
+            "{e}"
+        );
+        assert!(bad.check_owner_role(true).is_ok());
+        let member_only = role(
+            r#"{"engine":"postgres","masterarn":"m","member_of":["pg_read_all_data"],"owner_role":"app_owner"}"#,
+        );
+        assert!(member_only.check_owner_role(false).is_ok());
         let ok = role(
             r#"{"engine":"postgres","masterarn":"m","member_of":["app_rw"],"owner_role":"app_owner"}"#,
         );

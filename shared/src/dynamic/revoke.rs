@@ -76,7 +76,8 @@ pub struct RevokeReport {
 }
 
 /// Parses an EventBridge event; `Ok(None)` when it is to be ignored
-/// (caused by one of `ignore` — Rotor's own roles — or not about credentials).
+/// (caused by one of `ignore` — Rotor's own roles —, a CloudTrail record
+/// of a call that failed, or not about credentials).
 pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarget, bool)>> {
     let source = event
         .get("source")
@@ -141,6 +142,12 @@ pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarg
             }
         }
         (_, "AWS API Call via CloudTrail") => {
+            // A call that failed (AccessDenied, ResourceNotFound, …) changed
+            // nothing; acting on it would let anyone force a rotation just by
+            // trying. The rule filters these out too (errorCode exists: false).
+            if detail.get("errorCode").is_some_and(|code| !code.is_null()) {
+                return Ok(None);
+            }
             let actor = text(
                 &detail,
                 &["userIdentity", "sessionContext", "sessionIssuer", "arn"],
@@ -564,7 +571,16 @@ impl Dynamic {
         caller: &Caller,
         report: &mut RevokeReport,
     ) {
-        let results: Vec<(String, std::result::Result<Revoked, String>)> = if dry_run {
+        // Checked before any drop (dry runs too, so they show the refusal):
+        // a role edited to a privileged owner_role must not receive its
+        // users' objects.
+        let owner = self.owner_role_for_drop(role);
+        let results: Vec<(String, std::result::Result<Revoked, String>)> = if let Err(e) = &owner {
+            users
+                .iter()
+                .map(|u| (u.clone(), Err(e.to_string())))
+                .collect()
+        } else if dry_run {
             users
                 .iter()
                 .map(|u| {
@@ -583,7 +599,7 @@ impl Dynamic {
             };
             match session {
                 Ok(mut session) => session
-                    .drop_users(users, role.owner_role.as_deref())
+                    .drop_users(users, owner.ok().flatten())
                     .await
                     .into_iter()
                     .map(|(user, drop)| {
@@ -733,6 +749,43 @@ impl Dynamic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed call (AccessDenied, ResourceNotFound, …) changed nothing:
+    /// it must not force a rotation. CloudTrail records the failure's
+    /// `errorCode` at the top of `detail` (CloudTrail record contents,
+    /// "errorCode"); the rule filters on it and so does the handler.
+    #[test]
+    fn cloudtrail_calls_that_failed_are_ignored() {
+        let call = |extra: Value| {
+            let mut detail = json!({"eventName": "PutResourcePolicy", "userIdentity": {"arn": "arn:aws:sts::1:assumed-role/contractor/x"}, "requestParameters": {"secretId": "s"}});
+            if let (Some(d), Value::Object(e)) = (detail.as_object_mut(), extra) {
+                d.extend(e);
+            }
+            json!({"source": "aws.secretsmanager", "detail-type": "AWS API Call via CloudTrail", "detail": detail})
+        };
+        for error in [
+            "AccessDenied",
+            "ResourceNotFoundException",
+            "ValidationException",
+        ] {
+            let failed =
+                call(json!({"errorCode": error, "errorMessage": "User is not authorized"}));
+            assert_eq!(
+                from_event(&failed, &[]).unwrap(),
+                None,
+                "a call that failed with {error} forced a revocation"
+            );
+        }
+        assert_eq!(
+            from_event(&call(json!({"errorCode": null})), &[]).unwrap(),
+            Some((RevokeTarget::Secret("s".into()), false)),
+            "no error code: the call happened"
+        );
+        assert_eq!(
+            from_event(&call(json!({})), &[]).unwrap(),
+            Some((RevokeTarget::Secret("s".into()), false))
+        );
+    }
 
     #[test]
     fn finding_instance_matches_hosts_names_and_rds_tags() {

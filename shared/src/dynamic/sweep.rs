@@ -185,6 +185,32 @@ impl Dynamic {
         if expired.is_empty() {
             return;
         }
+        // Checked before any drop: a role edited to a privileged owner_role
+        // must not receive its users' objects. Each user is a failure.
+        let owner = match self.owner_role_for_drop(role) {
+            Ok(owner) => owner.map(str::to_string),
+            Err(e) => {
+                let error = e.to_string();
+                for user in expired {
+                    record(&AuditRecord {
+                        action: "drop-expired-user",
+                        actor: &caller.arn,
+                        target: &user,
+                        outcome: "refused",
+                        detail: json!({"role": role.name, "reason": "privileged owner_role", "error": error}),
+                    });
+                    report.push(SweepAction {
+                        kind: "drop-expired-user",
+                        target: user,
+                        reason: format!("role {}", role.name),
+                        outcome: "failed",
+                        error: Some(error.clone()),
+                        evidence: None,
+                    });
+                }
+                return;
+            }
+        };
         if options.dry_run {
             for user in expired {
                 let expiry = parse_lease(&user).map_or(0, |l| l.expires_at);
@@ -213,7 +239,7 @@ impl Dynamic {
                 Some(s) => Ok(s),
                 None => engine.connect(&master, "master").await,
             };
-            let owner = role.owner_role.clone();
+            let owner = owner.clone();
             set.spawn(async move {
                 let mut results: Vec<(String, Result<DropReport>)> = Vec::with_capacity(lane.len());
                 match session {

@@ -42,6 +42,13 @@ pub trait Engine: Send + Sync {
     /// `EXCLUDE_CHARACTERS` default for this engine.
     fn default_excluded_characters(&self) -> &'static str;
 
+    /// Whether dropping a user hands what it owns to the role's
+    /// `owner_role` (PostgreSQL's `REASSIGN OWNED`). MySQL and MariaDB have
+    /// no object owners, so their drops ignore `owner_role`.
+    fn hands_objects_to_owner_role(&self) -> bool {
+        false
+    }
+
     /// Logs in with `secret`; `Error::LoginRefused` when the server says no.
     async fn connect(&self, secret: &DbSecret, which: Role) -> Result<Box<dyn Session>>;
 }
@@ -77,6 +84,37 @@ pub struct ClonePolicy {
 /// ROLE_ADMIN or ADMIN OPTION; MariaDB: ADMIN OPTION) can put it on a user.
 /// Grant it nothing: every dynamic user would inherit what it holds.
 pub const LEASE_MARKER: &str = "rotor_lease";
+
+/// Of the logins holding ADMIN OPTION on [`LEASE_MARKER`] (the connected
+/// master and superusers already left out by the engine's query), those
+/// not named by `trusted` (`ROTOR_LEASE_MARKER_ADMINS`, `*`/`?` patterns
+/// over the user name). Each is `(user, shown)`, `shown` being how the
+/// refusal names it.
+pub fn untrusted_marker_admins(holders: Vec<(String, String)>, trusted: &[String]) -> Vec<String> {
+    holders
+        .into_iter()
+        .filter(|(user, _)| {
+            !trusted
+                .iter()
+                .any(|p| crate::principal::glob(p.as_bytes(), user.as_bytes()))
+        })
+        .map(|(_, shown)| shown)
+        .collect()
+}
+
+/// The refusal while others hold ADMIN OPTION on [`LEASE_MARKER`]: they
+/// could grant it to any user and so make Rotor's sweep and revocations
+/// drop that user (handing what it owns to `owner_role`), or fill a role's
+/// lease caps.
+pub fn marker_admin_refusal(endpoint: &str, holders: &[String]) -> crate::Error {
+    crate::Error::Refused {
+        endpoint: endpoint.to_string(),
+        reason: format!(
+            "{} hold ADMIN OPTION on the lease marker role {LEASE_MARKER}, so they can mark any user as one of Rotor's leases (which the sweep and revocations would drop, handing its objects to owner_role); revoke it (REVOKE ADMIN OPTION FOR {LEASE_MARKER} FROM <login>), or, if they are other Rotor masters on this server, list them in ROTOR_LEASE_MARKER_ADMINS",
+            holders.join(", ")
+        ),
+    }
+}
 
 /// A dynamic user to create: a login that dies on its own.
 #[derive(Clone, Debug)]
@@ -217,6 +255,10 @@ pub struct ConnectOptions {
     /// for `name` (SSH tunnels, tests that follow an RDS endpoint locally).
     pub host_overrides: Vec<(String, std::net::IpAddr)>,
     pub connect_timeout: std::time::Duration,
+    /// `ROTOR_LEASE_MARKER_ADMINS=name,…` (`*`, `?` allowed): logins besides
+    /// the connected master and superusers trusted to hold ADMIN OPTION on
+    /// [`LEASE_MARKER`] — other Rotor masters on the same server.
+    pub lease_marker_admins: Vec<String>,
 }
 
 impl Default for ConnectOptions {
@@ -225,12 +267,14 @@ impl Default for ConnectOptions {
             tls: TlsSettings::default(),
             host_overrides: Vec::new(),
             connect_timeout: std::time::Duration::from_secs(5),
+            lease_marker_admins: Vec::new(),
         }
     }
 }
 
 impl ConnectOptions {
-    /// `ROTOR_CA_BUNDLE`, `ROTOR_HOST_OVERRIDES`, `ROTOR_CONNECT_TIMEOUT_SECS` (5).
+    /// `ROTOR_CA_BUNDLE`, `ROTOR_HOST_OVERRIDES`, `ROTOR_CONNECT_TIMEOUT_SECS` (5),
+    /// `ROTOR_LEASE_MARKER_ADMINS`.
     pub fn from_env() -> Result<Self> {
         let mut options = ConnectOptions {
             tls: TlsSettings::from_env(),
@@ -238,6 +282,14 @@ impl ConnectOptions {
         };
         if let Ok(spec) = std::env::var("ROTOR_HOST_OVERRIDES") {
             options.host_overrides = parse_host_overrides(&spec)?;
+        }
+        if let Ok(names) = std::env::var("ROTOR_LEASE_MARKER_ADMINS") {
+            options.lease_marker_admins = names
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
         }
         if let Ok(secs) = std::env::var("ROTOR_CONNECT_TIMEOUT_SECS") {
             let secs: u64 = secs.trim().parse().map_err(|_| {

@@ -1201,6 +1201,7 @@ impl Engine for MysqlEngine {
         Ok(Box::new(MySession {
             conn: Some(conn),
             endpoint: Arc::from(endpoint),
+            marker_admins: self.options.lease_marker_admins.clone(),
             version,
             tls,
             bound: self.options.connect_timeout,
@@ -1325,6 +1326,8 @@ fn require_clause(account: &Account, version: ServerVersion) -> String {
 struct MySession {
     conn: Option<Conn>,
     endpoint: Arc<str>,
+    /// `ConnectOptions::lease_marker_admins`.
+    marker_admins: Vec<String>,
     version: ServerVersion,
     tls: bool,
     /// Each statement's bound before the Lambda deadline is applied
@@ -2157,6 +2160,25 @@ pub fn marked_users_sql(flavor: Flavor) -> &'static str {
     }
 }
 
+/// Who holds ADMIN OPTION on the marker role (parameter: its name), other
+/// than the logged-in master (`CURRENT_USER()` is `user@host`) and accounts
+/// with SUPER: `(User, Host)` rows.
+/// - MariaDB: `mysql.roles_mapping.Admin_option = 'Y'` (MariaDB Knowledge
+///   Base, "mysql.roles_mapping Table").
+/// - MySQL 8: `mysql.role_edges.WITH_ADMIN_OPTION = 'Y'` (MySQL 8.0
+///   Reference Manual, 6.2.3 "Grant Tables"). Accounts with ROLE_ADMIN can
+///   grant any role and are not listed here.
+pub fn marker_admins_sql(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::MariaDb => {
+            "SELECT DISTINCT m.User, m.Host FROM mysql.roles_mapping m WHERE m.Role = ? AND m.Admin_option = 'Y' AND NOT (m.User = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) AND m.Host = SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) AND NOT EXISTS (SELECT 1 FROM mysql.user u WHERE u.User = m.User AND u.Host = m.Host AND u.Super_priv = 'Y') ORDER BY m.User, m.Host"
+        }
+        Flavor::MySql => {
+            "SELECT DISTINCT e.TO_USER, e.TO_HOST FROM mysql.role_edges e WHERE e.FROM_USER = ? AND e.FROM_HOST = '%' AND e.WITH_ADMIN_OPTION = 'Y' AND NOT (e.TO_USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) AND e.TO_HOST = SUBSTRING_INDEX(CURRENT_USER(), '@', -1)) AND NOT EXISTS (SELECT 1 FROM mysql.user u WHERE u.User = e.TO_USER AND u.Host = e.TO_HOST AND u.Super_priv = 'Y') ORDER BY e.TO_USER, e.TO_HOST"
+        }
+    }
+}
+
 /// The host parts of a user's accounts that carry the lease marker;
 /// parameters: marker, user. Same tables as [`marked_users_sql`].
 pub fn marked_hosts_sql(flavor: Flavor) -> &'static str {
@@ -2223,6 +2245,10 @@ impl MySession {
         let fail = self.fail(format!(
             "show the grants of the lease marker role {LEASE_MARKER}"
         ));
+        let fail_admins = self.fail(format!(
+            "list who holds ADMIN OPTION on the lease marker role {LEASE_MARKER}"
+        ));
+        let admins_sql = marker_admins_sql(self.version.flavor);
         let conn = self.conn()?;
         let grants: Vec<String> = conn
             .query(format!("SHOW GRANTS FOR {marker}"))
@@ -2238,6 +2264,26 @@ impl MySession {
                     "the lease marker role {LEASE_MARKER} holds more than USAGE ({extra}), and every dynamic user would get it; revoke it from {LEASE_MARKER}"
                 ),
             });
+        }
+        // Whoever else holds ADMIN OPTION on the marker (the login that
+        // created it gets it) could mark any user as a lease.
+        let holders: Vec<(String, String)> = conn
+            .exec(admins_sql, (LEASE_MARKER,))
+            .await
+            .map_err(&fail_admins)?;
+        let holders = holders
+            .into_iter()
+            .map(|(user, host)| {
+                let shown = format!("'{user}'@'{host}'");
+                (user, shown)
+            })
+            .collect();
+        let untrusted = crate::engine::untrusted_marker_admins(holders, &self.marker_admins);
+        if !untrusted.is_empty() {
+            return Err(crate::engine::marker_admin_refusal(
+                &self.endpoint,
+                &untrusted,
+            ));
         }
         Ok(())
     }
@@ -2293,6 +2339,13 @@ mod tests {
         assert_eq!(marked_users_sql(Flavor::MySql).matches('?').count(), 3);
         assert_eq!(marked_hosts_sql(Flavor::MariaDb).matches('?').count(), 2);
         assert!(marked_hosts_sql(Flavor::MySql).contains("TO_USER = ?"));
+        for flavor in [Flavor::MariaDb, Flavor::MySql] {
+            let sql = marker_admins_sql(flavor);
+            assert_eq!(sql.matches('?').count(), 1, "{sql}");
+            assert!(sql.contains("CURRENT_USER()") && sql.contains("Super_priv = 'Y'"));
+        }
+        assert!(marker_admins_sql(Flavor::MariaDb).contains("Admin_option = 'Y'"));
+        assert!(marker_admins_sql(Flavor::MySql).contains("WITH_ADMIN_OPTION = 'Y'"));
         let groups = vec!["app_rw".to_string(), "audit".to_string()];
         assert_eq!(
             lease_default_role_statement(Flavor::MySql, "`v_a_1_abcdef`@`%`", &groups).as_deref(),
@@ -2538,6 +2591,7 @@ mod tests {
         MySession {
             conn: None,
             endpoint: Arc::from("db.example:3306"),
+            marker_admins: Vec::new(),
             version: v(version),
             tls,
             bound: Duration::from_secs(5),

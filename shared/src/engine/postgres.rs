@@ -89,6 +89,10 @@ impl Engine for PostgresEngine {
         "postgres"
     }
 
+    fn hands_objects_to_owner_role(&self) -> bool {
+        true
+    }
+
     fn accepts(&self, engine: &str) -> bool {
         self.engines().contains(&engine)
     }
@@ -172,7 +176,11 @@ impl Engine for PostgresEngine {
                 client
             }
         };
-        Ok(Box::new(PgSession { client, endpoint }))
+        Ok(Box::new(PgSession {
+            client,
+            endpoint,
+            marker_admins: self.options.lease_marker_admins.clone(),
+        }))
     }
 }
 
@@ -742,9 +750,16 @@ fn advisory_key(name: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
+/// Who holds ADMIN OPTION on the marker role (parameter: its name), other
+/// than the logged-in master and superusers (PostgreSQL 15 manual,
+/// `pg_auth_members.admin_option`).
+const MARKER_ADMINS_SQL: &str = "SELECT u.rolname::text FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = (SELECT oid FROM pg_roles WHERE rolname = $1) AND m.admin_option AND u.rolname <> current_user AND NOT u.rolsuper ORDER BY 1";
+
 struct PgSession {
     client: Client,
     endpoint: String,
+    /// `ConnectOptions::lease_marker_admins`.
+    marker_admins: Vec<String>,
 }
 
 /// What a dynamic user owns that would run or read with `owner_role`'s
@@ -919,7 +934,7 @@ impl PgSession {
             .map_err(self.db_error(format!("look up the lease marker role {LEASE_MARKER}")))?
             .map(|r| r.get(0));
         match unsafe_marker {
-            Some(false) => Ok(()),
+            Some(false) => self.check_marker_admins().await,
             Some(true) => Err(Error::Refused {
                 endpoint: self.endpoint.clone(),
                 reason: format!(
@@ -946,6 +961,35 @@ impl PgSession {
                     "create the lease marker role {LEASE_MARKER} (the master needs CREATEROLE)"
                 ))(e)),
             },
+        }
+    }
+
+    /// Refuses while a login other than this master, a superuser or a
+    /// trusted master holds ADMIN OPTION on the marker (PostgreSQL 16+
+    /// gives it to whoever creates the role; anyone may be granted it):
+    /// such a login could mark any user as a lease.
+    async fn check_marker_admins(&self) -> Result<()> {
+        let holders: Vec<(String, String)> = self
+            .client
+            .query(MARKER_ADMINS_SQL, &[&LEASE_MARKER])
+            .await
+            .map_err(self.db_error(format!(
+                "list who holds ADMIN OPTION on the lease marker role {LEASE_MARKER}"
+            )))?
+            .iter()
+            .map(|r| {
+                let user: String = r.get(0);
+                (user.clone(), user)
+            })
+            .collect();
+        let untrusted = crate::engine::untrusted_marker_admins(holders, &self.marker_admins);
+        if untrusted.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::engine::marker_admin_refusal(
+                &self.endpoint,
+                &untrusted,
+            ))
         }
     }
 
