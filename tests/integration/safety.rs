@@ -161,6 +161,37 @@ fn pg(f: &Fixture) -> &tokio_postgres::Client {
     f.admin.pg()
 }
 
+/// setSecret of a fresh rotation must fail with `Refused` and leave
+/// `role`'s password as it was; returns the error for further checks.
+async fn refused_and_unchanged(f: &Fixture, role: &str, why: &str) -> rotor::Error {
+    let before = f.admin.stored_credential(role).await;
+    let err = create_and_set(f, &f.rotator()).await.expect_err(why);
+    assert_eq!(err.kind(), "Refused", "{err}");
+    assert_eq!(
+        f.admin.stored_credential(role).await,
+        before,
+        "the password of {role} is unchanged"
+    );
+    err
+}
+
+/// Another session changes `user` and keeps its transaction open (holding
+/// the role's row) for `secs` seconds, then rolls back.
+async fn hold_role_row(env: &TestEnv, user: &str, secs: u64) -> tokio::task::JoinHandle<()> {
+    let holder = env.admin().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; ALTER ROLE {} CONNECTION LIMIT 5",
+            pg_ident(user)
+        ))
+        .await
+        .expect("hold the role's row");
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let _ = holder.batch_execute("ROLLBACK").await;
+    })
+}
+
 // ---- 2. confused deputy ----------------------------------------------------
 
 async fn confused_deputy(db: TestDb) {
@@ -208,19 +239,15 @@ async fn unmarked_clone(env: TestEnv) {
     .await;
     let clone = format!("{}_clone", f.user);
     f.admin.create_user(&clone, &new_password()).await;
-    let before = f.admin.stored_credential(&clone).await;
-    let err = create_and_set(&f, &f.rotator())
-        .await
-        .expect_err("an existing clone Rotor did not make must not be taken over");
-    assert_eq!(err.kind(), "Refused", "{err}");
+    let err = refused_and_unchanged(
+        &f,
+        &clone,
+        "an existing clone Rotor did not make must not be taken over",
+    )
+    .await;
     assert!(
         err.to_string().contains("COMMENT ON ROLE"),
         "says how to mark it: {err}"
-    );
-    assert_eq!(
-        f.admin.stored_credential(&clone).await,
-        before,
-        "password unchanged"
     );
 }
 
@@ -238,20 +265,16 @@ async fn unmarked_clone_as_current(env: TestEnv) {
     let decoy = format!("{}_clone", f.user);
     let decoy_pw = new_password();
     f.admin.create_user(&decoy, &decoy_pw).await;
-    let before = f.admin.stored_credential(&f.user).await;
     let mut forged = f.current_json().await;
     forged["username"] = json!(decoy);
     forged["password"] = json!(decoy_pw.expose());
     put_current(&f, &f.arn, &forged).await;
-    let err = create_and_set(&f, &f.rotator())
-        .await
-        .expect_err("the base of a clone Rotor did not make must not be taken over");
-    assert_eq!(err.kind(), "Refused", "{err}");
-    assert_eq!(
-        f.admin.stored_credential(&f.user).await,
-        before,
-        "the base user's password is unchanged"
-    );
+    refused_and_unchanged(
+        &f,
+        &f.user,
+        "the base of a clone Rotor did not make must not be taken over",
+    )
+    .await;
 }
 
 // ---- 2. superuser-like powers ------------------------------------------------
@@ -719,19 +742,7 @@ async fn lock_wait(env: TestEnv) {
     let db = TestDb::new(Kind::Postgres, &env);
     let f = fixture(&db, Strategy::SingleUser, &unique("rotor_lock"), json!({})).await;
     let before = f.admin.stored_credential(&f.user).await;
-    // Another session changes the role and keeps its transaction open.
-    let holder = env.admin().await;
-    holder
-        .batch_execute(&format!(
-            "BEGIN; ALTER ROLE {} CONNECTION LIMIT 5",
-            pg_ident(&f.user)
-        ))
-        .await
-        .expect("hold the role's row");
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(12)).await;
-        let _ = holder.batch_execute("ROLLBACK").await;
-    });
+    let release = hold_role_row(&env, &f.user, 12).await;
     let rotator = f.rotator();
     let token = f.moto.start_rotation(&f.arn).await;
     f.step(&rotator, Step::CreateSecret, &token)
@@ -915,16 +926,12 @@ async fn member_clone_with_objects(env: TestEnv) {
         ))
         .await
         .expect("setup");
-    let before = f.admin.stored_credential(&clone).await;
-    let err = create_and_set(&f, &f.rotator())
-        .await
-        .expect_err("membership in the user must not make a role with objects of its own Rotor's");
-    assert_eq!(err.kind(), "Refused", "{err}");
-    assert_eq!(
-        f.admin.stored_credential(&clone).await,
-        before,
-        "password unchanged"
-    );
+    refused_and_unchanged(
+        &f,
+        &clone,
+        "membership in the user must not make a role with objects of its own Rotor's",
+    )
+    .await;
 }
 
 async fn bound_shrinks(env: TestEnv) {
@@ -937,18 +944,7 @@ async fn bound_shrinks(env: TestEnv) {
     )
     .await;
     let before = f.admin.stored_credential(&f.user).await;
-    let holder = env.admin().await;
-    holder
-        .batch_execute(&format!(
-            "BEGIN; ALTER ROLE {} CONNECTION LIMIT 5",
-            pg_ident(&f.user)
-        ))
-        .await
-        .expect("hold the role's row");
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(14)).await;
-        let _ = holder.batch_execute("ROLLBACK").await;
-    });
+    let release = hold_role_row(&env, &f.user, 14).await;
     let current = f.secret(&f.current_version().await).await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(8);
