@@ -29,6 +29,11 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         ));
     }
     t.push(trial(
+        "dynamic_scope::postgres::roles_sharing_a_username_prefix_never_act_on_each_others_leases",
+        env,
+        |env| colliding_prefixes(TestDb::new(Kind::Postgres, &env)),
+    ));
+    t.push(trial(
         "dynamic_scope::postgres::dropped_lease_leaves_owner_role_no_escalation_path",
         env,
         |env| no_escalation_through_owner_role(TestDb::new(Kind::Postgres, &env)),
@@ -549,4 +554,66 @@ async fn marker_admin_squatted(db: TestDb) {
         .revoke(&RevokeTarget::Role(r.name.clone()), false, &cli(), None)
         .await
         .expect("cleanup");
+}
+
+/// Two roles whose leases carry the same username prefix: revoking or
+/// sweeping one must not touch the other's leases.
+async fn colliding_prefixes(db: TestDb) {
+    let r = dynamic_role(&db, json!({})).await;
+    let c = r
+        .dynamic
+        .issue(&r.name, Some(600), &cli(), false)
+        .await
+        .expect("issue");
+    leaks::remember(c.password.expose());
+    // A second role under the same roles prefix, spelled to share the
+    // first one's username prefix.
+    let value = r
+        .moto
+        .client
+        .get_secret_value()
+        .secret_id(&r.name)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .expect("role value")
+        .secret_string
+        .expect("role string");
+    let mut other: serde_json::Value = serde_json::from_str(&value).expect("role json");
+    let first_prefix = c
+        .username
+        .strip_prefix("v_")
+        .and_then(|rest| rest.split('_').next())
+        .expect("lease prefix")
+        .to_string();
+    other["username_prefix"] = json!(first_prefix);
+    let other_name = format!("{}other", r.name);
+    r.moto.create_secret(&other_name, &other.to_string()).await;
+    let err = r
+        .dynamic
+        .revoke(&RevokeTarget::Role(other_name.clone()), false, &cli(), None)
+        .await
+        .expect_err("revoking a role whose prefix another role shares must be refused");
+    assert!(err.to_string().contains("username_prefix"), "{err}");
+    assert!(
+        exists(&r, &c.username).await,
+        "the first role's lease survives a revocation of the other role"
+    );
+    // Past the lease's expiry: a sweep that took either role for the other
+    // would drop it (and hand its objects to the wrong owner_role).
+    let later = SweepOptions {
+        now: rotor::time::now() + 1200,
+        ..SweepOptions::default()
+    };
+    let report = r.dynamic.sweep(&later, &cli(), None).await.expect("sweep");
+    for name in [&r.name, &other_name] {
+        assert!(
+            report.invalid_roles.iter().any(|(n, _)| n == name),
+            "{name} is a sweep failure (the alarm fires): {report:?}"
+        );
+    }
+    assert!(
+        exists(&r, &c.username).await,
+        "the sweep drops nothing of theirs: {report:?}"
+    );
 }

@@ -123,6 +123,45 @@ fn duration_field(doc: &Value, key: &str, bad: &dyn Fn(String) -> Error) -> Resu
 
 /// The short name of a role secret: the last path component, lowercased,
 /// letters and digits only, at most [`MAX_PREFIX`] characters.
+/// Splits off the roles whose username prefix another role also uses, each
+/// as a `BadSecret` naming the other roles and what to do.
+pub fn split_colliding_prefixes(
+    roles: Vec<RoleDefinition>,
+) -> (Vec<RoleDefinition>, Vec<(String, Error)>) {
+    let mut by_prefix: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for r in &roles {
+        by_prefix
+            .entry(r.username_prefix.clone())
+            .or_default()
+            .push(r.name.clone());
+    }
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for r in roles {
+        let sharing = &by_prefix[&r.username_prefix];
+        if sharing.len() > 1 {
+            let others: Vec<&str> = sharing
+                .iter()
+                .filter(|n| **n != r.name)
+                .map(String::as_str)
+                .collect();
+            let e = Error::bad_secret(
+                &r.name,
+                AWSCURRENT,
+                format!(
+                    "username_prefix {:?} is also the prefix of {}; their leases could not be told apart, so Rotor issues, sweeps and revokes none of them by role until each has a distinct \"username_prefix\"",
+                    r.username_prefix,
+                    others.join(", ")
+                ),
+            );
+            bad.push((r.name, e));
+        } else {
+            good.push(r);
+        }
+    }
+    (good, bad)
+}
+
 pub fn derived_prefix(name: &str) -> String {
     name.rsplit('/')
         .next()
@@ -756,7 +795,23 @@ impl Dynamic {
                 Err(e) => bad.push((s.name, e)),
             }
         }
+        // Leases carry only the username prefix: two roles sharing one could
+        // not tell their users apart (a revocation or sweep of one would act
+        // on the other's). Both are refused until one is renamed.
+        let (good, colliding) = split_colliding_prefixes(good);
+        bad.extend(colliding);
         Ok((good, bad))
+    }
+
+    /// Refuses `role` when another role shares its username prefix (see
+    /// [`split_colliding_prefixes`]); lists every role once. (`role` itself
+    /// parsed, so if the listing sets it aside, that is why.)
+    pub async fn check_prefix_unique(&self, role: &RoleDefinition) -> Result<()> {
+        let (_, bad) = self.roles().await?;
+        match bad.into_iter().find(|(name, _)| *name == role.name) {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The engine for a role or secret's `engine` value.
@@ -1120,5 +1175,28 @@ mod tests {
             let err = parse(json).unwrap_err().to_string();
             assert!(err.contains(needle), "{json}: {err}");
         }
+    }
+    #[test]
+    fn roles_sharing_a_username_prefix_are_both_refused() {
+        let role = |name: &str, prefix: &str| {
+            RoleDefinition::parse(
+                &SecretString::new(format!(
+                    r#"{{"engine":"postgres","masterarn":"m","username_prefix":"{prefix}"}}"#
+                )),
+                name,
+                name,
+            )
+            .unwrap()
+        };
+        let (good, bad) = split_colliding_prefixes(vec![
+            role("roles/a-ro", "analytics"),
+            role("roles/a-rw", "analytics"),
+            role("roles/orders", "orders"),
+        ]);
+        assert_eq!(good.len(), 1);
+        assert_eq!(good[0].name, "roles/orders");
+        let names: Vec<&str> = bad.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["roles/a-ro", "roles/a-rw"]);
+        assert!(bad[0].1.to_string().contains("roles/a-rw"), "{}", bad[0].1);
     }
 }

@@ -299,6 +299,7 @@ impl Dynamic {
             }
             RevokeTarget::Role(role) => {
                 let role = self.role(role).await?;
+                self.check_prefix_unique(&role).await?;
                 let (mut session, _) = self.master_session(&role).await?;
                 // Only this role's leases that Rotor created (marked, exact names).
                 let users: Vec<String> = super::leases_of_role(session.as_mut(), &role)
