@@ -3022,13 +3022,12 @@ mod tests {
         );
     }
 
-    /// A fake server without TLS that asks for the password in cleartext
-    /// (an attacker who stripped TLS asks for exactly that): Rotor never
-    /// sends it and refuses with a clear error.
-    #[tokio::test(flavor = "current_thread")]
-    async fn cleartext_password_request_refused_without_tls() {
+    /// Logs in with `password` (no TLS) to a fake server whose handshake
+    /// offers mysql_native_password and then switches to `plugin`
+    /// (NUL-terminated). Returns the login's error and every byte the client
+    /// sent, to look for the password in.
+    async fn login_through_auth_switch(plugin: &'static [u8], password: &str) -> (Error, Vec<u8>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let password = "cleartext-canary-Pw1";
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let fake = tokio::spawn(async move {
@@ -3057,9 +3056,9 @@ mod tests {
             let mut buf = [0u8; 4096];
             let n = socket.read(&mut buf).await.unwrap_or(0);
             received.extend_from_slice(&buf[..n]);
-            // "Switch to mysql_clear_password": send me the password as is.
+            // "Switch to <plugin>".
             let mut switch = vec![0xFEu8];
-            switch.extend_from_slice(b"mysql_clear_password\0");
+            switch.extend_from_slice(plugin);
             socket.write_all(&packet(2, &switch)).await.unwrap();
             // Collect whatever the client sends next, until it closes or goes quiet.
             while let Ok(Ok(n)) =
@@ -3090,6 +3089,16 @@ mod tests {
             Err(e) => e,
         };
         let received = fake.await.unwrap();
+        (err, received)
+    }
+
+    /// A fake server without TLS that asks for the password in cleartext
+    /// (an attacker who stripped TLS asks for exactly that): Rotor never
+    /// sends it and refuses with a clear error.
+    #[tokio::test(flavor = "current_thread")]
+    async fn cleartext_password_request_refused_without_tls() {
+        let password = "cleartext-canary-Pw1";
+        let (err, received) = login_through_auth_switch(b"mysql_clear_password\0", password).await;
         assert!(
             !received
                 .windows(password.len())
@@ -3106,69 +3115,8 @@ mod tests {
     /// of the function, and the password is not sent.
     #[tokio::test(flavor = "current_thread")]
     async fn unsupported_auth_plugin_request_is_an_error_not_a_panic() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let password = "cleartext-canary-Pw1";
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let fake = tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let packet = |seq: u8, payload: &[u8]| {
-                let mut out = (payload.len() as u32).to_le_bytes()[..3].to_vec();
-                out.push(seq);
-                out.extend_from_slice(payload);
-                out
-            };
-            // Protocol 10 handshake: 4.1 protocol, plugin auth, no CLIENT_SSL.
-            let mut hello = vec![10u8];
-            hello.extend_from_slice(b"8.0.36\0");
-            hello.extend_from_slice(&7u32.to_le_bytes());
-            hello.extend_from_slice(b"abcdefgh\0");
-            hello.extend_from_slice(&0xA209u16.to_le_bytes());
-            hello.push(0x21);
-            hello.extend_from_slice(&2u16.to_le_bytes());
-            hello.extend_from_slice(&0x0038u16.to_le_bytes());
-            hello.push(21);
-            hello.extend_from_slice(&[0u8; 10]);
-            hello.extend_from_slice(b"ijklmnopqrst\0");
-            hello.extend_from_slice(b"mysql_native_password\0");
-            socket.write_all(&packet(0, &hello)).await.unwrap();
-            let mut received = Vec::new();
-            let mut buf = [0u8; 4096];
-            let n = socket.read(&mut buf).await.unwrap_or(0);
-            received.extend_from_slice(&buf[..n]);
-            // "Switch to mysql_clear_password": send me the password as is.
-            let mut switch = vec![0xFEu8];
-            switch.extend_from_slice(b"client_ed25519\0");
-            socket.write_all(&packet(2, &switch)).await.unwrap();
-            // Collect whatever the client sends next, until it closes or goes quiet.
-            while let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
-            {
-                if n == 0 {
-                    break;
-                }
-                received.extend_from_slice(&buf[..n]);
-            }
-            received
-        });
-        let engine = MysqlEngine::new(ConnectOptions {
-            connect_timeout: Duration::from_secs(3),
-            ..ConnectOptions::default()
-        });
-        let secret = DbSecret::parse(
-            &SecretString::new(format!(
-                r#"{{"engine":"mysql","host":"127.0.0.1","port":{port},"username":"app","password":"{password}","ssl":false}}"#
-            )),
-            "s",
-            "v",
-            crate::secret::Require::Connection,
-        )
-        .unwrap();
-        let err = match engine.connect(&secret, "current").await {
-            Ok(_) => panic!("the fake server never accepts a login"),
-            Err(e) => e,
-        };
-        let received = fake.await.unwrap();
+        let (err, received) = login_through_auth_switch(b"client_ed25519\0", password).await;
         assert!(
             !received
                 .windows(password.len())
