@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use libtest_mimic::Trial;
-use rotor::engine::postgres::PostgresEngine;
-use rotor::engine::{ConnectOptions, Engine, TlsSettings};
+use rotor::engine::Engine;
 use rotor::secret::{Require, TlsMode};
-use rotor::store::{LocalStore, SecretStore, SecretsManagerStore};
+use rotor::store::{LocalStore, SecretStore};
 use rotor::{
     DbSecret, Error, Outcome, PasswordPolicy, RotationEvent, Rotator, SecretString, Step, Strategy,
 };
@@ -981,19 +980,7 @@ async fn replica_accepted(env: TestEnv) {
         .moto
         .create_secret(&unique("rotor/on-replica"), &value.to_string())
         .await;
-    let ip = "127.0.0.1".parse().expect("ip");
-    let engine = PostgresEngine::new(ConnectOptions {
-        tls: TlsSettings::with_ca_bundle(Some(env.ca.clone().into())),
-        host_overrides: vec![(primary_host.clone(), ip), (replica_host.clone(), ip)],
-        ..ConnectOptions::default()
-    });
-    let rotator = Rotator::new(
-        Arc::new(SecretsManagerStore::new(env.sm_client())),
-        Arc::new(engine),
-        Strategy::AlternatingUsers,
-        PasswordPolicy::with_default_exclusions(":/@\"'\\"),
-    )
-    .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())));
+    let rotator = env.rds_rotator(&[&primary_host, &replica_host]);
     let token = f.moto.start_rotation(&arn).await;
     for step in Step::ALL {
         let ev = RotationEvent {
@@ -1088,18 +1075,7 @@ async fn rds_managed_master(env: TestEnv) {
     // The master secret has no "ssl": the master logs in over verified TLS
     // whatever the app secret says (the test certificate covers moto's RDS
     // endpoint names).
-    let engine = PostgresEngine::new(ConnectOptions {
-        tls: TlsSettings::with_ca_bundle(Some(env.ca.clone().into())),
-        host_overrides: vec![(host.clone(), "127.0.0.1".parse().expect("ip"))],
-        ..ConnectOptions::default()
-    });
-    let rotator = Rotator::new(
-        Arc::new(SecretsManagerStore::new(env.sm_client())),
-        Arc::new(engine),
-        Strategy::AlternatingUsers,
-        PasswordPolicy::with_default_exclusions(":/@\"'\\"),
-    )
-    .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())));
+    let rotator = env.rds_rotator(&[&host]);
     let report = rotator
         .rotate(&arn)
         .await

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Trial;
-use rotor::engine::postgres::PostgresEngine;
-use rotor::engine::{ConnectOptions, Engine, TlsSettings};
+use rotor::engine::Engine;
 use rotor::store::SecretsManagerStore;
 use rotor::{PasswordPolicy, RotationEvent, Rotator, Step, Strategy};
 use rotor_tests::{Kind, TestDb, TestEnv, leaks, new_password, pg_ident, unique};
@@ -492,19 +491,7 @@ async fn look_alike_replica(env: TestEnv) {
         .moto
         .create_secret(&unique("rotor/lookalike"), &value.to_string())
         .await;
-    let ip = "127.0.0.1".parse().expect("ip");
-    let engine = PostgresEngine::new(ConnectOptions {
-        tls: TlsSettings::with_ca_bundle(Some(env.ca.clone().into())),
-        host_overrides: vec![(primary_host.clone(), ip), (evil_host.clone(), ip)],
-        ..ConnectOptions::default()
-    });
-    let rotator = Rotator::new(
-        Arc::new(SecretsManagerStore::new(env.sm_client())),
-        Arc::new(engine),
-        Strategy::AlternatingUsers,
-        PasswordPolicy::with_default_exclusions(":/@\"'\\"),
-    )
-    .with_rds(Arc::new(rotor::rds::RdsApi::new(env.rds_client())));
+    let rotator = env.rds_rotator(&[&primary_host, &evil_host]);
     let token = f.moto.start_rotation(&arn).await;
     let event = |step: Step| RotationEvent {
         step: step.as_str().into(),

@@ -152,6 +152,25 @@ impl TestEnv {
         (primary_host, replica, replica_host)
     }
 
+    /// An alternating-users rotator over moto and RDS whose engine trusts
+    /// the test CA and dials the test cluster for each of `hosts` (moto's
+    /// RDS endpoint names, which do not resolve), verifying TLS for them.
+    pub fn rds_rotator(&self, hosts: &[&str]) -> Rotator {
+        let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+        let engine = PostgresEngine::new(ConnectOptions {
+            tls: TlsSettings::with_ca_bundle(Some(self.ca.clone().into())),
+            host_overrides: hosts.iter().map(|h| (h.to_string(), ip)).collect(),
+            ..ConnectOptions::default()
+        });
+        Rotator::new(
+            Arc::new(SecretsManagerStore::new(self.sm_client())),
+            Arc::new(engine),
+            Strategy::AlternatingUsers,
+            PasswordPolicy::with_default_exclusions(":/@\"'\\"),
+        )
+        .with_rds(Arc::new(rotor::rds::RdsApi::new(self.rds_client())))
+    }
+
     /// The PostgreSQL engine trusting the test CA.
     pub fn engine_with_ca(&self, ca: &str) -> PostgresEngine {
         PostgresEngine::new(ConnectOptions {
