@@ -27,6 +27,7 @@ pub mod dynamic;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod fault;
 pub mod inventory;
 #[cfg(feature = "lambda")]
 pub mod lambda;

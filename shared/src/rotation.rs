@@ -310,7 +310,18 @@ impl Rotator {
             });
         }
         if meta.has_stage(token, AWSCURRENT) {
-            tracing::info!("version is already AWSCURRENT: nothing to do");
+            // A finishSecret cut off between moving AWSCURRENT and removing
+            // AWSPENDING is completed by its retry; nothing else is done.
+            if meta.has_stage(token, AWSPENDING)
+                && Step::parse(&event.step) == Some(Step::FinishSecret)
+            {
+                self.store
+                    .update_stage(&meta.arn, AWSPENDING, None, Some(token))
+                    .await?;
+                tracing::info!("version is already AWSCURRENT: removed its leftover AWSPENDING");
+            } else {
+                tracing::info!("version is already AWSCURRENT: nothing to do");
+            }
             return Ok(Outcome::AlreadyCurrent);
         }
         if !fresh && !meta.has_stage(token, AWSPENDING) {
@@ -789,7 +800,25 @@ impl Rotator {
 
     async fn test_secret(&self, meta: &SecretMetadata, token: &str) -> Result<Outcome> {
         let pending = self.pending(meta, token).await?;
-        let mut session = self.engine.connect(&pending, "pending").await?;
+        let mut session = match self.engine.connect(&pending, "pending").await {
+            Ok(s) => s,
+            Err(Error::LoginRefused {
+                user,
+                endpoint,
+                which,
+                detail,
+            }) => {
+                return Err(Error::LoginRefused {
+                    user,
+                    endpoint,
+                    which,
+                    detail: format!(
+                        "{detail} (has setSecret run for this token? Run setSecret, then testSecret again; nothing was changed)"
+                    ),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         session.check().await?;
         if let Ok(mut memory) = self.memory.lock() {
             if memory.verified.len() >= CACHE_LIMIT {

@@ -6,6 +6,7 @@
 //! rotation scenarios are generic over strategy (and the store conformance
 //! suite over stores); later engines add themselves to [`engines`].
 
+mod crash_points;
 mod dynamic;
 mod dynamic_authz;
 mod dynamic_scope;
@@ -57,6 +58,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(stores::trials(&env));
     trials.extend(rotation::trials(&env));
+    trials.extend(crash_points::trials(&env));
     trials.extend(safety::trials(&env));
     trials.extend(dynamic::trials(&env));
     trials.extend(dynamic_scope::trials(&env));

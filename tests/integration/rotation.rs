@@ -64,6 +64,9 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             add("finish_before_set_is_refused", |d, s| {
                 Box::pin(finish_before_set(d, s))
             });
+            add("out_of_order_steps_by_hand_change_nothing", |d, s| {
+                Box::pin(out_of_order(d, s))
+            });
             add("rotate_immediately_false_runs_only_test", |d, s| {
                 Box::pin(rotate_immediately_false(d, s))
             });
@@ -789,6 +792,86 @@ async fn finish_before_set(db: TestDb, strategy: Strategy) {
     );
     // The rotation then completes normally.
     f.steps(&rotator, &token, &Step::ALL[1..]).await;
+    f.remember_values().await;
+    assert_rotated(&f, &old, &token).await;
+}
+
+/// Everything a step may change: labels, versions, both users' stored
+/// credentials, and how many users carry the secret's name.
+async fn snapshot(f: &Fixture) -> impl PartialEq + std::fmt::Debug {
+    (
+        f.labels().await,
+        f.moto.all_values(&f.arn).await.len(),
+        f.verifiers().await,
+        f.admin.users_starting_with(&f.user).await,
+    )
+}
+
+/// Steps run by hand in the wrong order (from the console or `rotor step`):
+/// each fails with a message that says what to run first, and changes
+/// nothing; finishSecret never moves AWSCURRENT to credentials that do not
+/// log in; and the rotation then completes in order.
+async fn out_of_order(db: TestDb, strategy: Strategy) {
+    let f = fixture(&db, strategy, &unique("rotor_order"), json!({})).await;
+    let old = f.current_version().await;
+    let token = f.moto.start_rotation(&f.arn).await;
+    let by_hand = |step: Step| {
+        let f = &f;
+        let token = token.clone();
+        async move { f.step(&f.rotator(), step, &token).await }
+    };
+    let before = snapshot(&f).await;
+    for (step, hint) in [
+        (Step::SetSecret, "createSecret"),
+        (Step::TestSecret, "createSecret"),
+        (Step::FinishSecret, "createSecret"),
+    ] {
+        let err = by_hand(step)
+            .await
+            .expect_err(&format!("{step} before createSecret must fail"));
+        assert!(
+            err.to_string().contains(hint),
+            "{step} before createSecret: the message must say to run {hint} first: {err}"
+        );
+        assert_eq!(
+            snapshot(&f).await,
+            before,
+            "{step} before createSecret changed something"
+        );
+    }
+    by_hand(Step::CreateSecret).await.expect("createSecret");
+    let created = snapshot(&f).await;
+    for step in [Step::TestSecret, Step::FinishSecret] {
+        let err = by_hand(step)
+            .await
+            .expect_err(&format!("{step} before setSecret must fail"));
+        assert_eq!(err.kind(), "LoginRefused", "{step} before setSecret: {err}");
+        assert!(
+            err.to_string().contains("setSecret"),
+            "{step} before setSecret: the message must say to run setSecret first: {err}"
+        );
+        assert_eq!(
+            snapshot(&f).await,
+            created,
+            "{step} before setSecret changed something"
+        );
+        assert!(
+            f.logs_in(&f.secret(&old).await).await,
+            "{step} before setSecret: AWSCURRENT must still log in"
+        );
+    }
+    by_hand(Step::SetSecret).await.expect("setSecret");
+    // finishSecret before testSecret verifies the login itself, then moves.
+    assert_eq!(
+        by_hand(Step::FinishSecret).await.expect("finishSecret"),
+        Outcome::Finished
+    );
+    assert_eq!(
+        by_hand(Step::TestSecret)
+            .await
+            .expect("testSecret after finish"),
+        Outcome::AlreadyCurrent
+    );
     f.remember_values().await;
     assert_rotated(&f, &old, &token).await;
 }

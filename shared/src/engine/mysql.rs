@@ -39,6 +39,7 @@ use super::{
 };
 use crate::deadline;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::secret::{DbSecret, SecretString, TlsMode};
 use crate::strategy::CLONE_SUFFIX;
 
@@ -1381,9 +1382,15 @@ impl MySession {
             ));
             let endpoint = self.endpoint.clone();
             let conn = self.conn()?;
-            deadline::bounded(&endpoint, "lower its session time limits", bound, async {
-                conn.query_drop(&sql).await.map_err(fail)
-            })
+            let what = "lower its session time limits";
+            deadline::bounded(
+                &endpoint,
+                what,
+                bound,
+                fault::call(&endpoint, what, async {
+                    conn.query_drop(&sql).await.map_err(fail)
+                }),
+            )
             .await?;
             self.server_limit = wanted;
         }
@@ -1400,9 +1407,12 @@ impl MySession {
         let bound = self.statement_bound(what).await?;
         let endpoint = self.endpoint.clone();
         let conn = self.conn()?;
-        deadline::bounded(&endpoint, what, bound, async {
-            Ok(conn.query_drop(sql).await)
-        })
+        deadline::bounded(
+            &endpoint,
+            what,
+            bound,
+            fault::call(&endpoint, what, async { Ok(conn.query_drop(sql).await) }),
+        )
         .await
     }
 
@@ -1418,7 +1428,13 @@ impl MySession {
         let bound = self.statement_bound(what).await?;
         let endpoint = self.endpoint.clone();
         let conn = self.conn()?;
-        deadline::bounded(&endpoint, what, bound, async { Ok(conn.query(sql).await) }).await
+        deadline::bounded(
+            &endpoint,
+            what,
+            bound,
+            fault::call(&endpoint, what, async { Ok(conn.query(sql).await) }),
+        )
+        .await
     }
 
     /// Prepared statement returning rows, within the statement bound.
@@ -1435,9 +1451,12 @@ impl MySession {
         let bound = self.statement_bound(what).await?;
         let endpoint = self.endpoint.clone();
         let conn = self.conn()?;
-        deadline::bounded(&endpoint, what, bound, async {
-            Ok(conn.exec(sql, params).await)
-        })
+        deadline::bounded(
+            &endpoint,
+            what,
+            bound,
+            fault::call(&endpoint, what, async { Ok(conn.exec(sql, params).await) }),
+        )
         .await
     }
 

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::deadline;
 use crate::error::{Error, Result};
+use crate::fault;
 use crate::secret::{DbSecret, SecretString, TlsMode};
 use crate::strategy::CLONE_SUFFIX;
 
@@ -1087,15 +1088,19 @@ impl PgSession {
         let bound = statement_bound();
         let text = format!("{}{sql}", limits_sql(bound));
         deadline::bounded(&self.endpoint, action, bound, async {
-            self.client
-                .batch_execute(&text)
-                .await
-                .map_err(self.db_error(action))
+            fault::call(&self.endpoint, action, async {
+                self.client
+                    .batch_execute(&text)
+                    .await
+                    .map_err(self.db_error(action))
+            })
+            .await
         })
         .await
     }
 
     async fn attributes(&self, user: &str) -> Result<Option<RoleAttributes>> {
+        fault::point(&self.endpoint, "read role attributes").await?;
         let row = self
             .client
             .query_opt(
@@ -1145,17 +1150,22 @@ impl PgSession {
         };
         // One transaction: the clone never exists half-made or without its
         // password, and a refusal half-way changes nothing.
+        // Inside the transaction an answer lost after a statement ends like
+        // a failure before it: the dropped connection rolls everything back.
+        fault::point(&endpoint, "begin a transaction").await?;
         let tx = self
             .client
             .transaction()
             .await
             .map_err(fail("begin a transaction".into()))?;
+        fault::point(&endpoint, "set time limits").await?;
         tx.batch_execute(&limits_sql(bound))
             .await
             .map_err(fail("set time limits".into()))?;
         for change in &plan {
             match change {
                 CloneChange::Sql(sql) => {
+                    fault::point(&endpoint, sql).await?;
                     tx.batch_execute(sql)
                         .await
                         .map_err(fail(format!("run {sql:?}")))?;
@@ -1168,11 +1178,13 @@ impl PgSession {
                     // set_config parses the stored text exactly as the server
                     // wrote it (lists included); FROM CURRENT then stores it
                     // for the clone without Rotor ever quoting a value.
+                    fault::point(&endpoint, "set_config").await?;
                     tx.query("SELECT set_config($1, $2, true)", &[name, value])
                         .await
                         .map_err(fail(format!(
                             "copy setting {name:?} of {base:?} to {clone:?} (set it on {clone:?} by hand if this login may not)"
                         )))?;
+                    fault::point(&endpoint, "ALTER ROLE … SET … FROM CURRENT").await?;
                     tx.batch_execute(&setting_sql(clone, database, name))
                         .await
                         .map_err(fail(format!("store setting {name:?} for {clone:?}")))?;
@@ -1180,11 +1192,15 @@ impl PgSession {
             }
         }
         if created {
+            fault::point(&endpoint, "set the password of the new clone").await?;
             tx.batch_execute(&alter_password_sql(clone, password))
                 .await
                 .map_err(fail(format!("set the password of new role {clone:?}")))?;
         }
-        tx.commit().await.map_err(fail("commit".into()))?;
+        fault::call(&endpoint, "COMMIT", async {
+            tx.commit().await.map_err(fail("commit".into()))
+        })
+        .await?;
         Ok(AlternateSync {
             created,
             changes: plan.iter().map(CloneChange::describe).collect(),
@@ -1200,6 +1216,7 @@ impl PgSession {
     ) -> Result<Option<bool>> {
         // Ask first: reading pg_authid without the privilege would put an
         // ERROR in the server log on every rotation (RDS masters lack it).
+        fault::point(&self.endpoint, "may it read pg_authid").await?;
         let readable: bool = self
             .client
             .query_one(
@@ -1212,6 +1229,7 @@ impl PgSession {
         if !readable {
             return Ok(None);
         }
+        fault::point(&self.endpoint, "read pg_authid").await?;
         match self
             .client
             .query_opt(
@@ -1240,6 +1258,7 @@ impl PgSession {
     /// Superuser-like powers `user` holds directly or through any role it
     /// is a member of; `None` when the role does not exist.
     async fn powers(&self, user: &str) -> Result<Option<Vec<String>>> {
+        fault::point(&self.endpoint, "read role powers").await?;
         let rows = self
             .client
             .query(
@@ -1283,6 +1302,7 @@ impl PgSession {
 
     /// Per-role settings: (database or "", `name=value`).
     async fn settings(&self, user: &str) -> Result<BTreeSet<(String, String)>> {
+        fault::point(&self.endpoint, "read role settings").await?;
         let rows = self
             .client
             .query(
@@ -1296,6 +1316,7 @@ impl PgSession {
 
     /// The clone as it is, or `None` when it does not exist.
     async fn clone_state(&self, clone: &str) -> Result<Option<CloneState>> {
+        fault::point(&self.endpoint, "read the clone").await?;
         let row = self
             .client
             .query_opt(
@@ -1307,6 +1328,7 @@ impl PgSession {
         let Some(r) = row else {
             return Ok(None);
         };
+        fault::point(&self.endpoint, "read the clone's memberships").await?;
         let memberships = self
             .client
             .query(
@@ -1359,6 +1381,7 @@ impl PgSession {
 impl Session for PgSession {
     async fn check(&mut self) -> Result<()> {
         deadline::bounded(&self.endpoint, "SELECT 1", statement_bound(), async {
+            fault::point(&self.endpoint, "SELECT 1").await?;
             self.client
                 .simple_query("SELECT 1")
                 .await
