@@ -20,6 +20,10 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         ("unmarked_existing_clone_is_not_taken_over", |e| {
             Box::pin(unmarked_clone_not_taken_over(e))
         }),
+        (
+            "unmarked_clone_holding_nothing_adopted_only_with_the_pending_password",
+            |e| Box::pin(half_made_clone(e)),
+        ),
         ("privileged_template_refused_without_opt_in", |e| {
             Box::pin(privileged_template_refused(e))
         }),
@@ -102,6 +106,51 @@ async fn create_then_set(f: &Fixture) -> (String, rotor::Result<rotor::Outcome>)
     f.remember_values().await;
     let result = f.step(&rotator, Step::SetSecret, &token).await;
     (token, result)
+}
+
+/// A crash between CREATE USER and the marker grant leaves a clone that
+/// holds nothing and stores the pending password: the retry adopts it (the
+/// crash-point matrix drills that). An account that holds nothing but has
+/// another password is someone else's: still refused, nothing changed.
+async fn half_made_clone(env: TestEnv) {
+    let db = maria(&env);
+    let f = fixture(
+        &db,
+        Strategy::AlternatingUsers,
+        &unique("rotor_halfmade"),
+        json!({}),
+    )
+    .await;
+    let clone = format!("{}_clone", f.user);
+    f.admin
+        .exec(&format!(
+            "CREATE USER {} IDENTIFIED BY PASSWORD '{}'",
+            mysql_account(&clone),
+            rotor::engine::mysql::native_password_hash(new_password().expose())
+        ))
+        .await;
+    let before = f.admin.stored_credential(&clone).await;
+    let (token, result) = create_then_set(&f).await;
+    let err = result.expect_err("a clone with another password must be refused");
+    assert_eq!(err.kind(), "Refused", "{err}");
+    assert_eq!(
+        f.admin.stored_credential(&clone).await,
+        before,
+        "password unchanged"
+    );
+    // Now the half-made clone Rotor itself would leave: the pending password.
+    let pending = f.secret(&token).await;
+    f.admin.set_password(&clone, &pending.password).await;
+    f.steps(&f.rotator(), &token, &Step::ALL[1..]).await;
+    f.remember_values().await;
+    let grants = f
+        .admin
+        .rows(&format!("SHOW GRANTS FOR {}", mysql_account(&clone)))
+        .await;
+    assert!(
+        grants.iter().any(|g| g.contains("rotor_alternate_marker")),
+        "the adopted clone is marked: {grants:?}"
+    );
 }
 
 async fn unmarked_clone_not_taken_over(env: TestEnv) {

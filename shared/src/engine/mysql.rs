@@ -1625,6 +1625,32 @@ impl MySession {
         rows.first().and_then(|text| plugin_of_create_user(text))
     }
 
+    /// Whether `user@host` is a clone Rotor began and did not finish: it
+    /// stores exactly `password` (a native password hash; other plugins
+    /// cannot be compared and are not adopted). The caller has checked that
+    /// it holds no privileges.
+    async fn half_made_clone(
+        &mut self,
+        user: &str,
+        host: &str,
+        password: &SecretString,
+    ) -> Result<bool> {
+        let rows: std::result::Result<Vec<(Option<String>, Option<String>)>, _> = self
+            .exec_bounded(
+                "SELECT plugin, authentication_string FROM mysql.user WHERE User = ? AND Host = ?",
+                (user, host),
+                &format!("read the stored credential of {}", account(user, host)),
+            )
+            .await?;
+        let hash = native_password_hash(password.expose());
+        Ok(rows.is_ok_and(|rows| {
+            rows.iter().any(|(plugin, stored)| {
+                matches!(plugin.as_deref(), Some("mysql_native_password" | "") | None)
+                    && stored.as_deref() == Some(hash.as_str())
+            })
+        }))
+    }
+
     async fn exec(&mut self, sql: &str) -> Result<()> {
         let action = format!("run {sql:?}");
         let fail = self.fail(action.clone());
@@ -1906,6 +1932,29 @@ impl Session for MySession {
                 .collect();
             alternate_grants.push((a.host.clone(), grants));
         }
+        // Creating the clone takes two statements (CREATE USER, then the
+        // marker grant) that no transaction joins: a crash between them
+        // leaves an unmarked clone. Such a half-made account holds nothing
+        // and has the password Rotor generated for this very rotation, which
+        // only Rotor and the readers of this secret know: it is adopted
+        // (marked below) rather than refused forever.
+        let mut adopted = Vec::new();
+        if alternate.ends_with(CLONE_SUFFIX) {
+            for (host, grants) in &mut alternate_grants {
+                let holds_nothing = grants.iter().all(|g| {
+                    matches!(g, Grant::Privileges { privileges, grant_option: false, .. }
+                        if privileges.iter().all(|p| p.eq_ignore_ascii_case("USAGE")))
+                });
+                if holds_nothing && self.half_made_clone(alternate, host, password).await? {
+                    adopted.push(host.clone());
+                    grants.push(Grant::Privileges {
+                        object: format!("{}.*", quote_name(ALTERNATE_MARKER_DB)),
+                        privileges: BTreeSet::from(["SELECT".to_string()]),
+                        grant_option: false,
+                    });
+                }
+            }
+        }
         self.refuse_unmarked_clone(
             template,
             alternate,
@@ -1938,6 +1987,12 @@ impl Session for MySession {
                 ..
             } = wanted_account;
             let have = existing.iter().find(|a| &a.host == host).cloned();
+            if adopted.contains(host) {
+                let sql = marker_grant(alternate, host);
+                self.exec(&sql).await?;
+                sync.changes
+                    .push(format!("{sql} (adopting a clone left half-made)"));
+            }
             let mut have_grants = alternate_grants
                 .iter()
                 .find(|(h, _)| h == host)
