@@ -72,8 +72,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rotor::store::SecretsManagerStore;
 use rotor::{Outcome, RotationEvent, Rotator, Step, Strategy};
 use rotor_tests::{
-    Admin, Kind, MariaDbEnv, MotoService, TestDb, TestEnv, create_role, mysql_account,
-    new_password, pg_ident, unique,
+    Admin, Kind, MariaDbEnv, MotoService, TestDb, TestEnv, create_role, new_password, unique,
 };
 use serde_json::{Map, Value, json};
 use tokio::net::{TcpListener, TcpStream};
@@ -340,7 +339,7 @@ impl Cleanup {
             let Some(server) = servers.iter().find(|s| s.db.kind == *kind) else {
                 continue;
             };
-            if let Err(e) = bounded("DROP USER", drop_user(&server.admin, user)).await {
+            if let Err(e) = bounded("DROP USER", server.admin.drop_user(user)).await {
                 eprintln!(
                     "cleanup: cannot drop {} user {user}: {e}",
                     server_name(*kind)
@@ -357,23 +356,6 @@ impl Cleanup {
             if let Err(e) = bounded("DeleteSecret", delete).await {
                 eprintln!("cleanup: cannot delete secret {arn}: {e:?}");
             }
-        }
-    }
-}
-
-async fn drop_user(admin: &Admin, user: &str) -> Result<(), String> {
-    match admin {
-        Admin::Pg(c) => c
-            .batch_execute(&format!("DROP ROLE IF EXISTS {}", pg_ident(user)))
-            .await
-            .map_err(|e| e.to_string()),
-        Admin::My(c) => {
-            use mysql_async::prelude::Queryable;
-            c.lock()
-                .await
-                .query_drop(format!("DROP USER IF EXISTS {}", mysql_account(user)))
-                .await
-                .map_err(|e| e.to_string())
         }
     }
 }

@@ -3,8 +3,8 @@
 //! For each engine, strategy and fault ([`Fault::Fail`]: the call is never
 //! made; [`Fault::Drop`]: it is made and its answer lost), position N runs
 //! from 1 until a rotation makes fewer than N external calls. Calls are
-//! counted over the whole rotation: each Secrets Manager request (the store
-//! wrapper below), each database login (the engine wrapper below) and each
+//! counted over the whole rotation: each Secrets Manager request
+//! ([`ObservedStore`]), each database login (the engine wrapper below) and each
 //! database statement (the engines' own `rotor::fault` points). Each
 //! position starts from a fresh secret, so first rotations (the alternate
 //! user does not exist yet) are what is drilled.
@@ -25,10 +25,9 @@ use libtest_mimic::Trial;
 use rotor::engine::{Engine, Role, Session};
 use rotor::fault::{self, Fault, Plan};
 use rotor::secret::Require;
-use rotor::store::{
-    ListFilter, SecretMetadata, SecretStore, SecretSummary, SecretsManagerStore, VersionRef,
-};
+use rotor::store::SecretsManagerStore;
 use rotor::{DbSecret, Result, Rotator, SecretString, Step, Strategy};
+use rotor_tests::probe::ObservedStore;
 use rotor_tests::{Kind, TestDb, TestEnv, unique};
 use serde_json::json;
 
@@ -53,64 +52,6 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         }
     }
     t
-}
-
-/// Secrets Manager with each request counted as one external call.
-struct FaultStore(Arc<dyn SecretStore>);
-
-const SM: &str = "secretsmanager";
-
-#[async_trait]
-impl SecretStore for FaultStore {
-    fn kind(&self) -> &'static str {
-        self.0.kind()
-    }
-    async fn describe(&self, secret_id: &str) -> Result<SecretMetadata> {
-        fault::call(SM, "DescribeSecret", self.0.describe(secret_id)).await
-    }
-    async fn get(&self, secret_id: &str, version: VersionRef<'_>) -> Result<Option<SecretString>> {
-        fault::call(SM, "GetSecretValue", self.0.get(secret_id, version)).await
-    }
-    async fn put_pending(
-        &self,
-        secret_id: &str,
-        token: &str,
-        value: &SecretString,
-        rotation_token: Option<&str>,
-    ) -> Result<()> {
-        fault::call(
-            SM,
-            "PutSecretValue",
-            self.0.put_pending(secret_id, token, value, rotation_token),
-        )
-        .await
-    }
-    async fn update_stage(
-        &self,
-        secret_id: &str,
-        stage: &str,
-        move_to: Option<&str>,
-        remove_from: Option<&str>,
-    ) -> Result<()> {
-        fault::call(
-            SM,
-            "UpdateSecretVersionStage",
-            self.0.update_stage(secret_id, stage, move_to, remove_from),
-        )
-        .await
-    }
-    async fn list_versions(&self, secret_id: &str) -> Result<Vec<String>> {
-        fault::call(SM, "ListSecretVersionIds", self.0.list_versions(secret_id)).await
-    }
-    async fn list_secrets(&self, filter: &ListFilter) -> Result<Vec<SecretSummary>> {
-        fault::call(SM, "ListSecrets", self.0.list_secrets(filter)).await
-    }
-    async fn tag(&self, secret_id: &str, key: &str, value: &str) -> Result<()> {
-        fault::call(SM, "TagResource", self.0.tag(secret_id, key, value)).await
-    }
-    async fn request_rotation(&self, secret_id: &str) -> Result<bool> {
-        fault::call(SM, "RotateSecret", self.0.request_rotation(secret_id)).await
-    }
 }
 
 /// The engine with each login counted as one external call (statements are
@@ -153,7 +94,7 @@ impl Engine for FaultEngine {
 
 fn faulty_rotator(db: &TestDb, strategy: Strategy) -> Rotator {
     Rotator::new(
-        Arc::new(FaultStore(Arc::new(SecretsManagerStore::new(
+        Arc::new(ObservedStore::new(Arc::new(SecretsManagerStore::new(
             db.env.sm_client(),
         )))),
         Arc::new(FaultEngine(db.engine())),
@@ -227,8 +168,7 @@ async fn some_labelled_login(f: &Fixture, moment: &str) {
     }
 }
 
-/// Which step the rotation stopped at, and the fault's record; `None` when
-/// the fault never fired (position past the rotation's last call).
+/// Which step the rotation stopped at, and the call the fault hit.
 struct Stopped {
     step: usize,
     at: String,

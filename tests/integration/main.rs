@@ -11,6 +11,7 @@ mod dynamic;
 mod dynamic_authz;
 mod dynamic_scope;
 mod inventory;
+mod lockout;
 mod mysql_safety;
 mod rotation;
 mod safety;
@@ -59,6 +60,7 @@ fn main() {
     trials.extend(stores::trials(&env));
     trials.extend(rotation::trials(&env));
     trials.extend(crash_points::trials(&env));
+    trials.extend(lockout::trials(&env));
     trials.extend(safety::trials(&env));
     trials.extend(dynamic::trials(&env));
     trials.extend(dynamic_scope::trials(&env));

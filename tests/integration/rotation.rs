@@ -12,7 +12,9 @@ use rotor::store::{LocalStore, SecretStore};
 use rotor::{
     DbSecret, Error, Outcome, PasswordPolicy, RotationEvent, Rotator, SecretString, Step, Strategy,
 };
-use rotor_tests::{Admin, Kind, MotoService, TestDb, TestEnv, leaks, new_password, unique};
+use rotor_tests::{
+    Admin, Kind, MotoService, RotatedSecret, TestDb, TestEnv, leaks, new_password, unique,
+};
 use serde_json::{Value, json};
 
 use crate::trial;
@@ -154,32 +156,14 @@ pub(crate) struct Fixture {
 pub(crate) async fn fixture(db: &TestDb, strategy: Strategy, user: &str, extra: Value) -> Fixture {
     let moto = MotoService::new(&db.env);
     let admin = db.admin().await;
-    let password = new_password();
     let mut extra = extra;
-    match strategy {
-        Strategy::SingleUser => admin.create_user(user, &password).await,
-        Strategy::AlternatingUsers => {
-            let master = unique("rotor_master");
-            let master_pw = new_password();
-            admin.create_user(user, &password).await;
-            admin.create_master(&master, &master_pw, user).await;
-            let master_value = db.secret(&master, master_pw.expose(), json!({}));
-            leaks::remember(&master_value);
-            let master_arn = moto
-                .create_secret(&unique("rotor/master"), &master_value)
-                .await;
-            extra["masterarn"] = json!(master_arn);
-        }
-    }
     extra["team"] = json!("payments"); // an unknown key that must survive
-    let value = db.secret(user, password.expose(), extra);
-    leaks::remember(&value);
-    let arn = moto.create_secret(&unique("rotor/test"), &value).await;
+    let secret = RotatedSecret::create(db, &admin, &moto, strategy, user, extra).await;
     Fixture {
         db: db.clone(),
         moto,
         admin,
-        arn,
+        arn: secret.arn,
         user: user.to_string(),
         strategy,
     }

@@ -20,6 +20,7 @@ use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
 
 pub mod leaks;
+pub mod probe;
 
 /// Settings exported by `scripts/test-env`.
 #[derive(Clone, Debug)]
@@ -227,6 +228,56 @@ impl TestEnv {
             d.extend(e);
         }
         doc.to_string()
+    }
+}
+
+/// A secret to rotate, made on a test server: its user (alternating users:
+/// with a master that may manage the user and its clone).
+pub struct RotatedSecret {
+    pub arn: String,
+    pub user: String,
+    /// Alternating users: (master user, master secret ARN).
+    pub master: Option<(String, String)>,
+}
+
+impl RotatedSecret {
+    /// Creates `user` (and a master) on `db` and the secret(s) in moto;
+    /// `extra` keys go into the secret. Every value is remembered for the
+    /// leak check.
+    pub async fn create(
+        db: &TestDb,
+        admin: &Admin,
+        moto: &MotoService,
+        strategy: Strategy,
+        user: &str,
+        extra: Value,
+    ) -> RotatedSecret {
+        let password = new_password();
+        let mut extra = extra;
+        admin.create_user(user, &password).await;
+        let master = match strategy {
+            Strategy::SingleUser => None,
+            Strategy::AlternatingUsers => {
+                let master = unique("rotor_master");
+                let master_pw = new_password();
+                admin.create_master(&master, &master_pw, user).await;
+                let master_value = db.secret(&master, master_pw.expose(), json!({}));
+                leaks::remember(&master_value);
+                let master_arn = moto
+                    .create_secret(&unique("rotor/master"), &master_value)
+                    .await;
+                extra["masterarn"] = json!(master_arn);
+                Some((master, master_arn))
+            }
+        };
+        let value = db.secret(user, password.expose(), extra);
+        leaks::remember(&value);
+        let arn = moto.create_secret(&unique("rotor/test"), &value).await;
+        RotatedSecret {
+            arn,
+            user: user.to_string(),
+            master,
+        }
     }
 }
 
@@ -730,6 +781,24 @@ impl Admin {
         match self {
             Admin::Pg(c) => c,
             Admin::My(_) => panic!("a PostgreSQL-only scenario got a MariaDB admin"),
+        }
+    }
+
+    /// Drops a user if it exists (benchmarks leave the servers as they were).
+    pub async fn drop_user(&self, user: &str) -> Result<(), String> {
+        match self {
+            Admin::Pg(c) => c
+                .batch_execute(&format!("DROP ROLE IF EXISTS {}", pg_ident(user)))
+                .await
+                .map_err(|e| e.to_string()),
+            Admin::My(c) => {
+                use mysql_async::prelude::Queryable;
+                c.lock()
+                    .await
+                    .query_drop(format!("DROP USER IF EXISTS {}", mysql_account(user)))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 
