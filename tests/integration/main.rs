@@ -6,6 +6,7 @@
 //! rotation scenarios are generic over strategy (and the store conformance
 //! suite over stores); later engines add themselves to [`engines`].
 
+mod config_errors;
 mod dynamic;
 mod dynamic_authz;
 mod dynamic_scope;
@@ -56,6 +57,7 @@ fn main() {
     let maria_log_start = log_start(&maria_log);
     let mut trials = Vec::new();
     trials.extend(stores::trials(&env));
+    trials.extend(config_errors::trials(&env));
     trials.extend(rotation::trials(&env));
     trials.extend(safety::trials(&env));
     trials.extend(dynamic::trials(&env));
