@@ -10,6 +10,7 @@ mod config_errors;
 mod dynamic;
 mod dynamic_authz;
 mod dynamic_scope;
+mod hostile;
 mod inventory;
 mod mysql_safety;
 mod rotation;
@@ -58,6 +59,7 @@ fn main() {
     let mut trials = Vec::new();
     trials.extend(stores::trials(&env));
     trials.extend(config_errors::trials(&env));
+    trials.extend(hostile::trials(&env));
     trials.extend(rotation::trials(&env));
     trials.extend(safety::trials(&env));
     trials.extend(dynamic::trials(&env));
