@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use libtest_mimic::Trial;
 use rotor_tests::{TestEnv, unique};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc};
@@ -478,7 +478,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(S
 /// tests, so this builds them, once per test run; a no-op when fresh. The
 /// whole workspace's binaries are built together so the `rotor` crate is
 /// built with the same features as for this test (one build, not six).
-async fn built_binaries() -> PathBuf {
+pub(crate) async fn built_binaries() -> PathBuf {
     static BUILT: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     BUILT
         .get_or_init(|| async {

@@ -65,6 +65,9 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         trial("hostile::settings::environment", env, |_env| {
             run_kind("settings", settings_cases(), settings_case)
         }),
+        trial("hostile::cli::arguments", env, |_env| {
+            run_kind("cli", cli_cases(), cli_case)
+        }),
     ]
 }
 
@@ -1563,4 +1566,208 @@ pub(crate) fn print_corpus_size() {
         total >= 500,
         "the corpus must hold at least 500 cases, not {total}"
     );
+}
+
+// ---- the CLI's arguments ------------------------------------------------------
+
+/// One `rotor` command line with `{}` where the hostile argument goes and
+/// `STORE`/`TOKEN` for the case's local store and pending token.
+const CLI_SLOTS: &[&[&str]] = &[
+    &["step", "{}", "app/db", "TOKEN", "--local", "STORE"],
+    &["step", "createSecret", "{}", "TOKEN", "--local", "STORE"],
+    &["step", "createSecret", "app/db", "{}", "--local", "STORE"],
+    &[
+        "step",
+        "createSecret",
+        "app/db",
+        "TOKEN",
+        "--strategy",
+        "{}",
+        "--local",
+        "STORE",
+    ],
+    &["rotate", "{}", "--local", "STORE"],
+    &["secrets", "get", "{}", "--local", "STORE"],
+    &[
+        "secrets", "get", "app/db", "--stage", "{}", "--local", "STORE",
+    ],
+    &[
+        "secrets",
+        "get",
+        "app/db",
+        "--version-id",
+        "{}",
+        "--local",
+        "STORE",
+    ],
+    &[
+        "secrets", "put", "app/db", "--value", "{}", "--local", "STORE",
+    ],
+    &["secrets", "start-rotation", "{}", "--local", "STORE"],
+    &["secrets", "list", "--local", "{}"],
+    &["revoke", "--secret", "{}", "--local", "STORE"],
+    &["revoke", "--user", "{}", "--local", "STORE"],
+    &["revoke", "--role", "{}", "--local", "STORE"],
+    &["revoke", "--tag", "{}", "--local", "STORE"],
+    &["issue", "{}", "--local", "STORE"],
+    &["issue", "ci", "--ttl", "{}", "--local", "STORE"],
+    &["leases", "--role", "{}", "--local", "STORE"],
+    &[
+        "sweep",
+        "--dry-run",
+        "--concurrency",
+        "{}",
+        "--local",
+        "STORE",
+    ],
+    &["exec", "--role", "{}", "--local", "STORE", "--", "true"],
+    &[
+        "report",
+        "--format",
+        "json",
+        "--fail-on",
+        "{}",
+        "--local",
+        "STORE",
+    ],
+    &["--log-format", "{}", "secrets", "list", "--local", "STORE"],
+];
+
+#[derive(Clone)]
+struct CliInput {
+    slot: usize,
+    arg: std::ffi::OsString,
+}
+
+fn cli_cases() -> Vec<Case<CliInput>> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut values: Vec<(&'static str, String, std::ffi::OsString)> = Vec::new();
+    for hv in hostile_strings() {
+        let text = hv.value.as_str().unwrap_or_default().to_string();
+        // An argument cannot hold NUL (execve), nor exceed 128 KiB.
+        if text.contains('\0') {
+            continue;
+        }
+        let text = if text.len() > 100_000 {
+            "x".repeat(100_000)
+        } else {
+            text
+        };
+        values.push((hv.class, hv.name, text.clone().into()));
+    }
+    values.push((
+        "bytes",
+        "invalid_utf8".into(),
+        std::ffi::OsString::from_vec(vec![b'a', 0xff, 0xfe, b'b']),
+    ));
+    // Each case spawns a process: two values of each class are enough
+    // here (the in-process kinds take every value).
+    let mut per_class: BTreeMap<&str, usize> = BTreeMap::new();
+    values.retain(|(class, _, _)| {
+        let n = per_class.entry(class).or_default();
+        *n += 1;
+        *n <= 2
+    });
+    let mut cases = Vec::new();
+    for (slot, args) in CLI_SLOTS.iter().enumerate() {
+        for (class, name, arg) in &values {
+            cases.push(Case {
+                name: format!("rotor {} <- {name}", args.join(" ")),
+                class,
+                input: CliInput {
+                    slot,
+                    arg: arg.clone(),
+                },
+            });
+        }
+    }
+    cases
+}
+
+/// Runs `rotor` with the hostile argument on a copy of a local store that
+/// holds `app/db` (database unreachable) mid-rotation: a usage error (exit
+/// 2) or a clear `rotor: …` error (exit 1), or success for a harmless
+/// argument; never a panic or a signal; the store byte-identical.
+async fn cli_case(_name: String, input: CliInput) -> Result<(), String> {
+    let rotor = crate::config_errors::built_binaries().await.join("rotor");
+    // A copy of one template store (writing a fresh one per case would
+    // cost three synced writes).
+    static TEMPLATE: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    let (template, token) = TEMPLATE.get_or_init(|| {
+        let mut secret = secret_base("postgres");
+        secret["host"] = json!("127.0.0.1");
+        secret["port"] = json!(9);
+        secret["ssl"] = json!(false);
+        let (_store, path, token) = local_store_with(&secret.to_string());
+        (path, token)
+    });
+    let token = token.clone();
+    let dir = std::env::temp_dir().join(unique("rotor-hostile-cli"));
+    // Relative paths in arguments resolve inside the case's directory.
+    let cwd = dir.join("a").join("b").join("c");
+    std::fs::create_dir_all(&cwd).expect("cwd");
+    let path = dir.join("store.json");
+    std::fs::copy(template, &path).expect("copy the template store");
+    let before = std::fs::read(&path).expect("read");
+    let args: Vec<std::ffi::OsString> = CLI_SLOTS[input.slot]
+        .iter()
+        .map(|a| match *a {
+            "{}" => input.arg.clone(),
+            "STORE" => path.clone().into_os_string(),
+            "TOKEN" => token.clone().into(),
+            other => other.into(),
+        })
+        .collect();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(&rotor)
+            .args(&args)
+            .current_dir(&cwd)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("ROTOR_CONNECT_TIMEOUT_SECS", "2")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "rotor did not finish within 30 s".to_string())?
+    .map_err(|e| format!("spawn rotor: {e}"))?;
+    let after = std::fs::read(&path).expect("read");
+    remove_store(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("panicked") {
+        return Err(format!("panic: {}", truncate(&stderr)));
+    }
+    let Some(code) = output.status.code() else {
+        return Err(format!("killed by a signal: {:?}", output.status));
+    };
+    // `secrets put` stores a value that is JSON (a nested array is one).
+    let stored_json = CLI_SLOTS[input.slot][1] == "put"
+        && input
+            .arg
+            .to_str()
+            .is_some_and(|a| serde_json::from_str::<Value>(a.trim()).is_ok());
+    if before != after && !(stored_json && code == 0) {
+        return Err(format!("the store changed (exit {code})"));
+    }
+    if stored_json && code != 0 {
+        return Err(format!("a JSON value was not stored (exit {code})"));
+    }
+    match code {
+        0 | 2 | 3 => Ok(()),
+        1 => {
+            let message = stderr
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("rotor: "))
+                .ok_or_else(|| {
+                    format!("exit 1 without a `rotor: …` line: {}", truncate(&stderr))
+                })?;
+            match unclear(message) {
+                Some(why) => Err(format!("error not clear: {why}")),
+                None => Ok(()),
+            }
+        }
+        other => Err(format!("exit {other}: {}", truncate(&stderr))),
+    }
 }
