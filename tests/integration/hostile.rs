@@ -43,7 +43,7 @@ const MAX_MESSAGE: usize = 4096;
 const CONCURRENCY: usize = 16;
 
 pub fn trials(env: &TestEnv) -> Vec<Trial> {
-    vec![
+    let mut trials = vec![
         trial("hostile::corpus_size", env, |_env| async {
             print_corpus_size();
         }),
@@ -68,7 +68,21 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         trial("hostile::cli::arguments", env, |_env| {
             run_kind("cli", cli_cases(), cli_case)
         }),
-    ]
+    ];
+    for kind in rotor_tests::Kind::ALL {
+        for strategy in [Strategy::SingleUser, Strategy::AlternatingUsers] {
+            trials.push(trial(
+                format!(
+                    "hostile::{}::{}::rotation_refuses_and_changes_nothing",
+                    kind.name(),
+                    strategy.name().replace('-', "_")
+                ),
+                env,
+                move |env| db_cases(rotor_tests::TestDb::new(kind, &env), strategy),
+            ));
+        }
+    }
+    trials
 }
 
 // ---- the hostile values ---------------------------------------------------
@@ -1545,6 +1559,24 @@ pub(crate) fn print_corpus_size() {
         "settings",
         settings_cases().iter().map(|c| c.class).collect(),
     );
+    count("cli", cli_cases().iter().map(|c| c.class).collect());
+    for kind in rotor_tests::Kind::ALL {
+        // The same cases run with single and alternating users; a
+        // single-user secret's masterarn is never used.
+        let classes: Vec<&'static str> = db_secret_cases(kind, "rhx_0")
+            .into_iter()
+            .map(|(class, _, _)| class)
+            .collect();
+        let single_user = classes.iter().copied().filter(|c| *c != "arn");
+        count(
+            if kind == rotor_tests::Kind::Postgres {
+                "postgres_rotations"
+            } else {
+                "mariadb_rotations"
+            },
+            classes.iter().copied().chain(single_user).collect(),
+        );
+    }
     let total: usize = by_kind.iter().map(|(_, n)| n).sum();
     println!(
         "hostile corpus: {total} cases: {}",
@@ -1770,4 +1802,259 @@ async fn cli_case(_name: String, input: CliInput) -> Result<(), String> {
         }
         other => Err(format!("exit {other}: {}", truncate(&stderr))),
     }
+}
+
+// ---- whole rotations against the test servers ------------------------------
+
+/// The hostile secrets that reach a server: usernames built around a real
+/// user (SQL that would change its password if it ran, look-alikes, names
+/// that a server would truncate to it), dbnames a driver could read as
+/// connection settings, hosts with settings appended, master ARNs of other
+/// accounts and partitions. Each rotation must stop with a clear error
+/// before changing anything: the real user's stored credential, the set of
+/// users and the secret's labels and current value stay as they were.
+fn db_secret_cases(
+    kind: rotor_tests::Kind,
+    real: &str,
+) -> Vec<(&'static str, &'static str, Value)> {
+    let pg = kind == rotor_tests::Kind::Postgres;
+    let user = |u: String| json!({"username": u});
+    let mut cases = vec![
+        (
+            "sql",
+            "quote_alter_password",
+            user(if pg {
+                format!("{real}'; ALTER ROLE {real} PASSWORD 'x'; --")
+            } else {
+                format!("{real}'@'%'; SET PASSWORD FOR {real} = PASSWORD('x'); --")
+            }),
+        ),
+        (
+            "sql",
+            "double_quote_drop",
+            user(format!("{real}\"; DROP ROLE {real}; --")),
+        ),
+        (
+            "sql",
+            "backtick_drop",
+            user(format!("{real}`; DROP USER {real}; --")),
+        ),
+        ("sql", "backslash", user(format!("{real}\\' OR '1'='1"))),
+        ("sql", "wildcard", user(format!("{real}%"))),
+        ("format", "percent_s", user(format!("{real}%s%n"))),
+        ("format", "braces", user(format!("{real}{{}}{{0}}"))),
+        ("nul", "nul_inside", user(format!("{real}\0x"))),
+        ("unicode", "rtl_override", user(format!("\u{202e}{real}"))),
+        ("unicode", "zero_width", user(format!("{real}\u{200b}"))),
+        (
+            "unicode",
+            "cyrillic_lookalike",
+            user(real.replacen('x', "\u{0445}", 1)),
+        ),
+        ("unicode", "uppercase", user(real.to_uppercase())),
+        (
+            "conninfo",
+            "dbname_keywords",
+            json!({"dbname": "rotor_test host=evil.example sslmode=disable"}),
+        ),
+        (
+            "conninfo",
+            "dbname_url",
+            json!({"dbname": "postgres://evil.example:5432/rotor_test?sslmode=disable"}),
+        ),
+        (
+            "conninfo",
+            "dbname_query",
+            json!({"dbname": "rotor_test?ssl-mode=DISABLED&host=evil.example"}),
+        ),
+        (
+            "conninfo",
+            "dbname_semicolons",
+            json!({"dbname": "rotor_test;host=evil.example;sslmode=disable"}),
+        ),
+        (
+            "conninfo",
+            "host_with_settings",
+            json!({"host": "127.0.0.1 sslmode=disable"}),
+        ),
+        (
+            "conninfo",
+            "host_with_path",
+            json!({"host": "127.0.0.1/evil"}),
+        ),
+        (
+            "arn",
+            "master_other_account",
+            json!({"masterarn": "arn:aws:secretsmanager:us-east-1:999999999999:secret:rotor/master-AbCdEf"}),
+        ),
+        (
+            "arn",
+            "master_other_partition",
+            json!({"masterarn": "arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:rotor/master-AbCdEf"}),
+        ),
+    ];
+    // Over the limit by one byte and by one multi-byte character, where the
+    // shorter name (what a server that truncates would use) is a real user.
+    let pad = |n: usize| {
+        let mut name = real.to_string();
+        while name.len() < n {
+            name.push('a');
+        }
+        name
+    };
+    if pg {
+        cases.push((
+            "length",
+            "pg_64_bytes_truncates_to_real",
+            user(pad(63) + "a"),
+        ));
+        cases.push((
+            "length",
+            "pg_62_bytes_plus_2_byte_char",
+            user(pad(62) + "é"),
+        ));
+    } else {
+        cases.push(("length", "mariadb_81_chars", user(pad(80) + "a")));
+        cases.push((
+            "length",
+            "mariadb_80_chars_plus_2_byte_char",
+            user(pad(80) + "é"),
+        ));
+    }
+    cases
+}
+
+async fn db_cases(db: rotor_tests::TestDb, strategy: Strategy) {
+    let real = unique("rhx");
+    let f = crate::rotation::fixture(&db, strategy, &real, json!({})).await;
+    // The names a truncating server would log in as: real users too.
+    let pad = |n: usize| {
+        let mut name = real.clone();
+        while name.len() < n {
+            name.push('a');
+        }
+        name
+    };
+    let truncated: Vec<String> = if db.kind == rotor_tests::Kind::Postgres {
+        vec![pad(63), pad(62)]
+    } else {
+        vec![pad(80)]
+    };
+    for name in &truncated {
+        f.admin
+            .create_user(name, &rotor_tests::new_password())
+            .await;
+    }
+    let base = f.current_json().await;
+    let users_before = f.admin.users_starting_with(&real).await;
+    let mut credentials_before = vec![f.verifiers().await];
+    for name in &truncated {
+        credentials_before.push((f.admin.stored_credential(name).await, None));
+    }
+    let rotator = f.rotator();
+    // A single-user secret's masterarn is never used.
+    let cases: Vec<_> = db_secret_cases(db.kind, &real)
+        .into_iter()
+        .filter(|(class, _, _)| *class != "arn" || strategy == Strategy::AlternatingUsers)
+        .collect();
+    let total = cases.len();
+    let mut failures = Vec::new();
+    for (class, name, overrides) in cases {
+        let mut value = base.clone();
+        if let (Value::Object(v), Value::Object(o)) = (&mut value, overrides) {
+            v.extend(o);
+        }
+        let value = value.to_string();
+        rotor_tests::leaks::remember(&value);
+        let arn = f.moto.create_secret(&unique("rotor/hostile"), &value).await;
+        let labels_before = f.moto.labels(&arn).await;
+        let token = f.moto.start_rotation(&arn).await;
+        let mut refused = None;
+        for step in rotor::event::Step::ALL {
+            let event = RotationEvent {
+                step: step.as_str().into(),
+                secret_id: arn.clone(),
+                token: token.clone(),
+                rotation_token: None,
+            };
+            if let Err(e) = rotator.handle(&event).await {
+                refused = Some((step, e));
+                break;
+            }
+        }
+        for v in f.moto.all_values(&arn).await {
+            rotor_tests::leaks::remember(&v);
+        }
+        let mut why = Vec::new();
+        match &refused {
+            None => why.push("the rotation finished".to_string()),
+            Some((step, e)) => {
+                if let Some(u) = unclear(&e.to_string()) {
+                    why.push(format!("{step}: {} not clear: {u}", e.kind()));
+                }
+                // A dbname or host is taken literally: the error comes from
+                // the test server (or DNS), never from another server or TLS.
+                if name.starts_with("dbname") && !matches!(e.kind(), "LoginRefused" | "Database") {
+                    why.push(format!("{step}: dbname case failed with {}: {e}", e.kind()));
+                }
+                // Only a person can fix these secrets: an error that says
+                // "retry" (network, timeout) would have Secrets Manager
+                // retry for nothing and send the operator to the network.
+                if !name.starts_with("host") && e.is_retryable() {
+                    why.push(format!("{step}: refused as retryable {}: {e}", e.kind()));
+                }
+            }
+        }
+        let labels_after = f.moto.labels(&arn).await;
+        let current = |labels: &BTreeMap<String, Vec<String>>| {
+            labels
+                .iter()
+                .find(|(_, s)| s.iter().any(|x| x == "AWSCURRENT"))
+                .map(|(id, _)| id.clone())
+        };
+        if current(&labels_after) != current(&labels_before)
+            || labels_after.values().flatten().any(|s| s == "AWSPREVIOUS")
+        {
+            why.push(format!(
+                "labels changed: {labels_before:?} -> {labels_after:?}"
+            ));
+        }
+        let current_id = current(&labels_after).unwrap_or_default();
+        if f.moto.value(&arn, &current_id).await.as_deref() != Some(value.as_str()) {
+            why.push("the AWSCURRENT value changed".into());
+        }
+        let mut credentials_after = vec![f.verifiers().await];
+        for name in &truncated {
+            credentials_after.push((f.admin.stored_credential(name).await, None));
+        }
+        if credentials_after != credentials_before {
+            why.push("a real user's stored credential changed".into());
+        }
+        if f.admin.users_starting_with(&real).await != users_before {
+            why.push("users were created or dropped".into());
+        }
+        let outcome = match &refused {
+            Some((step, e)) => format!("{step} {}", e.kind()),
+            None => "finished".into(),
+        };
+        println!(
+            "hostile {} {}: {class}/{name}: {outcome}",
+            db.kind.name(),
+            strategy.name()
+        );
+        if !why.is_empty() {
+            failures.push(format!("{class}/{name}: {}", why.join("; ")));
+        }
+    }
+    println!(
+        "hostile {} {}: {total} rotations against the server",
+        db.kind.name(),
+        strategy.name()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
