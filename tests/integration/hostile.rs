@@ -82,6 +82,16 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             ));
         }
     }
+    for kind in rotor_tests::Kind::ALL {
+        trials.push(trial(
+            format!(
+                "hostile::{}::dynamic::issue_with_hostile_role_changes_nothing",
+                kind.name()
+            ),
+            env,
+            move |env| dynamic_cases(rotor_tests::TestDb::new(kind, &env)),
+        ));
+    }
     trials
 }
 
@@ -1576,6 +1586,17 @@ pub(crate) fn print_corpus_size() {
             },
             classes.iter().copied().chain(single_user).collect(),
         );
+        count(
+            if kind == rotor_tests::Kind::Postgres {
+                "postgres_issues"
+            } else {
+                "mariadb_issues"
+            },
+            dynamic_role_cases(kind, "rotor_grp_0", "rotor_own_0")
+                .into_iter()
+                .map(|(class, _, _)| class)
+                .collect(),
+        );
     }
     let total: usize = by_kind.iter().map(|(_, n)| n).sum();
     println!(
@@ -2051,6 +2072,153 @@ async fn db_cases(db: rotor_tests::TestDb, strategy: Strategy) {
         "hostile {} {}: {total} rotations against the server",
         db.kind.name(),
         strategy.name()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// ---- dynamic credentials with hostile role definitions ----------------------
+
+/// Role definitions whose `member_of`, `owner_role` or `dbname` are
+/// hostile, built around the real group and owner roles.
+fn dynamic_role_cases(
+    kind: rotor_tests::Kind,
+    group: &str,
+    owner: &str,
+) -> Vec<(&'static str, &'static str, Value)> {
+    let pg = kind == rotor_tests::Kind::Postgres;
+    let mut cases = Vec::new();
+    for (field, real) in [("member_of", group), ("owner_role", owner)] {
+        let wrap = |v: String| {
+            if field == "member_of" {
+                json!({ field: [v] })
+            } else {
+                json!({ field: v })
+            }
+        };
+        let drop_other = if field == "member_of" { owner } else { group };
+        cases.extend([
+            (
+                "sql",
+                field,
+                wrap(if pg {
+                    format!("{real}\"; DROP ROLE \"{drop_other}\"; --")
+                } else {
+                    format!("{real}`; DROP ROLE `{drop_other}`; --")
+                }),
+            ),
+            (
+                "sql",
+                field,
+                wrap(format!("{real}'; DROP ROLE {drop_other}; --")),
+            ),
+            ("format", field, wrap(format!("{real}%s{{}}"))),
+            ("nul", field, wrap(format!("{real}\0x"))),
+            ("unicode", field, wrap(format!("\u{202e}{real}"))),
+            ("unicode", field, wrap(real.replacen('o', "\u{043e}", 1))),
+            ("length", field, wrap(format!("{real}{}", "é".repeat(40)))),
+        ]);
+    }
+    for dbname in [
+        "rotor_test host=evil.example sslmode=disable",
+        "postgres://evil.example/rotor_test?sslmode=disable",
+        "rotor_test;host=evil.example",
+        "rotor_test\0x",
+    ] {
+        cases.push(("conninfo", "dbname", json!({ "dbname": dbname })));
+    }
+    cases
+}
+
+/// Issues a credential for each hostile role: the issue fails with a clear
+/// error, leaves no user behind, and the group and owner roles survive.
+async fn dynamic_cases(db: rotor_tests::TestDb) {
+    let r = rotor_tests::dynamic_role(&db, json!({})).await;
+    let caller = Caller {
+        arn: "arn:aws:iam::123456789012:role/ci-hostile".into(),
+        via: "test",
+    };
+    let cases = dynamic_role_cases(db.kind, &r.group, &r.owner);
+    let total = cases.len();
+    // The fixture's own role definition, one field changed per case.
+    let base: Value = r
+        .moto
+        .all_values(&r.name)
+        .await
+        .first()
+        .and_then(|v| serde_json::from_str(v).ok())
+        .expect("the fixture's role definition");
+    let mut failures = Vec::new();
+    for (i, (class, field, overrides)) in cases.into_iter().enumerate() {
+        let mut role = base.clone();
+        if let (Value::Object(d), Value::Object(o)) = (&mut role, overrides) {
+            d.extend(o);
+        }
+        let short = format!("hx{i}{}", &unique("r")[2..8]);
+        let name = format!("{}{short}", r.prefix);
+        r.moto.create_secret(&name, &role.to_string()).await;
+        let result = r.dynamic.issue(&name, None, &caller, false).await;
+        let mut why = Vec::new();
+        match &result {
+            Ok(c) => {
+                // MariaDB hands nothing to an owner role: owner_role is
+                // unused there, and the lease must simply revoke cleanly.
+                if !(field == "owner_role" && db.kind == rotor_tests::Kind::MariaDb) {
+                    why.push(format!("issued {}", c.username));
+                }
+                let _ = r
+                    .dynamic
+                    .revoke(
+                        &RevokeTarget::User(c.username.clone()),
+                        false,
+                        &caller,
+                        None,
+                    )
+                    .await;
+            }
+            Err(e) => {
+                if let Some(u) = unclear(&e.to_string()) {
+                    why.push(format!("{} not clear: {u}", e.kind()));
+                }
+                if e.is_retryable() {
+                    why.push(format!("refused as retryable {}: {e}", e.kind()));
+                }
+            }
+        }
+        let prefix = format!("v_{short}_");
+        if r.admin.users_starting_with(&prefix).await != 0 {
+            why.push(format!("a user {prefix}… was left behind"));
+        }
+        // MariaDB has no object ownership: its fixture makes no owner role.
+        let survivors = if db.kind == rotor_tests::Kind::Postgres {
+            vec![&r.group, &r.owner]
+        } else {
+            vec![&r.group]
+        };
+        for survivor in survivors {
+            if r.admin.users_starting_with(survivor).await != 1 {
+                why.push(format!("role {survivor} was dropped or duplicated"));
+            }
+        }
+        let outcome = match &result {
+            Ok(_) => "issued".to_string(),
+            Err(e) => e.kind().to_string(),
+        };
+        println!(
+            "hostile {} dynamic: {class}/{field}: {outcome}",
+            db.kind.name()
+        );
+        if !why.is_empty() {
+            failures.push(format!("{class}/{field} #{i}: {}", why.join("; ")));
+        }
+    }
+    println!(
+        "hostile {} dynamic: {total} issues against the server",
+        db.kind.name()
     );
     assert!(
         failures.is_empty(),
