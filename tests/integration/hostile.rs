@@ -402,7 +402,11 @@ fn no_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// A local store in a fresh directory holding `value` as `app/db`, with a
 /// rotation started; returns (store, path, token).
 fn local_store_with(value: &str) -> (Arc<LocalStore>, PathBuf, String) {
-    let dir = std::env::temp_dir().join(unique("rotor-hostile"));
+    local_store_in(&scratch_dir(), value)
+}
+
+fn local_store_in(root: &Path, value: &str) -> (Arc<LocalStore>, PathBuf, String) {
+    let dir = root.join(unique("rotor-hostile"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("store.json");
     let store = LocalStore::open(&path).expect("open store");
@@ -411,6 +415,17 @@ fn local_store_with(value: &str) -> (Arc<LocalStore>, PathBuf, String) {
         .expect("put");
     let token = store.start_rotation("app/db").expect("start rotation");
     (Arc::new(store), path, token)
+}
+
+/// Where the cases' stores live: memory-backed when the machine has it
+/// (the local store syncs every write to disk; thousands of cases add up).
+fn scratch_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && std::fs::metadata(shm).is_ok_and(|m| !m.permissions().readonly()) {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 fn remove_store(path: &Path) {
@@ -1152,7 +1167,7 @@ async fn url_case(_name: String, (field, event): (String, Value)) -> Result<(), 
             return Err(format!("body error is {}", e.kind()));
         }
     }
-    let dir = std::env::temp_dir().join(unique("rotor-hostile-url"));
+    let dir = scratch_dir().join(unique("rotor-hostile-url"));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("store.json");
     let store = LocalStore::open(&path).expect("store");
@@ -1751,11 +1766,12 @@ async fn cli_case(_name: String, input: CliInput) -> Result<(), String> {
         secret["host"] = json!("127.0.0.1");
         secret["port"] = json!(9);
         secret["ssl"] = json!(false);
-        let (_store, path, token) = local_store_with(&secret.to_string());
+        // Kept for the whole run: on disk, not in memory-backed /dev/shm.
+        let (_store, path, token) = local_store_in(&std::env::temp_dir(), &secret.to_string());
         (path, token)
     });
     let token = token.clone();
-    let dir = std::env::temp_dir().join(unique("rotor-hostile-cli"));
+    let dir = scratch_dir().join(unique("rotor-hostile-cli"));
     // Relative paths in arguments resolve inside the case's directory.
     let cwd = dir.join("a").join("b").join("c");
     std::fs::create_dir_all(&cwd).expect("cwd");
