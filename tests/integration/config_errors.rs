@@ -493,7 +493,12 @@ pub(crate) async fn built_binaries() -> PathBuf {
                 .expect("the tests crate sits in the workspace")
                 .to_path_buf();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut args = vec!["build".to_string(), "--workspace".into(), "--bins".into()];
+            let mut args = vec![
+                "build".to_string(),
+                "--workspace".into(),
+                "--bins".into(),
+                "--locked".into(),
+            ];
             if dir.file_name().is_some_and(|n| n == "release") {
                 args.push("--release".into());
             }
