@@ -21,36 +21,38 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The invocation payload is not a rotation event Rotor understands.
     #[error(
-        "invalid event: {0}. Send {{\"Step\": \"createSecret|setSecret|testSecret|finishSecret\", \"SecretId\": \"<arn or name>\", \"ClientRequestToken\": \"<version id>\"}}"
+        "invalid event: {}. Send {{\"Step\": \"createSecret|setSecret|testSecret|finishSecret\", \"SecretId\": \"<arn or name>\", \"ClientRequestToken\": \"<version id>\"}}", shown(.0)
     )]
     BadEvent(String),
 
     /// The step name is not one of the four rotation steps.
     #[error(
-        "secret {secret}: invalid step parameter {step:?}; expected createSecret, setSecret, testSecret or finishSecret"
+        "secret {}: invalid step parameter \"{}\"; expected createSecret, setSecret, testSecret or finishSecret", shown(.secret), shown(.step)
     )]
     UnknownStep { secret: String, step: String },
 
     /// Rotation was explicitly turned off on the secret.
     #[error(
-        "secret {secret} is not enabled for rotation; enable rotation on it (or run the step from the CLI with --ignore-disabled) before rotating"
+        "secret {} is not enabled for rotation; enable rotation on it (or run the step from the CLI with --ignore-disabled) before rotating", shown(.secret)
     )]
     RotationDisabled { secret: String },
 
     /// The token is not a version of the secret.
     #[error(
-        "secret version {token} has no stage for rotation of secret {secret}; start a new rotation (RotateSecret) instead of replaying an old token"
+        "secret version {} has no stage for rotation of secret {}; start a new rotation (RotateSecret) instead of replaying an old token", shown(.token), shown(.secret)
     )]
     UnknownToken { secret: String, token: String },
 
     /// The token is a version of the secret, but not the one being rotated.
     #[error(
-        "secret version {token} is not set as AWSPENDING for rotation of secret {secret}; the rotation this token belonged to is over — start a new one"
+        "secret version {} is not set as AWSPENDING for rotation of secret {}; the rotation this token belonged to is over — start a new one", shown(.token), shown(.secret)
     )]
     NotPending { secret: String, token: String },
 
     /// A secret value is malformed or lacks what the engine needs.
-    #[error("secret {secret} ({version}): {reason}")]
+    #[error(
+        "secret {} ({}): {}", shown(.secret), shown(.version), shown(.reason)
+    )]
     BadSecret {
         secret: String,
         version: String,
@@ -58,12 +60,14 @@ pub enum Error {
     },
 
     /// The secret or one of its versions does not exist.
-    #[error("{what} not found; check the secret id and that the version was not removed")]
+    #[error(
+        "{} not found; check the secret id and that the version was not removed", shown(.what)
+    )]
     NotFound { what: String },
 
     /// A database refused a login (wrong password, unknown user, pg_hba).
     #[error(
-        "login refused for user {user:?} at {endpoint}: {detail}; check that the {which} credentials in the secret match the database"
+        "login refused for user \"{}\" at {}: {}; check that the {} credentials in the secret match the database", shown(.user), shown(.endpoint), shown(.detail), shown(.which)
     )]
     LoginRefused {
         user: String,
@@ -74,13 +78,13 @@ pub enum Error {
 
     /// The database could not be reached (DNS, refused, timeout).
     #[error(
-        "cannot reach database at {endpoint}: {detail}; check the host/port in the secret, the VPC route and security groups from this function to the database"
+        "cannot reach database at {}: {}; check the host/port in the secret, the VPC route and security groups from this function to the database", shown(.endpoint), shown(.detail)
     )]
     Unreachable { endpoint: String, detail: String },
 
     /// A server took longer than the time left for this invocation allows.
     #[error(
-        "{endpoint} did not finish {what} within {after_ms} ms (bounded by the function's remaining time); nothing further was changed by Rotor. Check that the server is not overloaded or waiting on a lock, then retry; raise the function's timeout if the server is merely slow"
+        "{} did not finish {} within {after_ms} ms (bounded by the function's remaining time); nothing further was changed by Rotor. Check that the server is not overloaded or waiting on a lock, then retry; raise the function's timeout if the server is merely slow", shown(.endpoint), shown(.what)
     )]
     Timeout {
         endpoint: String,
@@ -90,12 +94,14 @@ pub enum Error {
 
     /// TLS could not be established or verified.
     #[error(
-        "TLS to {endpoint} failed: {detail}; add the server's CA to the PEM bundle named by ROTOR_CA_BUNDLE, or set \"ssl\": false in the secret to allow plaintext"
+        "TLS to {} failed: {}; add the server's CA to the PEM bundle named by ROTOR_CA_BUNDLE, or set \"ssl\": false in the secret to allow plaintext", shown(.endpoint), shown(.detail)
     )]
     Tls { endpoint: String, detail: String },
 
     /// The database accepted the login but refused an operation.
-    #[error("database at {endpoint} refused to {action}: {detail}")]
+    #[error(
+        "database at {} refused to {}: {}", shown(.endpoint), shown(.action), shown(.detail)
+    )]
     Database {
         endpoint: String,
         action: String,
@@ -103,7 +109,9 @@ pub enum Error {
     },
 
     /// A call to the secret store failed.
-    #[error("secret store: {operation} on {secret} failed: {detail}")]
+    #[error(
+        "secret store: {} on {} failed: {}", shown(.operation), shown(.secret), shown(.detail)
+    )]
     Store {
         operation: &'static str,
         secret: String,
@@ -112,23 +120,29 @@ pub enum Error {
     },
 
     /// The RDS API call needed to resolve a master secret failed.
-    #[error("RDS: {0}")]
+    #[error(
+        "RDS: {}", shown(.0)
+    )]
     Rds(String),
 
     /// Rotor will not do this with a master credential: it would give the
     /// secret's writer more than the secret's owner could do, or touch a
     /// user Rotor did not make.
-    #[error("refused at {endpoint}: {reason}; nothing was changed")]
+    #[error(
+        "refused at {}: {}; nothing was changed", shown(.endpoint), shown(.reason)
+    )]
     Refused { endpoint: String, reason: String },
 
     /// The caller may not do this (not in a role's allowed_principals).
-    #[error("refused: {0}")]
+    #[error(
+        "refused: {}", shown(.0)
+    )]
     Forbidden(String),
 
     /// A role's cap on outstanding leases is reached (`max_active`,
     /// `max_active_per_principal`); nothing was created.
     #[error(
-        "role {role} already has {active} unexpired leases, its {cap}; nothing was created. Wait until one expires or revoke one (rotor revoke --user <lease>), or raise the cap in the role definition"
+        "role {} already has {active} unexpired leases, its {}; nothing was created. Wait until one expires or revoke one (rotor revoke --user <lease>), or raise the cap in the role definition", shown(.role), shown(.cap)
     )]
     TooManyLeases {
         role: String,
@@ -137,15 +151,21 @@ pub enum Error {
     },
 
     /// A request is well-formed but asks for something the policy refuses.
-    #[error("bad request: {0}")]
+    #[error(
+        "bad request: {}", shown(.0)
+    )]
     BadRequest(String),
 
     /// The environment or command line is inconsistent.
-    #[error("configuration: {0}")]
+    #[error(
+        "configuration: {}", shown(.0)
+    )]
     Config(String),
 
     /// A local file (the local store, a CA bundle) could not be used.
-    #[error("{path}: {detail}")]
+    #[error(
+        "{}: {}", shown(.path), shown(.detail)
+    )]
     Io { path: String, detail: String },
 }
 
@@ -203,5 +223,103 @@ impl Error {
             path: path.to_string(),
             detail: err.to_string(),
         }
+    }
+}
+
+/// Bytes of a long text kept before and after the part a message omits.
+const SHOWN_HEAD: usize = 600;
+const SHOWN_TAIL: usize = 300;
+
+/// Text from outside (an event, a secret, a request, a server's answer) as
+/// every error message shows it. Control characters (but newline) and
+/// invisible formatting characters (bidirectional overrides and isolates,
+/// zero-width marks, the BOM) are written as `\u{…}`, so a console, a log
+/// viewer or a terminal shows what was sent rather than what it pretends to
+/// be. A text longer than about 900 bytes loses its middle, so a megabyte of
+/// input does not become a megabyte of message, and what the message says
+/// to do next, at its end, survives.
+pub fn shown(text: &str) -> Shown<'_> {
+    Shown(text)
+}
+
+/// See [`shown`].
+pub struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0;
+        if text.len() <= SHOWN_HEAD + SHOWN_TAIL + 64 {
+            return write_escaped(f, text);
+        }
+        let mut head = SHOWN_HEAD;
+        while !text.is_char_boundary(head) {
+            head -= 1;
+        }
+        let mut tail = text.len() - SHOWN_TAIL;
+        while !text.is_char_boundary(tail) {
+            tail += 1;
+        }
+        write_escaped(f, &text[..head])?;
+        write!(f, "…[{} bytes omitted]…", tail - head)?;
+        write_escaped(f, &text[tail..])
+    }
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    use fmt::Write as _;
+    for c in text.chars() {
+        if needs_escape(c) {
+            write!(f, "{}", c.escape_unicode())?;
+        } else {
+            f.write_char(c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Characters a message must not carry raw: controls (newline aside) and
+/// Unicode format characters that are invisible or reorder text.
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{061c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0000}'..='\u{e007f}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_escape_invisible_characters_and_cut_long_input() {
+        let e = Error::NotFound {
+            what: "secret a\u{202e}b\0c\r\nd\u{200b}".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("secret a\\u{202e}b\\u{0}c\\u{d}\nd\\u{200b} not found"),
+            "{text}"
+        );
+        let e = Error::BadSecret {
+            secret: "s".into(),
+            version: "v".into(),
+            reason: format!("\"port\" {:?} is not a TCP port", "x".repeat(1 << 20)),
+        };
+        let text = e.to_string();
+        assert!(text.len() < 1200, "{} bytes", text.len());
+        assert!(text.contains("bytes omitted"), "{text}");
+        assert!(text.ends_with("is not a TCP port"), "{text}");
+        // Multi-byte characters at the cut.
+        let e = Error::Config("é".repeat(2000));
+        assert!(e.to_string().contains("bytes omitted"));
     }
 }

@@ -23,10 +23,33 @@ pub struct RotationEvent {
 }
 
 impl RotationEvent {
-    /// Parses and checks an event payload.
+    /// Parses and checks an event payload. Each refusal names the key at
+    /// fault (serde's own message for a value of the wrong type does not).
     pub fn from_json(payload: &serde_json::Value) -> Result<Self> {
-        let event: RotationEvent =
-            serde_json::from_value(payload.clone()).map_err(|e| Error::BadEvent(e.to_string()))?;
+        use serde_json::Value;
+        let Value::Object(fields) = payload else {
+            return Err(Error::BadEvent(format!(
+                "the payload is {}, not a JSON object",
+                json_kind(payload)
+            )));
+        };
+        let text = |key: &str, required: bool| -> Result<Option<String>> {
+            match fields.get(key) {
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                None | Some(Value::Null) if !required => Ok(None),
+                None => Err(Error::BadEvent(format!("the key \"{key}\" is missing"))),
+                Some(other) => Err(Error::BadEvent(format!(
+                    "\"{key}\" must be a string, not {}",
+                    json_kind(other)
+                ))),
+            }
+        };
+        let event = RotationEvent {
+            step: text("Step", true)?.unwrap_or_default(),
+            secret_id: text("SecretId", true)?.unwrap_or_default(),
+            token: text("ClientRequestToken", true)?.unwrap_or_default(),
+            rotation_token: text("RotationToken", false)?,
+        };
         event.check()?;
         Ok(event)
     }
@@ -40,6 +63,18 @@ impl RotationEvent {
             return Err(Error::BadEvent("ClientRequestToken is empty".into()));
         }
         Ok(())
+    }
+}
+
+/// What kind of JSON value this is, for messages (never the value itself).
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -111,6 +146,31 @@ mod tests {
         ] {
             let err = RotationEvent::from_json(&payload).unwrap_err();
             assert_eq!(err.kind(), "BadEvent", "{payload}");
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        for (payload, key) in [
+            (
+                json!({"Step":0,"SecretId":"s","ClientRequestToken":"t"}),
+                "\"Step\" must be a string, not a number",
+            ),
+            (
+                json!({"Step":"x","SecretId":null,"ClientRequestToken":"t"}),
+                "\"SecretId\" must be a string, not null",
+            ),
+            (
+                json!({"Step":"x","SecretId":"s","ClientRequestToken":["t"]}),
+                "\"ClientRequestToken\" must be a string, not an array",
+            ),
+            (
+                json!({"Step":"x","SecretId":"s","ClientRequestToken":"t","RotationToken":{}}),
+                "\"RotationToken\" must be a string, not an object",
+            ),
+        ] {
+            let err = RotationEvent::from_json(&payload).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
         }
     }
 }

@@ -25,6 +25,40 @@ impl From<Error> for Diagnostic {
     }
 }
 
+/// The answer to every invocation of a function that could not start
+/// because of its configuration (an environment variable out of range, a
+/// password policy that excludes every character, ...).
+///
+/// Exiting instead, before the runtime loop starts, leaves Lambda with
+/// "Runtime exited with error: exit status 1" and Secrets Manager with
+/// nothing better: the reason sits only in the function's log. Answering
+/// each invocation with the error puts the message where the caller looks:
+/// the step's failure in Secrets Manager, `aws lambda invoke`, the
+/// console's test result. Lambda's `/runtime/init/error` endpoint would do
+/// the same for the first invocation only (and `lambda_runtime` offers it
+/// to SnapStart hooks only), then restart the process for every invocation.
+fn startup_diagnostic(e: &Error) -> Diagnostic {
+    Diagnostic {
+        error_type: format!("rotor::{}", e.kind()),
+        error_message: format!(
+            "the function cannot start: {e}. Fix the function's environment variables; every invocation fails with this message until then"
+        ),
+    }
+}
+
+/// Runs the Lambda runtime loop answering every invocation with `e`, the
+/// error that stopped the function from starting (see
+/// [`startup_diagnostic`]).
+pub async fn serve_startup_error(e: Error) -> Result<(), lambda_runtime::Error> {
+    tracing::error!(error_kind = e.kind(), error = %e, "cannot start: every invocation is answered with this error");
+    let diagnostic = startup_diagnostic(&e);
+    lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| {
+        let diagnostic = diagnostic.clone();
+        async move { Err::<Value, Diagnostic>(diagnostic) }
+    }))
+    .await
+}
+
 /// Runs a rotation function until Lambda stops the process.
 pub async fn run_rotation(
     make_engine: impl FnOnce() -> crate::Result<Arc<dyn Engine>>,
@@ -33,10 +67,7 @@ pub async fn run_rotation(
     crate::logging::init_json();
     let rotator = match build(make_engine, strategy).await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error_kind = e.kind(), error = %e, "cannot start");
-            return Err(Box::new(e));
-        }
+        Err(e) => return serve_startup_error(e).await,
     };
     let rotator = &rotator;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
@@ -88,13 +119,12 @@ mod dynamic_functions {
     use crate::rds::RdsLookup;
     use crate::store::SecretsManagerStore;
 
-    async fn setup() -> Result<(Dynamic, Option<Arc<dyn RdsLookup>>), lambda_runtime::Error> {
-        crate::logging::init_json();
+    /// The dynamic-credential functions' common start. Logging is set up
+    /// by the caller first, so a configuration error here is logged too.
+    async fn setup() -> Result<(Dynamic, Option<Arc<dyn RdsLookup>>), Error> {
+        let options = ConnectOptions::from_env()?;
         let sdk_config = aws_config::load_from_env().await;
         let store = Arc::new(SecretsManagerStore::from_sdk_config(&sdk_config));
-        let options = ConnectOptions::from_env().inspect_err(|e| {
-            tracing::error!(error_kind = e.kind(), error = %e, "cannot start");
-        })?;
         #[cfg(feature = "rds")]
         let rds: Option<Arc<dyn RdsLookup>> =
             Some(Arc::new(crate::rds::RdsApi::from_sdk_config(&sdk_config)));
@@ -317,9 +347,35 @@ mod dynamic_functions {
         )
     }
 
+    /// `issue-credential`'s answer to every request while its configuration
+    /// is invalid: an HTTP 500 that names nothing inside the deployment (as
+    /// [`http_error`] does), with the request id; the configuration error
+    /// itself goes to the log under that id.
+    async fn serve_issue_startup_error(e: Error) -> Result<(), lambda_runtime::Error> {
+        tracing::error!(error_kind = e.kind(), error = %e, "cannot start: every request is answered 500 misconfigured");
+        let e = &e;
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+            let request_id = request_id(&event.payload);
+            tracing::error!(error_kind = e.kind(), error = %e, request_id = %request_id, "issue refused: the function cannot start");
+            Ok::<Value, Error>(http(
+                500,
+                json!({
+                    "error": "misconfigured",
+                    "message": "the credential service is misconfigured and cannot issue credentials; give the request id to the operators",
+                    "request_id": request_id,
+                }),
+            ))
+        }))
+        .await
+    }
+
     /// `issue-credential`: behind a function URL with `AWS_IAM` auth.
     pub async fn run_issue_credential() -> Result<(), lambda_runtime::Error> {
-        let (dynamic, _) = setup().await?;
+        crate::logging::init_json();
+        let (dynamic, _) = match setup().await {
+            Ok(s) => s,
+            Err(e) => return serve_issue_startup_error(e).await,
+        };
         let dynamic = &dynamic;
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
             Ok::<Value, Error>(issue_from_url(dynamic, &event.payload).await)
@@ -330,7 +386,11 @@ mod dynamic_functions {
     /// `expire-credentials`: on an EventBridge Scheduler schedule. The
     /// payload may say `{"dry_run": true}`.
     pub async fn run_expire_credentials() -> Result<(), lambda_runtime::Error> {
-        let (dynamic, rds) = setup().await?;
+        crate::logging::init_json();
+        let (dynamic, rds) = match setup().await {
+            Ok(s) => s,
+            Err(e) => return super::serve_startup_error(e).await,
+        };
         let (dynamic, rds) = (&dynamic, &rds);
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
             let options = SweepOptions {
@@ -362,8 +422,12 @@ mod dynamic_functions {
     /// `revoke-on-event`: on EventBridge rules (custom events, GuardDuty,
     /// CloudTrail). Events caused by `ROTOR_IGNORE_PRINCIPALS` are ignored.
     pub async fn run_revoke_on_event() -> Result<(), lambda_runtime::Error> {
-        let (dynamic, rds) = setup().await?;
-        let ignore = ignored_principals_from_env();
+        crate::logging::init_json();
+        let started = async { Ok::<_, Error>((setup().await?, ignored_principals_from_env()?)) };
+        let ((dynamic, rds), ignore) = match started.await {
+            Ok(s) => s,
+            Err(e) => return super::serve_startup_error(e).await,
+        };
         let (dynamic, rds, ignore) = (&dynamic, &rds, &ignore);
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
             let parsed = from_event(&event.payload, ignore).inspect_err(|e| {
@@ -437,7 +501,10 @@ mod audit_functions {
         let ssm = aws_sdk_ssm::Client::new(&sdk);
         let events = aws_sdk_eventbridge::Client::new(&sdk);
         let s3 = aws_sdk_s3::Client::new(&sdk);
-        let rules = Rules::from_env()?;
+        let rules = match Rules::from_env() {
+            Ok(rules) => rules,
+            Err(e) => return crate::lambda::serve_startup_error(e).await,
+        };
         let (store, lambda, ssm, events, s3, rules) = (&store, &lambda, &ssm, &events, &s3, &rules);
         lambda_runtime::run(service_fn(move |_event: LambdaEvent<Value>| async move {
             let mut inventory = scan::from_secrets_manager(store.client()).await?;
@@ -476,9 +543,12 @@ mod audit_functions {
         let sdk = aws_config::load_from_env().await;
         let store = SecretsManagerStore::from_sdk_config(&sdk);
         let events = aws_sdk_eventbridge::Client::new(&sdk);
-        let rules = EventRules {
-            ignore: crate::dynamic::revoke::ignored_principals_from_env(),
-            ..EventRules::default()
+        let rules = match crate::dynamic::revoke::ignored_principals_from_env() {
+            Ok(ignore) => EventRules {
+                ignore,
+                ..EventRules::default()
+            },
+            Err(e) => return crate::lambda::serve_startup_error(e).await,
         };
         let (store, events, rules) = (&store, &events, &rules);
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

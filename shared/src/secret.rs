@@ -155,6 +155,13 @@ impl DbSecret {
         let text = |fields: &Map<String, Value>, key: &str| -> Result<Option<String>> {
             match fields.get(key) {
                 None | Some(Value::Null) => Ok(None),
+                // No database keeps a NUL in a name, and drivers disagree
+                // about one: MySQL's protocol ends the user name there, so
+                // `app\0x` would log in as `app` and rotate *its* password;
+                // PostgreSQL's client fails as if the network were down.
+                Some(Value::String(s)) if s.contains('\0') => Err(bad(format!(
+                    "\"{key}\" contains a NUL character, which no database accepts in a name; remove it from the secret"
+                ))),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(_) => Err(bad(format!("\"{key}\" must be a string"))),
             }
@@ -336,6 +343,16 @@ mod tests {
             let err = parse(json).unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
             assert!(!err.contains("p4ssw0rd"), "{err}");
+        }
+    }
+
+    #[test]
+    fn nul_in_a_name_is_refused() {
+        for key in ["username", "host", "dbname", "engine"] {
+            let mut doc = serde_json::json!({"engine":"postgres","host":"h","username":"u","password":"p","dbname":"d"});
+            doc[key] = serde_json::json!(format!("{}\0x", doc[key].as_str().unwrap_or("")));
+            let err = parse(&doc.to_string()).unwrap_err().to_string();
+            assert!(err.contains(&format!("\"{key}\" contains a NUL")), "{err}");
         }
     }
 

@@ -6,10 +6,12 @@
 //! rotation scenarios are generic over strategy (and the store conformance
 //! suite over stores); later engines add themselves to [`engines`].
 
+mod config_errors;
 mod crash_points;
 mod dynamic;
 mod dynamic_authz;
 mod dynamic_scope;
+mod hostile;
 mod inventory;
 mod lockout;
 mod mysql_safety;
@@ -58,6 +60,8 @@ fn main() {
     let maria_log_start = log_start(&maria_log);
     let mut trials = Vec::new();
     trials.extend(stores::trials(&env));
+    trials.extend(config_errors::trials(&env));
+    trials.extend(hostile::trials(&env));
     trials.extend(rotation::trials(&env));
     trials.extend(crash_points::trials(&env));
     trials.extend(lockout::trials(&env));

@@ -108,6 +108,26 @@ impl Dynamic {
         let tag = principal_tag(&role.username_prefix, &caller.arn);
         let password = self.password(&role.engine)?;
         let (mut session, master) = self.master_session(&role).await?;
+        // A user's objects go to owner_role when it is dropped: with no such
+        // role, the drop fails, and the lease could be neither revoked nor
+        // swept. Refuse to issue it.
+        if let Some(owner) = role.owner_role.as_deref()
+            && session.role_exists(owner).await? == Some(false)
+        {
+            let e = Error::bad_secret(
+                &role.arn,
+                "role definition",
+                format!(
+                    "owner_role {owner:?} does not exist on the server, so a user issued now could not be revoked; create that role or fix owner_role"
+                ),
+            );
+            audit(
+                "refused",
+                &role.name,
+                json!({"reason": "owner_role does not exist", "via": caller.via}),
+            );
+            return Err(e);
+        }
         // With a cap, count and create under the role's server-side lock:
         // concurrent issues (other warm functions, the CLI) wait their turn,
         // so none can pass the count before another's user exists.

@@ -90,10 +90,16 @@ fn count_field(doc: &Value, key: &str, bad: &dyn Fn(String) -> Error) -> Result<
 fn string_list(doc: &Value, key: &str, bad: &dyn Fn(String) -> Error) -> Result<Vec<String>> {
     match doc.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if s.contains('\0') => Err(bad(format!(
+            "\"{key}\" holds a name with a NUL character, which no database accepts"
+        ))),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(items)) => items
             .iter()
             .map(|v| match v {
+                Value::String(s) if s.contains('\0') => Err(bad(format!(
+                    "\"{key}\" holds a name with a NUL character, which no database accepts"
+                ))),
                 Value::String(s) if !s.is_empty() => Ok(s.clone()),
                 _ => Err(bad(format!(
                     "\"{key}\" must be a list of non-empty strings"
@@ -191,6 +197,10 @@ impl RoleDefinition {
         let text = |key: &str| -> Result<Option<String>> {
             match doc.get(key) {
                 None | Some(Value::Null) => Ok(None),
+                // See `DbSecret::parse`: drivers disagree about a NUL.
+                Some(Value::String(s)) if s.contains('\0') => Err(bad(format!(
+                    "\"{key}\" contains a NUL character, which no database accepts in a name"
+                ))),
                 Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
                 Some(_) => Err(bad(format!("\"{key}\" must be a non-empty string"))),
             }

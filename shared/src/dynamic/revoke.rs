@@ -270,13 +270,26 @@ fn engine_family(engine: &str) -> &'static str {
 }
 
 /// `ROTOR_IGNORE_PRINCIPALS`: comma-separated ARN patterns of Rotor's roles.
-pub fn ignored_principals_from_env() -> Vec<String> {
-    std::env::var("ROTOR_IGNORE_PRINCIPALS")
-        .unwrap_or_default()
-        .split(',')
+pub fn ignored_principals_from_env() -> Result<Vec<String>> {
+    parse_ignored_principals(&std::env::var("ROTOR_IGNORE_PRINCIPALS").unwrap_or_default())
+}
+
+/// Parses `ROTOR_IGNORE_PRINCIPALS`. Every entry must be an ARN pattern: an
+/// entry that is not (a role name, a typo) would match nothing, and the
+/// functions would then act on the events their own writes cause.
+pub fn parse_ignored_principals(spec: &str) -> Result<Vec<String>> {
+    spec.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
+        .map(|s| {
+            if s.starts_with("arn:") && s.split(':').count() >= 6 {
+                Ok(s.to_string())
+            } else {
+                Err(Error::Config(format!(
+                    "ROTOR_IGNORE_PRINCIPALS entry {s:?} is not an IAM ARN pattern; list Rotor's role ARNs (arn:aws:iam::<account>:role/<name>), comma-separated"
+                )))
+            }
+        })
         .collect()
 }
 

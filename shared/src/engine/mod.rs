@@ -202,6 +202,13 @@ pub trait Session: Send {
     /// A user that cannot be marked is not left behind.
     async fn create_dynamic_user(&mut self, user: &DynamicUser) -> Result<()>;
 
+    /// Whether the role `name` exists, where the engine hands a dropped
+    /// user's objects to an owner role (PostgreSQL); `None` elsewhere.
+    async fn role_exists(&mut self, name: &str) -> Result<Option<bool>> {
+        let _ = name;
+        Ok(None)
+    }
+
     /// Takes the server-wide exclusive lock `name` for this session, waiting
     /// at most `wait` ([`crate::Error::Timeout`] after that). Held until
     /// [`release_lock`](Self::release_lock) or the session ends, so a

@@ -1501,6 +1501,15 @@ impl Session for PgSession {
         .await
     }
 
+    async fn role_exists(&mut self, name: &str) -> Result<Option<bool>> {
+        let row = self
+            .client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .map_err(self.db_error("look up the owner role"))?;
+        Ok(Some(row.is_some()))
+    }
+
     async fn users_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>> {
         let sql = format!(
             "SELECT r.rolname::text FROM pg_roles r WHERE starts_with(r.rolname, $1) AND {HOLDS_MARKER} ORDER BY 1"
