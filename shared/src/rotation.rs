@@ -266,7 +266,8 @@ impl Rotator {
         let result = match crate::deadline::remaining() {
             Some(left) => {
                 let what = format!("the {} step", event.step);
-                crate::deadline::bounded(&event.secret_id, &what, left, step).await
+                let backstop = left + crate::deadline::BACKSTOP_GRACE;
+                crate::deadline::bounded(&event.secret_id, &what, backstop, step).await
             }
             None => step.await,
         };

@@ -11,6 +11,7 @@ mod dynamic_authz;
 mod dynamic_scope;
 mod inventory;
 mod mysql_safety;
+mod outages;
 mod rotation;
 mod safety;
 mod stores;
@@ -63,6 +64,7 @@ fn main() {
     trials.extend(dynamic_authz::trials(&env));
     trials.extend(inventory::trials(&env));
     trials.extend(mysql_safety::trials(&env));
+    trials.extend(outages::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {

@@ -176,7 +176,11 @@ async fn refused_and_unchanged(f: &Fixture, role: &str, why: &str) -> rotor::Err
 
 /// Another session changes `user` and keeps its transaction open (holding
 /// the role's row) for `secs` seconds, then rolls back.
-async fn hold_role_row(env: &TestEnv, user: &str, secs: u64) -> tokio::task::JoinHandle<()> {
+pub(crate) async fn hold_role_row(
+    env: &TestEnv,
+    user: &str,
+    secs: u64,
+) -> tokio::task::JoinHandle<()> {
     let holder = env.admin().await;
     holder
         .batch_execute(&format!(

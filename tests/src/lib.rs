@@ -19,6 +19,7 @@ use rotor::store::SecretsManagerStore;
 use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
 
+pub mod faults;
 pub mod leaks;
 
 /// Settings exported by `scripts/test-env`.
@@ -90,6 +91,27 @@ impl TestEnv {
             )
             .build();
         SmClient::from_conf(config)
+    }
+
+    /// An SDK configuration at `url` with production's retries
+    /// (`aws_config`'s defaults: standard mode, 3 attempts, 1 s initial
+    /// backoff), for the outage tests. Build the store from it with
+    /// `SecretsManagerStore::from_sdk_config`, as the functions do.
+    pub fn sdk_config_production_at(&self, url: &str) -> aws_config::SdkConfig {
+        use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "rotor-tests",
+            )))
+            .endpoint_url(url)
+            .retry_config(aws_config::retry::RetryConfig::standard())
+            .build()
     }
 
     pub fn rds_client(&self) -> aws_sdk_rds::Client {

@@ -67,14 +67,20 @@ impl PostgresEngine {
     /// TCP to the server (or its override address), bounded.
     async fn dial(&self, secret: &DbSecret, endpoint: &str, bound: Duration) -> Result<TcpStream> {
         let port = secret.port.unwrap_or(5432);
+        let started = std::time::Instant::now();
         let dial = async {
             let stream = match self.options.address_for(&secret.host) {
                 Some(ip) => TcpStream::connect((ip, port)).await,
                 None => TcpStream::connect((secret.host.as_str(), port)).await,
             };
+            // Which call failed, and after how long: a refused connection
+            // answers at once, a filtered one does not.
             stream.map_err(|e| Error::Unreachable {
                 endpoint: endpoint.to_string(),
-                detail: e.to_string(),
+                detail: format!(
+                    "the TCP connection failed after {} ms: {e}",
+                    started.elapsed().as_millis()
+                ),
             })
         };
         let stream = deadline::bounded(endpoint, "the TCP connection", bound, dial).await?;
