@@ -88,6 +88,13 @@ pub enum Error {
         after_ms: u64,
     },
 
+    /// Another invocation changed the same thing at the same moment (the
+    /// same step run twice at once); this one changed nothing.
+    #[error(
+        "{endpoint}: {what} was done by another invocation at the same moment; this one changed nothing. Retry: the step will find the work done"
+    )]
+    Conflict { endpoint: String, what: String },
+
     /// TLS could not be established or verified.
     #[error(
         "TLS to {endpoint} failed: {detail}; add the server's CA to the PEM bundle named by ROTOR_CA_BUNDLE, or set \"ssl\": false in the secret to allow plaintext"
@@ -153,7 +160,7 @@ impl Error {
     /// Whether trying again later may succeed without anybody changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } => true,
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Conflict { .. } => true,
             Error::Store { retryable, .. } => *retryable,
             _ => false,
         }
@@ -172,6 +179,7 @@ impl Error {
             Error::LoginRefused { .. } => "LoginRefused",
             Error::Unreachable { .. } => "Unreachable",
             Error::Timeout { .. } => "Timeout",
+            Error::Conflict { .. } => "Conflict",
             Error::Tls { .. } => "Tls",
             Error::Database { .. } => "Database",
             Error::Store { .. } => "Store",

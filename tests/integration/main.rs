@@ -12,6 +12,7 @@ mod dynamic_scope;
 mod inventory;
 mod mysql_safety;
 mod outages;
+mod races;
 mod rotation;
 mod safety;
 mod stores;
@@ -65,6 +66,7 @@ fn main() {
     trials.extend(inventory::trials(&env));
     trials.extend(mysql_safety::trials(&env));
     trials.extend(outages::trials(&env));
+    trials.extend(races::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {

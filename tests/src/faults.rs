@@ -159,6 +159,10 @@ struct SmRule {
 pub struct SmFaultProxy {
     pub url: String,
     rule: Arc<Mutex<SmRule>>,
+    /// (secret id, token) → value of every PutSecretValue let through, when
+    /// the proxy plays the service's version immutability (see
+    /// [`like_the_service`](Self::like_the_service)).
+    puts: Arc<Mutex<Option<std::collections::HashMap<(String, String), String>>>>,
     calls: Arc<Mutex<Vec<(String, bool)>>>,
     task: JoinHandle<()>,
 }
@@ -181,25 +185,37 @@ impl SmFaultProxy {
             skip: 0,
         }));
         let calls: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
-        let (r, c) = (rule.clone(), calls.clone());
+        let puts: Arc<Mutex<Option<std::collections::HashMap<(String, String), String>>>> =
+            Arc::default();
+        let (r, c, p) = (rule.clone(), calls.clone(), puts.clone());
         let task = tokio::spawn(async move {
             for _ in 0..MAX_CONNECTIONS {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let (r, c) = (r.clone(), c.clone());
+                let (r, c, p) = (r.clone(), c.clone(), p.clone());
                 tokio::spawn(tokio::time::timeout(
                     CONNECTION_LIFETIME,
-                    sm_connection(client, upstream, r, c),
+                    sm_connection(client, upstream, r, c, p),
                 ));
             }
         });
         SmFaultProxy {
             url,
             rule,
+            puts,
             calls,
             task,
         }
+    }
+
+    /// Answers a PutSecretValue that repeats a token with a *different*
+    /// value with `ResourceExistsException`, as the real service does (moto
+    /// silently overwrites the version; see the testing notes). Covers the
+    /// puts made through this proxy.
+    pub fn like_the_service(self) -> Self {
+        *self.puts.lock().expect("puts") = Some(Default::default());
+        self
     }
 
     /// Answers every call (or only `only` calls, after `skip` of them went
@@ -265,10 +281,21 @@ async fn sm_connection(
     upstream: SocketAddr,
     rule: Arc<Mutex<SmRule>>,
     calls: Arc<Mutex<Vec<(String, bool)>>>,
+    puts: Arc<Mutex<Option<std::collections::HashMap<(String, String), String>>>>,
 ) {
     let Some((request, operation)) = read_request(&mut client).await else {
         return;
     };
+    if operation == "PutSecretValue" && put_conflicts(&request, &puts) {
+        let body = r#"{"__type":"ResourceExistsException","message":"You can't modify an existing version, you can only create a new version."}"#;
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\nx-amzn-ErrorType: ResourceExistsException\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(response.as_bytes()).await;
+        let _ = client.shutdown().await;
+        return;
+    }
     let fault = {
         let Ok(mut rule) = rule.lock() else { return };
         let matches = rule.only.as_deref().is_none_or(|o| o == operation);
@@ -317,6 +344,44 @@ async fn sm_connection(
     );
     let _ = client.write_all(response.as_bytes()).await;
     let _ = client.shutdown().await;
+}
+
+/// Whether this PutSecretValue repeats a token with another value (and
+/// records it when it does not), when the proxy plays the service.
+fn put_conflicts(
+    request: &[u8],
+    puts: &Mutex<Option<std::collections::HashMap<(String, String), String>>>,
+) -> bool {
+    let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(&request[end + 4..]) else {
+        return false;
+    };
+    let field = |k: &str| {
+        body.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (secret, token, value) = (
+        field("SecretId"),
+        field("ClientRequestToken"),
+        field("SecretString"),
+    );
+    let Ok(mut guard) = puts.lock() else {
+        return false;
+    };
+    let Some(puts) = guard.as_mut() else {
+        return false;
+    };
+    match puts.get(&(secret.clone(), token.clone())) {
+        Some(existing) => *existing != value,
+        None => {
+            puts.insert((secret, token), value);
+            false
+        }
+    }
 }
 
 /// One request to moto and its answer back; one request per connection.

@@ -355,6 +355,19 @@ fn database_error(
                     .unwrap_or(u64::MAX),
             }
         }
+        // Two invocations creating the same role at once (a step the
+        // service retried while it still ran): the loser changed nothing.
+        Some(code)
+            if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::DUPLICATE_OBJECT =>
+        {
+            Error::Conflict {
+                endpoint: endpoint.to_string(),
+                what: format!(
+                    "{action} ({})",
+                    e.as_db_error().map_or("already exists", |d| d.message())
+                ),
+            }
+        }
         _ => Error::Database {
             endpoint: endpoint.to_string(),
             action: action.to_string(),
