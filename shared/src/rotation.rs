@@ -1320,8 +1320,9 @@ mod tests {
                 s.db.users.lock().unwrap()["app"],
                 v["password"].as_str().unwrap()
             );
-            // Warm process: setSecret and testSecret log in once each; finish reuses the test.
-            assert_eq!(*s.db.logins.lock().unwrap(), 2);
+            // Warm process: setSecret and testSecret log in once each; finish
+            // reuses the test; one more login holds the rotation lock.
+            assert_eq!(*s.db.logins.lock().unwrap(), 3);
         });
     }
 
