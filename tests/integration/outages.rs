@@ -291,8 +291,8 @@ async fn outage(db: TestDb, step: Step, fault: Fault) {
     let logs = leaks::captured();
     let line = logs
         .lines()
-        .filter(|l| l.contains("\"step failed\"") && l.contains(&token))
-        .last()
+        .rev()
+        .find(|l| l.contains("\"step failed\"") && l.contains(&token))
         .unwrap_or_else(|| panic!("no \"step failed\" log line for token {token}"));
     let server = if fault.on_database() {
         format!("127.0.0.1:{}", db_proxy.port)

@@ -172,7 +172,10 @@ async fn same_step_twice(db: TestDb, strategy: Strategy) {
         .like_the_service();
     let via_service = || {
         Rotator::new(
-            Arc::new(SecretsManagerStore::new(db.env.sm_client_at(&service.url))),
+            Arc::new(
+                SecretsManagerStore::new(db.env.sm_client_at(&service.url))
+                    .with_endpoint_name(&service.url),
+            ),
             db.engine(),
             strategy,
             db.policy(),
@@ -236,8 +239,7 @@ async fn revoke_burst(db: TestDb, strategy: Strategy) {
     let versions_before = f.moto.all_values(&f.arn).await.len();
     let dynamics: Vec<Dynamic> = (0..BURST)
         .map(|_| {
-            let store: Arc<dyn SecretStore> =
-                Arc::new(SecretsManagerStore::new(db.env.sm_client()));
+            let store: Arc<dyn SecretStore> = Arc::new(db.env.sm_store());
             Dynamic::new(store, rotor_tests::dynamic_options(&db))
         })
         .collect();
@@ -365,7 +367,7 @@ async fn sweep_while_issuing(db: TestDb) {
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
     // Another process (its own `Dynamic`) sweeps while this one issues.
-    let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
+    let store: Arc<dyn SecretStore> = Arc::new(db.env.sm_store());
     let sweeper =
         Dynamic::new(store, rotor_tests::dynamic_options(&db)).with_roles_prefix(r.prefix.clone());
     let caller = Caller {

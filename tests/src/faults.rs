@@ -22,6 +22,11 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Bytes of one HTTP request head and body.
 const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
+/// (secret id, token) → value of each PutSecretValue let through.
+type Puts = std::collections::HashMap<(String, String), String>;
+/// [`Puts`], once the proxy plays the service (`None` until then).
+type SharedPuts = Arc<Mutex<Option<Puts>>>;
+
 /// What the database proxy does with the next connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DbFault {
@@ -162,7 +167,7 @@ pub struct SmFaultProxy {
     /// (secret id, token) → value of every PutSecretValue let through, when
     /// the proxy plays the service's version immutability (see
     /// [`like_the_service`](Self::like_the_service)).
-    puts: Arc<Mutex<Option<std::collections::HashMap<(String, String), String>>>>,
+    puts: SharedPuts,
     calls: Arc<Mutex<Vec<(String, bool)>>>,
     task: JoinHandle<()>,
 }
@@ -185,8 +190,7 @@ impl SmFaultProxy {
             skip: 0,
         }));
         let calls: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
-        let puts: Arc<Mutex<Option<std::collections::HashMap<(String, String), String>>>> =
-            Arc::default();
+        let puts: SharedPuts = Arc::default();
         let (r, c, p) = (rule.clone(), calls.clone(), puts.clone());
         let task = tokio::spawn(async move {
             for _ in 0..MAX_CONNECTIONS {
@@ -281,7 +285,7 @@ async fn sm_connection(
     upstream: SocketAddr,
     rule: Arc<Mutex<SmRule>>,
     calls: Arc<Mutex<Vec<(String, bool)>>>,
-    puts: Arc<Mutex<Option<std::collections::HashMap<(String, String), String>>>>,
+    puts: SharedPuts,
 ) {
     let Some((request, operation)) = read_request(&mut client).await else {
         return;
@@ -348,10 +352,7 @@ async fn sm_connection(
 
 /// Whether this PutSecretValue repeats a token with another value (and
 /// records it when it does not), when the proxy plays the service.
-fn put_conflicts(
-    request: &[u8],
-    puts: &Mutex<Option<std::collections::HashMap<(String, String), String>>>,
-) -> bool {
+fn put_conflicts(request: &[u8], puts: &Mutex<Option<Puts>>) -> bool {
     let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;
     };

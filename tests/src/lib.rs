@@ -67,6 +67,11 @@ impl TestEnv {
         self.sm_client_at(&self.moto_url)
     }
 
+    /// The Secrets Manager store over moto, naming moto's endpoint in errors.
+    pub fn sm_store(&self) -> SecretsManagerStore {
+        SecretsManagerStore::new(self.sm_client()).with_endpoint_name(&self.moto_url)
+    }
+
     /// Same, through another endpoint (a counting proxy in benchmarks).
     pub fn sm_client_at(&self, url: &str) -> SmClient {
         let creds = aws_sdk_secretsmanager::config::Credentials::new(
@@ -185,7 +190,7 @@ impl TestEnv {
             ..ConnectOptions::default()
         });
         Rotator::new(
-            Arc::new(SecretsManagerStore::new(self.sm_client())),
+            Arc::new(self.sm_store()),
             Arc::new(engine),
             Strategy::AlternatingUsers,
             PasswordPolicy::with_default_exclusions(":/@\"'\\"),
@@ -207,7 +212,7 @@ impl TestEnv {
 
     /// A rotator over moto for the given strategy.
     pub fn rotator(&self, strategy: Strategy) -> Rotator {
-        let store = Arc::new(SecretsManagerStore::new(self.sm_client()));
+        let store = Arc::new(self.sm_store());
         Rotator::new(
             store,
             Arc::new(self.engine()),
@@ -548,13 +553,8 @@ impl TestDb {
         strategy: Strategy,
         policy: PasswordPolicy,
     ) -> Rotator {
-        Rotator::new(
-            Arc::new(SecretsManagerStore::new(self.env.sm_client())),
-            engine,
-            strategy,
-            policy,
-        )
-        .with_rds(Arc::new(rotor::rds::RdsApi::new(self.env.rds_client())))
+        Rotator::new(Arc::new(self.env.sm_store()), engine, strategy, policy)
+            .with_rds(Arc::new(rotor::rds::RdsApi::new(self.env.rds_client())))
     }
 
     pub fn rotator(&self, strategy: Strategy) -> Rotator {
@@ -872,7 +872,7 @@ pub async fn dynamic_role(db: &TestDb, extra: Value) -> DynamicRole {
         r.extend(e);
     }
     moto.create_secret(&name, &role.to_string()).await;
-    let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
+    let store: Arc<dyn SecretStore> = Arc::new(db.env.sm_store());
     let dynamic = Dynamic::new(store, dynamic_options(db)).with_roles_prefix(prefix.clone());
     DynamicRole {
         db: db.clone(),
