@@ -57,6 +57,13 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
             ));
         }
         t.push(trial(
+            format!(
+                "races::{k}::single_user::revoke_waiting_for_the_lock_ends_before_the_deadline"
+            ),
+            env,
+            move |env| revoke_waits_within_deadline(TestDb::new(kind, &env)),
+        ));
+        t.push(trial(
             format!("races::{k}::dynamic::sweep_while_issuing_with_the_same_prefix"),
             env,
             move |env| sweep_while_issuing(TestDb::new(kind, &env)),
@@ -436,4 +443,70 @@ async fn sweep_while_issuing(db: TestDb) {
         fresh.iter().any(|r| r.is_ok()),
         "at least one issue got through"
     );
+}
+
+// ---- a revocation waiting for the lock, in Lambda -----------------------------------------
+
+/// The `revoke-on-event` handler (as the Lambda runtime calls it) while
+/// another invocation holds the secret's rotation lock and does not let go:
+/// it must end before the function's deadline with a clear error naming the
+/// server, the wait and its bound, and change nothing.
+async fn revoke_waits_within_deadline(db: TestDb) {
+    let f = fixture(
+        &db,
+        Strategy::SingleUser,
+        &unique("rotor_lockwait"),
+        json!({}),
+    )
+    .await;
+    let holder = f.rotator();
+    let lock = holder
+        .lock(&f.arn, Duration::from_secs(10))
+        .await
+        .expect("take the rotation lock")
+        .expect("the lock's login works");
+    let labels = f.labels().await;
+    let versions = f.moto.all_values(&f.arn).await.len();
+    let dynamic = Dynamic::new(
+        Arc::new(db.env.sm_store()),
+        rotor_tests::dynamic_options(&db),
+    );
+    let payload =
+        json!({"source": "rotor", "detail-type": "Revoke Credential", "detail": {"secret": f.arn}});
+    let deadline = Duration::from_millis(4000);
+    let deadline_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + deadline.as_millis() as u64;
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        rotor::lambda::revoke_from_event(&dynamic, None, &[], &payload, deadline_ms),
+    )
+    .await
+    .expect("the handler still waits 30 s into a 4 s deadline");
+    let elapsed = started.elapsed();
+    lock.release().await;
+    let err = result.expect_err("the revocation cannot rotate while the lock is held");
+    let text = err.to_string();
+    println!("after {elapsed:?}: {}: {text}", err.kind());
+    let bound = deadline - rotor::deadline::REPORT_RESERVE;
+    assert!(
+        elapsed <= bound + Duration::from_millis(700),
+        "answered after {elapsed:?}, past the bound {bound:?}: {text}"
+    );
+    let server = format!("127.0.0.1:{}", db.port());
+    assert!(
+        text.contains(&server) && text.contains("wait for the lock") && text.contains(" ms"),
+        "names the server, the wait and how long: {text}"
+    );
+    assert_eq!(f.labels().await, labels, "nothing was rotated");
+    assert_eq!(f.moto.all_values(&f.arn).await.len(), versions);
+    // Once the lock is free the same event revokes.
+    let again = rotor::lambda::revoke_from_event(&dynamic, None, &[], &payload, 0)
+        .await
+        .expect("revocation after the lock was released");
+    f.remember_values().await;
+    assert_eq!(again["revoked"][0]["action"], "rotated", "{again}");
 }

@@ -2033,6 +2033,7 @@ impl Session for MySession {
         let fail = self.fail(format!("wait for the lock {name:?}"));
         let endpoint = self.endpoint.to_string();
         let conn = self.conn()?;
+        let started = Instant::now();
         let taken: Option<Option<i64>> = crate::deadline::bounded(
             &endpoint,
             &format!("wait for the lock {name:?}"),
@@ -2051,10 +2052,14 @@ impl Session for MySession {
                 what: format!("wait for the lock {name:?} (held by another session)"),
                 after_ms: secs * 1000,
             }),
-            _ => Err(Error::Database {
+            // NULL: the server interrupted the wait (the session's
+            // max_statement_time, a KILL): a wait that did not end in time.
+            _ => Err(Error::Timeout {
                 endpoint,
-                action: format!("take the lock {name:?}"),
-                detail: "GET_LOCK returned NULL".into(),
+                what: format!(
+                    "wait for the lock {name:?} (the server interrupted GET_LOCK, which answered NULL)"
+                ),
+                after_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
         }
     }

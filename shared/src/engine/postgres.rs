@@ -378,6 +378,19 @@ fn database_error(
     }
 }
 
+/// A server-side timeout says how long the statement actually waited (the
+/// limits are computed when it starts; the time left when it fails is less).
+fn waited(e: Error, started: std::time::Instant) -> Error {
+    match e {
+        Error::Timeout { endpoint, what, .. } => Error::Timeout {
+            endpoint,
+            what,
+            after_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        },
+        other => other,
+    }
+}
+
 /// Sorts a driver error into Rotor's kinds. Driver messages never contain the
 /// password: it travels inside SCRAM messages, not text.
 fn classify(e: tokio_postgres::Error, endpoint: &str, user: &str, which: Role) -> Error {
@@ -1105,11 +1118,12 @@ impl PgSession {
     async fn change(&self, action: &str, sql: &str) -> Result<()> {
         let bound = statement_bound();
         let text = format!("{}{sql}", limits_sql(bound));
+        let started = std::time::Instant::now();
         deadline::bounded(&self.endpoint, action, bound, async {
             self.client
                 .batch_execute(&text)
                 .await
-                .map_err(self.db_error(action))
+                .map_err(|e| waited(self.db_error(action)(e), started))
         })
         .await
     }
@@ -1480,11 +1494,12 @@ impl Session for PgSession {
             deadline::server_limit(statement_bound()).as_millis()
         );
         let action = format!("wait for the lock {name:?}");
+        let started = std::time::Instant::now();
         deadline::bounded(&self.endpoint, &action, wait, async {
             self.client
                 .batch_execute(&sql)
                 .await
-                .map_err(self.db_error(action.clone()))
+                .map_err(|e| waited(self.db_error(action.clone())(e), started))
         })
         .await
     }
