@@ -1,7 +1,8 @@
 //! Outages and slowness (issue 10, item 4): every rotation step against a
 //! database that refuses connections, one that accepts TCP and never
 //! answers, a statement stuck behind a lock, and Secrets Manager answering
-//! throttling errors and 5xx (a loopback fault proxy in front of moto; the
+//! throttling errors and 5xx, or not answering at all (a loopback fault
+//! proxy in front of moto; the
 //! rotator's client retries as production's does).
 //!
 //! Each case runs the step under a short Lambda deadline and checks that it
@@ -49,19 +50,21 @@ enum Fault {
     SmThrottling,
     SmInternalError,
     SmUnavailable,
+    SmNeverAnswers,
     /// Only the step's write (PutSecretValue, UpdateSecretVersionStage) is
     /// throttled: every read before it succeeded.
     SmThrottlesTheWrite,
 }
 
 impl Fault {
-    const ALL: [Fault; 7] = [
+    const ALL: [Fault; 8] = [
         Fault::DbRefuses,
         Fault::DbNeverAnswers,
         Fault::DbLockWait,
         Fault::SmThrottling,
         Fault::SmInternalError,
         Fault::SmUnavailable,
+        Fault::SmNeverAnswers,
         Fault::SmThrottlesTheWrite,
     ];
 
@@ -73,6 +76,7 @@ impl Fault {
             Fault::SmThrottling => "secrets_manager_throttling",
             Fault::SmInternalError => "secrets_manager_http_500",
             Fault::SmUnavailable => "secrets_manager_http_503_not_json",
+            Fault::SmNeverAnswers => "secrets_manager_never_answers",
             Fault::SmThrottlesTheWrite => "secrets_manager_throttles_the_write",
         }
     }
@@ -89,7 +93,10 @@ impl Fault {
         match self {
             Fault::DbRefuses | Fault::DbNeverAnswers => step != Step::CreateSecret,
             Fault::DbLockWait => step == Step::SetSecret,
-            Fault::SmThrottling | Fault::SmInternalError | Fault::SmUnavailable => true,
+            Fault::SmThrottling
+            | Fault::SmInternalError
+            | Fault::SmUnavailable
+            | Fault::SmNeverAnswers => true,
             Fault::SmThrottlesTheWrite => write_of(step).is_some(),
         }
     }
@@ -218,6 +225,7 @@ async fn outage(db: TestDb, step: Step, fault: Fault) {
         Fault::SmThrottling => sm_proxy.set(SmFault::Throttle, None, 0),
         Fault::SmInternalError => sm_proxy.set(SmFault::InternalError, None, 0),
         Fault::SmUnavailable => sm_proxy.set(SmFault::Unavailable, None, 0),
+        Fault::SmNeverAnswers => sm_proxy.set(SmFault::Hang, None, 0),
         Fault::SmThrottlesTheWrite => sm_proxy.set(SmFault::Throttle, write_of(step), 0),
     }
     let started = Instant::now();
@@ -317,7 +325,10 @@ async fn outage(db: TestDb, step: Step, fault: Fault) {
     let waited = waited_ms(line).unwrap_or_else(|| {
         panic!("the log line says how long the call waited (\"… N ms\"): {line}")
     });
-    if matches!(fault, Fault::DbNeverAnswers | Fault::DbLockWait) {
+    if matches!(
+        fault,
+        Fault::DbNeverAnswers | Fault::DbLockWait | Fault::SmNeverAnswers
+    ) {
         // The wait is most of the step: the figure must not be a bound
         // recomputed later (a fraction of what was waited).
         let elapsed_ms = elapsed.as_millis() as u64;

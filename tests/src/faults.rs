@@ -148,6 +148,8 @@ pub enum SmFault {
     /// HTTP 503 with a body that is not the service's JSON (a load balancer
     /// or VPC endpoint in the way).
     Unavailable,
+    /// Reads the request and never answers.
+    Hang,
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +320,16 @@ async fn sm_connection(
     let (status, error_type, body) = match fault {
         SmFault::None => {
             forward(client, upstream, request).await;
+            return;
+        }
+        SmFault::Hang => {
+            // Until the client gives up (the connection's lifetime bounds it).
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = client.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
             return;
         }
         SmFault::Throttle => (
