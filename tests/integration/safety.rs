@@ -585,7 +585,15 @@ async fn fallback_tls(env: TestEnv) {
     create_and_set(&f, &rotator)
         .await
         .expect("setSecret through the previous password");
-    let lines = authorised_connections(&env, &user);
+    // The server writes its log a moment later under load: wait for it (bounded).
+    let mut lines = authorised_connections(&env, &user);
+    for _ in 0..30 {
+        if !lines.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lines = authorised_connections(&env, &user);
+    }
     assert!(!lines.is_empty(), "the server log shows the logins");
     for line in &lines {
         assert!(
