@@ -118,6 +118,16 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// Some revocations of one event failed (each failure is also in the
+    /// report and the audit records).
+    #[error("{failed} revocations failed: {detail}. {advice}")]
+    RevocationsFailed {
+        failed: usize,
+        retryable: bool,
+        detail: String,
+        advice: &'static str,
+    },
+
     /// The RDS API call needed to resolve a master secret failed.
     #[error("RDS: {0}")]
     Rds(String),
@@ -161,7 +171,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Unreachable { .. } | Error::Timeout { .. } | Error::Conflict { .. } => true,
-            Error::Store { retryable, .. } => *retryable,
+            Error::Store { retryable, .. } | Error::RevocationsFailed { retryable, .. } => {
+                *retryable
+            }
             _ => false,
         }
     }
@@ -183,6 +195,7 @@ impl Error {
             Error::Tls { .. } => "Tls",
             Error::Database { .. } => "Database",
             Error::Store { .. } => "Store",
+            Error::RevocationsFailed { .. } => "RevocationsFailed",
             Error::Rds(_) => "Rds",
             Error::Refused { .. } => "Refused",
             Error::Forbidden(_) => "Forbidden",

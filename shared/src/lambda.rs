@@ -426,11 +426,17 @@ mod dynamic_functions {
             })?;
         tracing::info!(report = %json!(report), "revocation finished");
         if !report.failures.is_empty() {
-            return Err(Error::Config(format!(
-                "{} revocations failed: {:?}",
-                report.failures.len(),
-                report.failures
-            )));
+            let retryable = report.retryable_failures == report.failures.len();
+            return Err(Error::RevocationsFailed {
+                failed: report.failures.len(),
+                retryable,
+                detail: format!("{:?}", report.failures),
+                advice: if retryable {
+                    "Each may succeed when retried (EventBridge retries the event): a server did not answer in time, or another revocation of the same secret held its lock"
+                } else {
+                    "See each failure; an operator must act on those that are not timeouts"
+                },
+            });
         }
         Ok(json!(report))
     }

@@ -491,6 +491,11 @@ async fn revoke_waits_within_deadline(db: TestDb) {
     let err = result.expect_err("the revocation cannot rotate while the lock is held");
     let text = err.to_string();
     println!("after {elapsed:?}: {}: {text}", err.kind());
+    assert!(
+        err.is_retryable(),
+        "a revocation that only waited for the lock must fail retryably: {}: {text}",
+        err.kind()
+    );
     let bound = deadline - rotor::deadline::REPORT_RESERVE;
     assert!(
         elapsed <= bound + Duration::from_millis(700),

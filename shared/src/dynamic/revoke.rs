@@ -81,6 +81,10 @@ pub struct RevokeReport {
     pub dry_run: bool,
     pub revoked: Vec<Revoked>,
     pub failures: Vec<(String, String)>,
+    /// How many of `failures` may succeed when retried unchanged (a server
+    /// that did not answer in time, another revocation of the same secret
+    /// holding its lock).
+    pub retryable_failures: usize,
 }
 
 /// Parses an EventBridge event; `Ok(None)` when it is to be ignored
@@ -564,6 +568,9 @@ impl Dynamic {
             Err(e) => {
                 let failed = Err(e.to_string());
                 self.audit_revocation(user, caller, &failed);
+                if e.is_retryable() {
+                    report.retryable_failures += 1;
+                }
                 report.failures.push((user.to_string(), e.to_string()));
             }
         }
@@ -650,10 +657,11 @@ impl Dynamic {
         rds: Option<Arc<dyn RdsLookup>>,
         report: &mut RevokeReport,
     ) {
-        let result = self
-            .rotate_and_invalidate(secret, dry_run, rds)
-            .await
-            .map_err(|e| e.to_string());
+        let result = self.rotate_and_invalidate(secret, dry_run, rds).await;
+        if result.as_ref().is_err_and(Error::is_retryable) {
+            report.retryable_failures += 1;
+        }
+        let result = result.map_err(|e| e.to_string());
         self.audit_revocation(secret, caller, &result);
         match result {
             Ok(r) => report.revoked.push(r),
