@@ -29,6 +29,13 @@ pub const REPORT_RESERVE: Duration = Duration::from_millis(1500);
 /// a real attempt rather than an instant, confusing timeout.
 pub const MIN_BOUND: Duration = Duration::from_millis(200);
 
+/// How much later than the calls inside it a whole step's backstop bound
+/// fires. Every call is bounded by [`remaining`] and its timeout names its
+/// server and call; the step's bound (the same instant, give or take the
+/// timer's millisecond) must not win that race and report only "the step"
+/// (the margin comes out of [`REPORT_RESERVE`]).
+pub const BACKSTOP_GRACE: Duration = Duration::from_millis(100);
+
 /// Runs `f` with `deadline` as the invocation's deadline.
 pub async fn scope<F: Future>(deadline: Option<Instant>, f: F) -> F::Output {
     match deadline {

@@ -92,6 +92,13 @@ pub enum Error {
         after_ms: u64,
     },
 
+    /// Another invocation changed the same thing at the same moment (the
+    /// same step run twice at once); this one changed nothing.
+    #[error(
+        "{endpoint}: {what} was done by another invocation at the same moment; this one changed nothing. Retry: the step will find the work done"
+    )]
+    Conflict { endpoint: String, what: String },
+
     /// TLS could not be established or verified.
     #[error(
         "TLS to {} failed: {}; add the server's CA to the PEM bundle named by ROTOR_CA_BUNDLE, or set \"ssl\": false in the secret to allow plaintext", shown(.endpoint), shown(.detail)
@@ -117,6 +124,16 @@ pub enum Error {
         secret: String,
         detail: String,
         retryable: bool,
+    },
+
+    /// Some revocations of one event failed (each failure is also in the
+    /// report and the audit records).
+    #[error("{failed} revocations failed: {detail}. {advice}")]
+    RevocationsFailed {
+        failed: usize,
+        retryable: bool,
+        detail: String,
+        advice: &'static str,
     },
 
     /// The RDS API call needed to resolve a master secret failed.
@@ -173,8 +190,10 @@ impl Error {
     /// Whether trying again later may succeed without anybody changing anything.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } => true,
-            Error::Store { retryable, .. } => *retryable,
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::Conflict { .. } => true,
+            Error::Store { retryable, .. } | Error::RevocationsFailed { retryable, .. } => {
+                *retryable
+            }
             _ => false,
         }
     }
@@ -192,9 +211,11 @@ impl Error {
             Error::LoginRefused { .. } => "LoginRefused",
             Error::Unreachable { .. } => "Unreachable",
             Error::Timeout { .. } => "Timeout",
+            Error::Conflict { .. } => "Conflict",
             Error::Tls { .. } => "Tls",
             Error::Database { .. } => "Database",
             Error::Store { .. } => "Store",
+            Error::RevocationsFailed { .. } => "RevocationsFailed",
             Error::Rds(_) => "Rds",
             Error::Refused { .. } => "Refused",
             Error::Forbidden(_) => "Forbidden",

@@ -378,7 +378,12 @@ mod dynamic_functions {
         };
         let dynamic = &dynamic;
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-            Ok::<Value, Error>(issue_from_url(dynamic, &event.payload).await)
+            // Connections, statements and the issue lock's wait are bounded
+            // by what is left of the invocation (see `rotor::deadline`).
+            let deadline = crate::deadline::from_epoch_millis(event.context.deadline);
+            let answer =
+                crate::deadline::scope(deadline, issue_from_url(dynamic, &event.payload)).await;
+            Ok::<Value, Error>(answer)
         }))
         .await
     }
@@ -405,7 +410,10 @@ mod dynamic_functions {
                 arn: "schedule:expire-credentials".into(),
                 via: "schedule",
             };
-            let report = dynamic.sweep(&options, &caller, rds.clone()).await?;
+            let deadline = crate::deadline::from_epoch_millis(event.context.deadline);
+            let report =
+                crate::deadline::scope(deadline, dynamic.sweep(&options, &caller, rds.clone()))
+                    .await?;
             tracing::info!(report = %json!(report), failures = report.failures, "sweep finished");
             if report.failures > 0 {
                 return Err(Error::Config(format!(
@@ -430,45 +438,78 @@ mod dynamic_functions {
         };
         let (dynamic, rds, ignore) = (&dynamic, &rds, &ignore);
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-            let parsed = from_event(&event.payload, ignore).inspect_err(|e| {
-                tracing::error!(error_kind = e.kind(), error = %e, "event refused");
-            })?;
-            let Some((target, dry_run)) = parsed else {
-                tracing::info!("event ignored: caused by Rotor itself, or a CloudTrail record of a call that failed");
-                return Ok(json!({"ignored": true}));
-            };
-            let caller = Caller {
-                arn: format!(
-                    "event:{}",
-                    event
-                        .payload
-                        .get("source")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown")
-                ),
-                via: "event",
-            };
-            let report = dynamic
-                .revoke(&target, dry_run, &caller, rds.clone())
-                .await?;
-            tracing::info!(report = %json!(report), "revocation finished");
-            if !report.failures.is_empty() {
-                return Err(Error::Config(format!(
-                    "{} revocations failed: {:?}",
-                    report.failures.len(),
-                    report.failures
-                )));
-            }
-            Ok::<Value, Error>(json!(report))
+            revoke_from_event(
+                dynamic,
+                rds.clone(),
+                ignore,
+                &event.payload,
+                event.context.deadline,
+            )
+            .await
         }))
         .await
+    }
+
+    /// Handles one `revoke-on-event` invocation. `deadline_ms` is the Lambda
+    /// context's deadline (milliseconds since the epoch): every connection,
+    /// statement, Secrets Manager call and wait for a secret's rotation
+    /// lock (a burst of events for one secret) is bounded by it, so an
+    /// invocation that waits ends with a clear, retryable error before
+    /// Lambda stops it.
+    pub async fn revoke_from_event(
+        dynamic: &Dynamic,
+        rds: Option<Arc<dyn RdsLookup>>,
+        ignore: &[String],
+        payload: &Value,
+        deadline_ms: u64,
+    ) -> Result<Value, Error> {
+        let parsed = from_event(payload, ignore).inspect_err(|e| {
+            tracing::error!(error_kind = e.kind(), error = %e, "event refused");
+        })?;
+        let Some((target, dry_run)) = parsed else {
+            tracing::info!(
+                "event ignored: caused by Rotor itself, or a CloudTrail record of a call that failed"
+            );
+            return Ok(json!({"ignored": true}));
+        };
+        let caller = Caller {
+            arn: format!(
+                "event:{}",
+                payload
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+            ),
+            via: "event",
+        };
+        let deadline = crate::deadline::from_epoch_millis(deadline_ms);
+        let report = crate::deadline::scope(deadline, dynamic.revoke(&target, dry_run, &caller, rds))
+            .await
+            .inspect_err(|e| {
+                tracing::error!(error_kind = e.kind(), retryable = e.is_retryable(), error = %e, "revocation failed");
+            })?;
+        tracing::info!(report = %json!(report), "revocation finished");
+        if !report.failures.is_empty() {
+            let retryable = report.retryable_failures == report.failures.len();
+            return Err(Error::RevocationsFailed {
+                failed: report.failures.len(),
+                retryable,
+                detail: format!("{:?}", report.failures),
+                advice: if retryable {
+                    "Each may succeed when retried (EventBridge retries the event): a server did not answer in time, or another revocation of the same secret held its lock"
+                } else {
+                    "See each failure; an operator must act on those that are not timeouts"
+                },
+            });
+        }
+        Ok(json!(report))
     }
 }
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub use dynamic_functions::{
-    http_error, issue_from_url, run_expire_credentials, run_issue_credential, run_revoke_on_event,
-    url_body, url_caller,
+    http_error, issue_from_url, revoke_from_event, run_expire_credentials, run_issue_credential,
+    run_revoke_on_event, url_body, url_caller,
 };
 
 #[cfg(feature = "inventory-aws")]

@@ -44,7 +44,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{Instrument, field};
 
@@ -266,7 +266,8 @@ impl Rotator {
         let result = match crate::deadline::remaining() {
             Some(left) => {
                 let what = format!("the {} step", event.step);
-                crate::deadline::bounded(&event.secret_id, &what, left, step).await
+                let backstop = left + crate::deadline::BACKSTOP_GRACE;
+                crate::deadline::bounded(&event.secret_id, &what, backstop, step).await
             }
             None => step.await,
         };
@@ -487,9 +488,22 @@ impl Rotator {
         let password = self.policy.generate()?;
         let pending = current.with_credentials(Some(&username), password);
         let value = pending.to_json();
-        self.store
+        match self
+            .store
             .put_pending(&meta.arn, token, &value, rotation_token)
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // The same step, invoked twice at once: the other invocation's
+            // value is the version now, and versions never change.
+            Err(Error::Store { detail, .. }) if detail.starts_with("ResourceExistsException") => {
+                tracing::info!(
+                    "another invocation created the pending version first: nothing to do"
+                );
+                return Ok(Outcome::AlreadyCreated);
+            }
+            Err(e) => return Err(e),
+        }
         self.remember(&meta.arn, token, &value);
         Ok(Outcome::Created)
     }
@@ -859,12 +873,30 @@ impl Rotator {
             };
             session.check().await?;
         }
-        self.store
+        if let Err(e) = self
+            .store
             .update_stage(&meta.arn, AWSCURRENT, Some(token), Some(&current_id))
-            .await?;
-        self.store
+            .await
+        {
+            // The same step, invoked twice at once: the other invocation
+            // moved AWSCURRENT first (the service then refuses this move).
+            let now = self.store.describe(&meta.arn).await?;
+            if now.has_stage(token, AWSCURRENT) {
+                tracing::info!("another invocation finished this rotation first: nothing to do");
+                return Ok(Outcome::AlreadyCurrent);
+            }
+            return Err(e);
+        }
+        if let Err(e) = self
+            .store
             .update_stage(&meta.arn, AWSPENDING, None, Some(token))
-            .await?;
+            .await
+        {
+            let now = self.store.describe(&meta.arn).await?;
+            if now.has_stage(token, AWSPENDING) {
+                return Err(e);
+            }
+        }
         if let Ok(mut memory) = self.memory.lock() {
             memory
                 .verified
@@ -897,10 +929,59 @@ impl Rotator {
         Ok(Some(pending))
     }
 
+    /// Takes the secret's rotation lock: a lock on the database server
+    /// (PostgreSQL advisory lock, MySQL `GET_LOCK`) named after the secret,
+    /// held by a session of the login that rotates it (the master for
+    /// alternating users, the user itself otherwise). Every in-process
+    /// rotation takes it, so two of them (two `rotor rotate`, a burst of
+    /// revocations) run one after the other instead of abandoning each
+    /// other's pending versions. Waits at most `wait` (bounded by the
+    /// deadline). `None` when no login for the lock works: the rotation
+    /// then runs unlocked (its own fallbacks may still find a login), since
+    /// not rotating is worse than racing.
+    pub async fn lock(&self, secret_id: &str, wait: Duration) -> Result<Option<RotationLock>> {
+        let meta = self.store.describe(secret_id).await?;
+        let (_, current) = self.current(&meta).await?;
+        let login = match self.strategy {
+            Strategy::SingleUser => current.clone(),
+            Strategy::AlternatingUsers => self.master_of(&current).await?,
+        };
+        let which = if self.strategy.uses_master() {
+            "master"
+        } else {
+            "current"
+        };
+        let mut session = match self.engine.connect(&login, which).await {
+            Ok(session) => session,
+            Err(e @ Error::LoginRefused { .. }) => {
+                tracing::warn!(secret_arn = %meta.arn, error = %e, "cannot log in to take the rotation lock; rotating without it");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let name = rotation_lock_name(&meta.arn);
+        session
+            .acquire_lock(&name, crate::deadline::budget(wait))
+            .await?;
+        Ok(Some(RotationLock { session, name }))
+    }
+
     /// Rotates a secret in this process, playing the service: resumes an
     /// unfinished rotation (AWSPENDING on a version that is not AWSCURRENT)
-    /// or starts one with a fresh token, then runs the four steps.
+    /// or starts one with a fresh token, then runs the four steps; under the
+    /// secret's rotation lock (see [`lock`](Self::lock)).
     pub async fn rotate(&self, secret_id: &str) -> Result<RotationReport> {
+        let lock = self.lock(secret_id, ROTATION_LOCK_WAIT).await?;
+        let result = self.rotate_locked(secret_id).await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        result
+    }
+
+    /// [`rotate`](Self::rotate) for a caller that holds the secret's
+    /// rotation lock already.
+    pub async fn rotate_locked(&self, secret_id: &str) -> Result<RotationReport> {
         let meta = self.store.describe(secret_id).await?;
         let current = meta.version_with(AWSCURRENT);
         let unfinished = meta
@@ -939,6 +1020,34 @@ impl Rotator {
             resumed,
             steps,
         })
+    }
+}
+
+/// How long an in-process rotation waits for another one of the same
+/// secret (bounded by the deadline).
+pub const ROTATION_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// The name of a secret's rotation lock: short enough for MySQL's 64
+/// characters whatever the ARN.
+pub fn rotation_lock_name(arn: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(arn.as_bytes());
+    let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+    format!("rotor_rotate_{hex}")
+}
+
+/// A held rotation lock (see [`Rotator::lock`]). It goes with its session:
+/// a crashed holder never keeps it.
+pub struct RotationLock {
+    session: Box<dyn Session>,
+    name: String,
+}
+
+impl RotationLock {
+    pub async fn release(mut self) {
+        if let Err(e) = self.session.release_lock(&self.name).await {
+            tracing::warn!(lock = %self.name, error = %e, "could not release the rotation lock; it ends with the session");
+        }
     }
 }
 
@@ -1240,8 +1349,9 @@ mod tests {
                 s.db.users.lock().unwrap()["app"],
                 v["password"].as_str().unwrap()
             );
-            // Warm process: setSecret and testSecret log in once each; finish reuses the test.
-            assert_eq!(*s.db.logins.lock().unwrap(), 2);
+            // Warm process: setSecret and testSecret log in once each; finish
+            // reuses the test; one more login holds the rotation lock.
+            assert_eq!(*s.db.logins.lock().unwrap(), 3);
         });
     }
 

@@ -15,6 +15,8 @@ mod hostile;
 mod inventory;
 mod lockout;
 mod mysql_safety;
+mod outages;
+mod races;
 mod rotation;
 mod safety;
 mod stores;
@@ -71,6 +73,8 @@ fn main() {
     trials.extend(dynamic_authz::trials(&env));
     trials.extend(inventory::trials(&env));
     trials.extend(mysql_safety::trials(&env));
+    trials.extend(outages::trials(&env));
+    trials.extend(races::trials(&env));
     let filtered = args.filter.is_some() || !args.skip.is_empty();
     let conclusion = libtest_mimic::run(&args, trials);
     if conclusion.has_failed() {

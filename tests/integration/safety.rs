@@ -176,7 +176,11 @@ async fn refused_and_unchanged(f: &Fixture, role: &str, why: &str) -> rotor::Err
 
 /// Another session changes `user` and keeps its transaction open (holding
 /// the role's row) for `secs` seconds, then rolls back.
-async fn hold_role_row(env: &TestEnv, user: &str, secs: u64) -> tokio::task::JoinHandle<()> {
+pub(crate) async fn hold_role_row(
+    env: &TestEnv,
+    user: &str,
+    secs: u64,
+) -> tokio::task::JoinHandle<()> {
     let holder = env.admin().await;
     holder
         .batch_execute(&format!(
@@ -586,7 +590,15 @@ async fn fallback_tls(env: TestEnv) {
     create_and_set(&f, &rotator)
         .await
         .expect("setSecret through the previous password");
-    let lines = authorised_connections(&env, &user);
+    // The server writes its log a moment later under load: wait for it (bounded).
+    let mut lines = authorised_connections(&env, &user);
+    for _ in 0..30 {
+        if !lines.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        lines = authorised_connections(&env, &user);
+    }
     assert!(!lines.is_empty(), "the server log shows the logins");
     for line in &lines {
         assert!(

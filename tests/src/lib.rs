@@ -19,6 +19,7 @@ use rotor::store::SecretsManagerStore;
 use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
 
+pub mod faults;
 pub mod leaks;
 pub mod probe;
 
@@ -67,6 +68,11 @@ impl TestEnv {
         self.sm_client_at(&self.moto_url)
     }
 
+    /// The Secrets Manager store over moto, naming moto's endpoint in errors.
+    pub fn sm_store(&self) -> SecretsManagerStore {
+        SecretsManagerStore::new(self.sm_client()).with_endpoint_name(&self.moto_url)
+    }
+
     /// Same, through another endpoint (a counting proxy in benchmarks).
     pub fn sm_client_at(&self, url: &str) -> SmClient {
         let creds = aws_sdk_secretsmanager::config::Credentials::new(
@@ -91,6 +97,27 @@ impl TestEnv {
             )
             .build();
         SmClient::from_conf(config)
+    }
+
+    /// An SDK configuration at `url` with production's retries
+    /// (`aws_config`'s defaults: standard mode, 3 attempts, 1 s initial
+    /// backoff), for the outage tests. Build the store from it with
+    /// `SecretsManagerStore::from_sdk_config`, as the functions do.
+    pub fn sdk_config_production_at(&self, url: &str) -> aws_config::SdkConfig {
+        use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "rotor-tests",
+            )))
+            .endpoint_url(url)
+            .retry_config(aws_config::retry::RetryConfig::standard())
+            .build()
     }
 
     pub fn rds_client(&self) -> aws_sdk_rds::Client {
@@ -164,7 +191,7 @@ impl TestEnv {
             ..ConnectOptions::default()
         });
         Rotator::new(
-            Arc::new(SecretsManagerStore::new(self.sm_client())),
+            Arc::new(self.sm_store()),
             Arc::new(engine),
             Strategy::AlternatingUsers,
             PasswordPolicy::with_default_exclusions(":/@\"'\\"),
@@ -186,7 +213,7 @@ impl TestEnv {
 
     /// A rotator over moto for the given strategy.
     pub fn rotator(&self, strategy: Strategy) -> Rotator {
-        let store = Arc::new(SecretsManagerStore::new(self.sm_client()));
+        let store = Arc::new(self.sm_store());
         Rotator::new(
             store,
             Arc::new(self.engine()),
@@ -577,13 +604,8 @@ impl TestDb {
         strategy: Strategy,
         policy: PasswordPolicy,
     ) -> Rotator {
-        Rotator::new(
-            Arc::new(SecretsManagerStore::new(self.env.sm_client())),
-            engine,
-            strategy,
-            policy,
-        )
-        .with_rds(Arc::new(rotor::rds::RdsApi::new(self.env.rds_client())))
+        Rotator::new(Arc::new(self.env.sm_store()), engine, strategy, policy)
+            .with_rds(Arc::new(rotor::rds::RdsApi::new(self.env.rds_client())))
     }
 
     pub fn rotator(&self, strategy: Strategy) -> Rotator {
@@ -919,7 +941,7 @@ pub async fn dynamic_role(db: &TestDb, extra: Value) -> DynamicRole {
         r.extend(e);
     }
     moto.create_secret(&name, &role.to_string()).await;
-    let store: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(db.env.sm_client()));
+    let store: Arc<dyn SecretStore> = Arc::new(db.env.sm_store());
     let dynamic = Dynamic::new(store, dynamic_options(db)).with_roles_prefix(prefix.clone());
     DynamicRole {
         db: db.clone(),

@@ -20,7 +20,12 @@ use crate::engine::DropReport;
 use crate::error::{Error, Result};
 use crate::rds::RdsLookup;
 use crate::secret::{DbSecret, Require};
-use crate::store::{AWSCURRENT, AWSPREVIOUS, ListFilter, VersionRef};
+use crate::store::{AWSCURRENT, AWSPENDING, AWSPREVIOUS, ListFilter, VersionRef};
+
+/// The staging label on the version the last revocation of a static secret
+/// made: how concurrent revocations of one secret tell that one of them
+/// already covered their event (see [`Dynamic::rotate_and_invalidate`]).
+pub const REVOKED_STAGE: &str = "ROTOR_REVOKED";
 use crate::strategy::Strategy;
 
 /// What to revoke.
@@ -53,7 +58,10 @@ pub enum RevokeTarget {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Revoked {
     pub target: String,
-    /// `dropped-user`, `already-gone`, `rotated`, `would-revoke`.
+    /// `dropped-user`, `already-gone`, `rotated`, `would-revoke`, or
+    /// `coalesced`: a revocation of the same secret that started after this
+    /// one's event finished while it waited, and covers it (`new_version`
+    /// names the version it made; nothing else was done).
     pub action: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop: Option<DropReport>,
@@ -73,6 +81,10 @@ pub struct RevokeReport {
     pub dry_run: bool,
     pub revoked: Vec<Revoked>,
     pub failures: Vec<(String, String)>,
+    /// How many of `failures` may succeed when retried unchanged (a server
+    /// that did not answer in time, another revocation of the same secret
+    /// holding its lock).
+    pub retryable_failures: usize,
 }
 
 /// Parses an EventBridge event; `Ok(None)` when it is to be ignored
@@ -569,6 +581,9 @@ impl Dynamic {
             Err(e) => {
                 let failed = Err(e.to_string());
                 self.audit_revocation(user, caller, &failed);
+                if e.is_retryable() {
+                    report.retryable_failures += 1;
+                }
                 report.failures.push((user.to_string(), e.to_string()));
             }
         }
@@ -655,10 +670,11 @@ impl Dynamic {
         rds: Option<Arc<dyn RdsLookup>>,
         report: &mut RevokeReport,
     ) {
-        let result = self
-            .rotate_and_invalidate(secret, dry_run, rds)
-            .await
-            .map_err(|e| e.to_string());
+        let result = self.rotate_and_invalidate(secret, dry_run, rds).await;
+        if result.as_ref().is_err_and(Error::is_retryable) {
+            report.retryable_failures += 1;
+        }
+        let result = result.map_err(|e| e.to_string());
         self.audit_revocation(secret, caller, &result);
         match result {
             Ok(r) => report.revoked.push(r),
@@ -674,6 +690,7 @@ impl Dynamic {
     ) {
         let (outcome, detail) = match result {
             Ok(r) if r.action == "would-revoke" => ("dry-run", json!(r)),
+            Ok(r) if r.action == "coalesced" => ("coalesced", json!(r)),
             Ok(r) => ("ok", json!(r)),
             Err(e) => ("failed", json!({"error": e})),
         };
@@ -710,12 +727,99 @@ impl Dynamic {
                 ..Default::default()
             });
         }
+        // A burst of events for one secret (several invocations at once):
+        // one rotation, the others coalesced into it. What this invocation
+        // saw before waiting tells a rotation that covers its event (made
+        // after it began) from one that was already under way.
+        let seen_current = meta.version_with(AWSCURRENT).map(str::to_string);
+        let seen_pending = meta.version_with(AWSPENDING).map(str::to_string);
+        let lock = match rotator
+            .lock(&meta.arn, crate::rotation::ROTATION_LOCK_WAIT)
+            .await
+        {
+            Ok(lock) => lock,
+            Err(e) => {
+                // Single user: the revocation that held the lock ends the
+                // compromised user's sessions, this waiting one included.
+                return match self
+                    .coalesced_into(&meta.arn, &seen_current, &seen_pending)
+                    .await?
+                {
+                    Some(revoked) => Ok(revoked),
+                    None => Err(e),
+                };
+            }
+        };
+        let result = async {
+            if let Some(revoked) = self
+                .coalesced_into(&meta.arn, &seen_current, &seen_pending)
+                .await?
+            {
+                return Ok(revoked);
+            }
+            self.rotate_and_invalidate_locked(&rotator, &meta.arn).await
+        }
+        .await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        result
+    }
+
+    /// The evidence of a revocation that covers this one, if one finished
+    /// while this invocation waited: AWSCURRENT moved away from what it saw
+    /// at its start, to a version that a revocation made (labelled
+    /// [`REVOKED_STAGE`]) and that was not already pending at its start (so
+    /// its password was generated after the event that caused this one).
+    async fn coalesced_into(
+        &self,
+        arn: &str,
+        seen_current: &Option<String>,
+        seen_pending: &Option<String>,
+    ) -> Result<Option<Revoked>> {
+        let now = self.store().describe(arn).await?;
+        let Some(current) = now.version_with(AWSCURRENT) else {
+            return Ok(None);
+        };
+        let covered = Some(current) != seen_current.as_deref()
+            && Some(current) != seen_pending.as_deref()
+            && now.has_stage(current, REVOKED_STAGE);
+        if !covered {
+            return Ok(None);
+        }
+        tracing::info!(secret_arn = %arn, version = %current, "a revocation that started after this one's event finished meanwhile: coalesced");
+        Ok(Some(Revoked {
+            target: arn.to_string(),
+            action: "coalesced".into(),
+            new_version: Some(current.to_string()),
+            ..Default::default()
+        }))
+    }
+
+    /// The revocation itself, under the secret's rotation lock.
+    async fn rotate_and_invalidate_locked(
+        &self,
+        rotator: &crate::rotation::Rotator,
+        arn: &str,
+    ) -> Result<Revoked> {
+        let meta = self.store().describe(arn).await?;
         // An emergency does not wait for a stuck rotation.
         rotator.abandon_unfinished(&meta.arn).await?;
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let report = rotator.rotate(&meta.arn).await?;
+        let report = rotator.rotate_locked(&meta.arn).await?;
+        // Marks the version a revocation made, before any session ends
+        // (those of invocations waiting to coalesce into this one, too).
+        let previous_mark = meta.version_with(REVOKED_STAGE).map(str::to_string);
+        self.store()
+            .update_stage(
+                &meta.arn,
+                REVOKED_STAGE,
+                Some(&report.token),
+                previous_mark.as_deref(),
+            )
+            .await?;
         let after = self.store().describe(&meta.arn).await?;
         let current = self.version(&meta.arn, &report.token).await?;
         let mut revoked = Revoked {

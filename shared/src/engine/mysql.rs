@@ -905,20 +905,28 @@ impl MysqlEngine {
         bound: Duration,
     ) -> Result<Conn> {
         let endpoint = endpoint(secret, 3306);
+        let call = "the TCP connect, TLS and login handshake";
+        let started = Instant::now();
         let mut handshake = tokio::spawn(Conn::new(self.opts(secret, tls)));
-        let joined = deadline::bounded(
-            &endpoint,
-            "the TCP connect, TLS and login handshake",
-            bound,
-            async { Ok((&mut handshake).await) },
-        )
-        .await;
+        let joined =
+            deadline::bounded(&endpoint, call, bound, async { Ok((&mut handshake).await) }).await;
         if joined.is_err() {
             handshake.abort();
         }
         match joined? {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(classify(e, &endpoint, &secret.username, which)),
+            Ok(Err(e)) => Err(match classify(e, &endpoint, &secret.username, which) {
+                // Which call failed, and after how long: a refused
+                // connection answers at once, a filtered one does not.
+                Error::Unreachable { endpoint, detail } => Error::Unreachable {
+                    detail: format!(
+                        "{call} failed after {} ms: {detail}",
+                        started.elapsed().as_millis()
+                    ),
+                    endpoint,
+                },
+                other => other,
+            }),
             Err(e) if e.is_panic() => Err(Error::Refused {
                 endpoint,
                 reason: format!(
@@ -1049,8 +1057,12 @@ fn classify(e: mysql_async::Error, endpoint: &str, user: &str, which: Role) -> E
             let mut detail = other.to_string();
             let mut source = std::error::Error::source(&other);
             while let Some(s) = source {
-                detail.push_str(": ");
-                detail.push_str(&s.to_string());
+                // The driver's messages often repeat their source's already.
+                let text = s.to_string();
+                if !detail.contains(&text) {
+                    detail.push_str(": ");
+                    detail.push_str(&text);
+                }
                 source = s.source();
             }
             let lower = detail.to_ascii_lowercase();
@@ -1552,16 +1564,9 @@ impl MySession {
                         reason,
                     });
                 }
-                Err(e) => {
-                    return Err(Error::Database {
-                        endpoint: self.endpoint.to_string(),
-                        action: action.to_string(),
-                        detail: match e {
-                            mysql_async::Error::Server(s) => s.message,
-                            other => other.to_string(),
-                        },
-                    });
-                }
+                // A statement the server aborted at the session's time
+                // limits (a lock wait) is a retryable timeout.
+                Err(e) => return Err(self.fail(action.to_string())(e)),
             }
         }
         Ok(())
@@ -2102,6 +2107,7 @@ impl Session for MySession {
         let fail = self.fail(format!("wait for the lock {name:?}"));
         let endpoint = self.endpoint.to_string();
         let conn = self.conn()?;
+        let started = Instant::now();
         let taken: Option<Option<i64>> = crate::deadline::bounded(
             &endpoint,
             &format!("wait for the lock {name:?}"),
@@ -2120,10 +2126,14 @@ impl Session for MySession {
                 what: format!("wait for the lock {name:?} (held by another session)"),
                 after_ms: secs * 1000,
             }),
-            _ => Err(Error::Database {
+            // NULL: the server interrupted the wait (the session's
+            // max_statement_time, a KILL): a wait that did not end in time.
+            _ => Err(Error::Timeout {
                 endpoint,
-                action: format!("take the lock {name:?}"),
-                detail: "GET_LOCK returned NULL".into(),
+                what: format!(
+                    "wait for the lock {name:?} (the server interrupted GET_LOCK, which answered NULL)"
+                ),
+                after_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             }),
         }
     }

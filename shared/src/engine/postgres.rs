@@ -68,14 +68,20 @@ impl PostgresEngine {
     /// TCP to the server (or its override address), bounded.
     async fn dial(&self, secret: &DbSecret, endpoint: &str, bound: Duration) -> Result<TcpStream> {
         let port = secret.port.unwrap_or(5432);
+        let started = std::time::Instant::now();
         let dial = async {
             let stream = match self.options.address_for(&secret.host) {
                 Some(ip) => TcpStream::connect((ip, port)).await,
                 None => TcpStream::connect((secret.host.as_str(), port)).await,
             };
+            // Which call failed, and after how long: a refused connection
+            // answers at once, a filtered one does not.
             stream.map_err(|e| Error::Unreachable {
                 endpoint: endpoint.to_string(),
-                detail: e.to_string(),
+                detail: format!(
+                    "the TCP connection failed after {} ms: {e}",
+                    started.elapsed().as_millis()
+                ),
             })
         };
         let stream = deadline::bounded(endpoint, "the TCP connection", bound, dial).await?;
@@ -350,6 +356,19 @@ fn database_error(
                     .unwrap_or(u64::MAX),
             }
         }
+        // Two invocations creating the same role at once (a step the
+        // service retried while it still ran): the loser changed nothing.
+        Some(code)
+            if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::DUPLICATE_OBJECT =>
+        {
+            Error::Conflict {
+                endpoint: endpoint.to_string(),
+                what: format!(
+                    "{action} ({})",
+                    e.as_db_error().map_or("already exists", |d| d.message())
+                ),
+            }
+        }
         _ => Error::Database {
             endpoint: endpoint.to_string(),
             action: action.to_string(),
@@ -357,6 +376,19 @@ fn database_error(
                 .as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.message().to_string()),
         },
+    }
+}
+
+/// A server-side timeout says how long the statement actually waited (the
+/// limits are computed when it starts; the time left when it fails is less).
+fn waited(e: Error, started: std::time::Instant) -> Error {
+    match e {
+        Error::Timeout { endpoint, what, .. } => Error::Timeout {
+            endpoint,
+            what,
+            after_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        },
+        other => other,
     }
 }
 
@@ -1087,12 +1119,13 @@ impl PgSession {
     async fn change(&self, action: &str, sql: &str) -> Result<()> {
         let bound = statement_bound();
         let text = format!("{}{sql}", limits_sql(bound));
+        let started = std::time::Instant::now();
         deadline::bounded(&self.endpoint, action, bound, async {
             fault::call(&self.endpoint, action, async {
                 self.client
                     .batch_execute(&text)
                     .await
-                    .map_err(self.db_error(action))
+                    .map_err(|e| waited(self.db_error(action)(e), started))
             })
             .await
         })
@@ -1484,11 +1517,12 @@ impl Session for PgSession {
             deadline::server_limit(statement_bound()).as_millis()
         );
         let action = format!("wait for the lock {name:?}");
+        let started = std::time::Instant::now();
         deadline::bounded(&self.endpoint, &action, wait, async {
             self.client
                 .batch_execute(&sql)
                 .await
-                .map_err(self.db_error(action.clone()))
+                .map_err(|e| waited(self.db_error(action.clone())(e), started))
         })
         .await
     }
