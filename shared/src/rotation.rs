@@ -873,19 +873,24 @@ impl Rotator {
             };
             session.check().await?;
         }
+        let mut outcome = Outcome::Finished;
         if let Err(e) = self
             .store
             .update_stage(&meta.arn, AWSCURRENT, Some(token), Some(&current_id))
             .await
         {
             // The same step, invoked twice at once: the other invocation
-            // moved AWSCURRENT first (the service then refuses this move).
+            // moved AWSCURRENT first (the service then refuses this move);
+            // or the move was made and only its answer lost. Either way
+            // AWSPENDING still has to go.
             let now = self.store.describe(&meta.arn).await?;
-            if now.has_stage(token, AWSCURRENT) {
-                tracing::info!("another invocation finished this rotation first: nothing to do");
-                return Ok(Outcome::AlreadyCurrent);
+            if !now.has_stage(token, AWSCURRENT) {
+                return Err(e);
             }
-            return Err(e);
+            tracing::info!(
+                "AWSCURRENT is already on this version (another invocation, or a lost answer)"
+            );
+            outcome = Outcome::AlreadyCurrent;
         }
         if let Err(e) = self
             .store
@@ -902,7 +907,7 @@ impl Rotator {
                 .verified
                 .remove(&(meta.arn.clone(), token.to_string()));
         }
-        Ok(Outcome::Finished)
+        Ok(outcome)
     }
 
     // ---- the whole rotation, in process ---------------------------------
