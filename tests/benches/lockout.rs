@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rotor::store::SecretsManagerStore;
 use rotor::{Rotator, Strategy};
 use rotor_tests::probe::{AppProbe, ObservedStore, median_max, rotate_observed};
 use rotor_tests::{Kind, MotoService, RotatedSecret, TestDb, TestEnv, unique};
@@ -61,7 +60,7 @@ fn main() {
                 _ => ("none".into(), "none".into()),
             };
             println!(
-                "{:<9} {:<18} {:>9} {:>8} {:>13} {:>15} {:>16} {:>13}   ({:.1} s)",
+                "{:<9} {:<18} {:>9} {:>8} {:>13} {:>15} {:>16} {:>13}   ({:.1} s; {} re-reads unanswered by the store)",
                 kind.name(),
                 strategy.name(),
                 rotations,
@@ -70,7 +69,8 @@ fn main() {
                 report.failed_after_reread,
                 window.0,
                 window.1,
-                took.as_secs_f64()
+                took.as_secs_f64(),
+                report.reread_failed
             );
             failed |= report.other_errors > 0
                 || (strategy == Strategy::AlternatingUsers && report.failed_after_reread > 0);
@@ -91,9 +91,7 @@ async fn measure(
     let moto = MotoService::new(&db.env);
     let user = unique("rotor_lockout");
     let secret = RotatedSecret::create(db, &admin, &moto, strategy, &user, json!({})).await;
-    let store = Arc::new(ObservedStore::new(Arc::new(SecretsManagerStore::new(
-        db.env.sm_client(),
-    ))));
+    let store = Arc::new(ObservedStore::new(Arc::new(db.env.sm_store())));
     let rotator = Rotator::new(store.clone(), db.engine(), strategy, db.policy());
     let probe = AppProbe::start(
         db.engine(),

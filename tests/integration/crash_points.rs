@@ -25,7 +25,6 @@ use libtest_mimic::Trial;
 use rotor::engine::{Engine, Role, Session};
 use rotor::fault::{self, Fault, Plan};
 use rotor::secret::Require;
-use rotor::store::SecretsManagerStore;
 use rotor::{DbSecret, Result, Rotator, SecretString, Step, Strategy};
 use rotor_tests::probe::ObservedStore;
 use rotor_tests::{Kind, TestDb, TestEnv, unique};
@@ -94,9 +93,7 @@ impl Engine for FaultEngine {
 
 fn faulty_rotator(db: &TestDb, strategy: Strategy) -> Rotator {
     Rotator::new(
-        Arc::new(ObservedStore::new(Arc::new(SecretsManagerStore::new(
-            db.env.sm_client(),
-        )))),
+        Arc::new(ObservedStore::new(Arc::new(db.env.sm_store()))),
         Arc::new(FaultEngine(db.engine())),
         strategy,
         db.policy(),

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libtest_mimic::Trial;
-use rotor::store::SecretsManagerStore;
 use rotor::{Rotator, Strategy};
 use rotor_tests::probe::{AppProbe, ObservedStore, rotate_observed};
 use rotor_tests::{Kind, TestDb, TestEnv, unique};
@@ -42,9 +41,7 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
 
 async fn live_application(db: TestDb, strategy: Strategy) {
     let f = fixture(&db, strategy, &unique("rotor_live"), json!({})).await;
-    let store = Arc::new(ObservedStore::new(Arc::new(SecretsManagerStore::new(
-        db.env.sm_client(),
-    ))));
+    let store = Arc::new(ObservedStore::new(Arc::new(db.env.sm_store())));
     let rotator = Rotator::new(store.clone(), db.engine(), strategy, db.policy());
     let probe = AppProbe::start(
         db.engine(),

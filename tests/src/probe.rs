@@ -117,6 +117,9 @@ pub struct ProbeReport {
     pub first_try_refused: u64,
     /// Refused again after re-reading AWSCURRENT: the application is locked out.
     pub failed_after_reread: u64,
+    /// Re-reads of AWSCURRENT that the store did not answer (moto's HTTP
+    /// 500 under load); the login is then tried with the cached value.
+    pub reread_failed: u64,
     /// Failures that were not a refused login (network, TLS): must be 0.
     pub other_errors: u64,
 }
@@ -172,7 +175,7 @@ impl AppProbe {
                         report.first_try_refused += 1;
                         match read_current(&sm, &arn).await {
                             Some(fresh) => cached = fresh,
-                            None => report.other_errors += 1,
+                            None => report.reread_failed += 1,
                         }
                         match engine.connect(&cached, "app").await {
                             Ok(_) => {}
@@ -231,10 +234,16 @@ pub async fn rotate_observed(
             token: token.clone(),
             rotation_token: None,
         };
-        rotator
-            .handle(&event)
-            .await
-            .unwrap_or_else(|e| panic!("{step}: {e}"));
+        // As the service does: a step that fails retryably (moto answers
+        // HTTP 500 now and then under load) is invoked again.
+        let mut attempt = 1;
+        loop {
+            match rotator.handle(&event).await {
+                Ok(_) => break,
+                Err(e) if e.is_retryable() && attempt < 5 => attempt += 1,
+                Err(e) => panic!("{step} (attempt {attempt}): {e}"),
+            }
+        }
         if step == rotor::Step::SetSecret {
             set_done = Some(Instant::now());
         }
