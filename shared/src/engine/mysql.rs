@@ -404,7 +404,9 @@ fn split_outside_quotes<'a>(text: &'a str, sep: &str) -> Vec<&'a str> {
             None if c == '`' || c == '\'' || c == '"' => quote = Some(c),
             None if c == '(' => depth += 1,
             None if c == ')' => depth = depth.saturating_sub(1),
-            None if depth == 0 && text[i..].starts_with(sep) => {
+            // Bytes, not `text[i..]`: `i` may sit inside a multi-byte
+            // character; an ASCII `sep` only matches on a boundary.
+            None if depth == 0 && bytes[i..].starts_with(sep.as_bytes()) => {
                 parts.push(&text[start..i]);
                 i += sep.len();
                 start = i;
@@ -511,7 +513,8 @@ fn parse_grant_at(
     if !options_only {
         return None;
     }
-    let body = &line[verb.len()..at];
+    // `GRANT TO x`: the ` TO ` overlaps the verb's space; nothing is granted.
+    let body = line.get(verb.len()..at)?;
     let parts = split_outside_quotes(body, " ON ");
     match parts.as_slice() {
         [role] => (!revoke).then(|| Grant::Role {
@@ -2655,6 +2658,26 @@ mod tests {
         assert_eq!(
             plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*24'"),
             None
+        );
+    }
+
+    /// Found by `scripts/fuzz` (target `grant`): a line whose ` TO `
+    /// overlaps the verb's own space sliced `line[6..5]`, and a non-ASCII
+    /// character outside quotes sliced inside it; both panicked.
+    #[test]
+    fn malformed_grant_lines_are_refused_without_a_panic() {
+        assert_eq!(parse_grant("GRANT TO `app`@`%`", "app", "%"), None);
+        assert_eq!(
+            parse_grant_of_role("GRANT TO `app_clone`@`%` WITH ADMIN OPTION"),
+            None
+        );
+        assert_eq!(
+            replay_grant("GRANT SELECT ON é.* TO `app`@`%`", "app", "%", "app_clone").as_deref(),
+            Some("GRANT SELECT ON é.* TO `app_clone`@`%`")
+        );
+        assert_eq!(
+            parse_grant_of_role("GRANT `rôle` TO r√").map(|_| ()),
+            Some(())
         );
     }
 
