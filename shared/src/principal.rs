@@ -45,13 +45,14 @@ pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
+        // `*` first: a `*` in the text is not a reason to read it literally.
+        if p < pattern.len() && pattern[p] == b'*' {
             star = Some(p);
             mark = t;
             p += 1;
+        } else if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
         } else if let Some(s) = star {
             p = s + 1;
             mark += 1;
@@ -89,6 +90,16 @@ mod tests {
         ] {
             assert_ne!(canonical_principal(other), role, "{other}");
         }
+    }
+
+    /// Found by `scripts/fuzz` (target `principal`): a `*` in the pattern
+    /// facing a `*` in the text was taken as a literal, so `*` no longer
+    /// matched any run.
+    #[test]
+    fn a_star_facing_a_star_is_still_a_wildcard() {
+        assert!(glob(b"*", b"*!aa:r7"));
+        assert!(glob(b"a*c", b"a*bc"));
+        assert!(principal_allowed("*x", &["*".to_string()]));
     }
 
     #[test]
