@@ -170,13 +170,23 @@ async fn run(env: TestEnv, secrets: usize, concurrency: usize) -> bool {
 
     // Samplers: one administrator session per server, counting only this
     // run's users (never itself).
+    // Each on a thread and runtime of its own, so busy rotation workers
+    // cannot stretch the sampling interval.
     let stop = Arc::new(AtomicBool::new(false));
-    let mut samplers = JoinSet::new();
-    for server in &servers {
-        let db = server.db.clone();
-        let (tag, stop) = (tag.clone(), stop.clone());
-        samplers.spawn(async move { sample(db, &tag, stop).await });
-    }
+    let samplers: Vec<std::thread::JoinHandle<(Kind, usize, usize)>> = servers
+        .iter()
+        .map(|server| {
+            let db = server.db.clone();
+            let (tag, stop) = (tag.clone(), stop.clone());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("build the sampler's runtime")
+                    .block_on(sample(db, &tag, stop))
+            })
+        })
+        .collect();
 
     let rotators: Vec<[Arc<Rotator>; 2]> = servers
         .iter()
@@ -198,8 +208,9 @@ async fn run(env: TestEnv, secrets: usize, concurrency: usize) -> bool {
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let rotator = rotators[subject.server][usize::from(subject.strategy == Strategy::AlternatingUsers)]
-            .clone();
+        let rotator = rotators[subject.server]
+            [usize::from(subject.strategy == Strategy::AlternatingUsers)]
+        .clone();
         let service = service.clone();
         let (in_flight, peak_in_flight) = (in_flight.clone(), peak_in_flight.clone());
         rotations.spawn(async move {
@@ -226,8 +237,11 @@ async fn run(env: TestEnv, secrets: usize, concurrency: usize) -> bool {
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     let mut peaks = vec![(0usize, 0usize); servers.len()];
-    while let Some(joined) = samplers.join_next().await {
-        let (kind, peak, samples) = joined.expect("a sampler task");
+    for sampler in samplers {
+        let (kind, peak, samples) = tokio::task::spawn_blocking(move || sampler.join())
+            .await
+            .expect("join the sampler thread")
+            .expect("a sampler thread");
         peaks[usize::from(kind == Kind::MariaDb)] = (peak, samples);
     }
 
@@ -258,7 +272,10 @@ async fn run(env: TestEnv, secrets: usize, concurrency: usize) -> bool {
     for f in failures.iter().take(20) {
         println!("  {f}");
     }
-    println!("secrets whose AWSCURRENT does not log in: {}", lockouts.len());
+    println!(
+        "secrets whose AWSCURRENT does not log in: {}",
+        lockouts.len()
+    );
     for l in lockouts.iter().take(20) {
         println!("  {l}");
     }
@@ -337,11 +354,20 @@ async fn setup(
             .collect();
         let permits = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
         let mut tasks = JoinSet::new();
-        let admin = Arc::new(bounded("administrator login", server.db.admin()).await.unwrap_or_else(|e| panic!("{e}")));
+        let admin = Arc::new(
+            bounded("administrator login", server.db.admin())
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         for (i, strategy) in jobs {
-            let permit = permits.clone().acquire_owned().await.expect("open semaphore");
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("open semaphore");
             let (db, admin, service) = (server.db.clone(), admin.clone(), service.clone());
-            let (tag, master, master_arn) = (tag.to_string(), master.clone(), server.master_arn.clone());
+            let (tag, master, master_arn) =
+                (tag.to_string(), master.clone(), server.master_arn.clone());
             tasks.spawn(async move {
                 let user = format!("{tag}_{i}");
                 let password = new_password();
@@ -375,7 +401,9 @@ async fn setup(
         while let Some(joined) = tasks.join_next().await {
             let (user, strategy, arn) = joined.expect("a setup task");
             if strategy == Strategy::AlternatingUsers {
-                server.users.push(format!("{user}{}", rotor::strategy::CLONE_SUFFIX));
+                server
+                    .users
+                    .push(format!("{user}{}", rotor::strategy::CLONE_SUFFIX));
             }
             if user != format!("{tag}_0") || strategy == Strategy::SingleUser {
                 server.users.push(user);
@@ -422,7 +450,9 @@ async fn rotate(rotator: &Rotator, service: &MotoService, subject: &Subject) -> 
     let labels = bounded("DescribeSecret", service.labels(arn)).await?;
     let stages = labels.get(&token).cloned().unwrap_or_default();
     if !stages.iter().any(|s| s == "AWSCURRENT") {
-        return Err(format!("{token} is not AWSCURRENT after finishSecret: {labels:?}"));
+        return Err(format!(
+            "{token} is not AWSCURRENT after finishSecret: {labels:?}"
+        ));
     }
     if stages.iter().any(|s| s == "AWSPENDING") {
         let remove = service
@@ -482,11 +512,19 @@ async fn sample(db: TestDb, tag: &str, stop: Arc<AtomicBool>) -> (Kind, usize, u
 }
 
 /// The secrets whose AWSCURRENT version does not log in.
-async fn check_logins(servers: &[Server], service: &MotoService, subjects: &[Subject]) -> Vec<String> {
+async fn check_logins(
+    servers: &[Server],
+    service: &MotoService,
+    subjects: &[Subject],
+) -> Vec<String> {
     let permits = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for subject in subjects {
-        let permit = permits.clone().acquire_owned().await.expect("open semaphore");
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("open semaphore");
         let (service, arn) = (service.clone(), subject.arn.clone());
         let engine = servers[subject.server].db.engine();
         tasks.spawn(async move {
@@ -504,8 +542,13 @@ async fn check_logins(servers: &[Server], service: &MotoService, subjects: &[Sub
                 .map_err(|e| format!("GetSecretValue: {e:?}"))?
                 .secret_string
                 .ok_or("AWSCURRENT has no value")?;
-                let secret = DbSecret::parse(&SecretString::new(value), &arn, "AWSCURRENT", Require::Connection)
-                    .map_err(|e| e.to_string())?;
+                let secret = DbSecret::parse(
+                    &SecretString::new(value),
+                    &arn,
+                    "AWSCURRENT",
+                    Require::Connection,
+                )
+                .map_err(|e| e.to_string())?;
                 bounded("login", engine.connect(&secret, "current"))
                     .await?
                     .map(drop)
@@ -530,7 +573,12 @@ async fn check_logins(servers: &[Server], service: &MotoService, subjects: &[Sub
 async fn cleanup(servers: &[Server], service: &MotoService, subjects: &[Subject]) {
     for server in servers {
         let mut users = server.users.clone();
-        users.sort_by_key(|u| (u.ends_with("_master"), !u.ends_with(rotor::strategy::CLONE_SUFFIX)));
+        users.sort_by_key(|u| {
+            (
+                u.ends_with("_master"),
+                !u.ends_with(rotor::strategy::CLONE_SUFFIX),
+            )
+        });
         for user in users {
             let sql = match server.db.kind {
                 Kind::Postgres => format!("DROP ROLE IF EXISTS {}", pg_ident(&user)),
@@ -562,7 +610,10 @@ fn load_average() -> String {
     match std::fs::read_to_string("/proc/loadavg") {
         Ok(text) => format!(
             "{} ({cpus} CPUs)",
-            text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
         Err(_) => "unknown".into(),
     }
