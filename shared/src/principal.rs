@@ -24,7 +24,9 @@ pub fn principal_allowed(arn: &str, patterns: &[String]) -> bool {
 /// choosing a new session name; anything else is itself. Lowercased: IAM
 /// names are unique without regard to case.
 pub fn canonical_principal(arn: &str) -> String {
-    let arn = arn.trim();
+    // Lowercase first, so `ARN:` and `STS` read as what they name and the
+    // result is its own canonical form.
+    let arn = arn.trim().to_ascii_lowercase();
     let mut parts = arn.splitn(6, ':');
     if let (Some("arn"), Some(partition), Some("sts"), Some(""), Some(account), Some(resource)) = (
         parts.next(),
@@ -36,9 +38,9 @@ pub fn canonical_principal(arn: &str) -> String {
     ) && let Some(role) = resource.strip_prefix("assumed-role/")
         && let Some((name, _session)) = role.split_once('/')
     {
-        return format!("arn:{partition}:iam::{account}:role/{name}").to_ascii_lowercase();
+        return format!("arn:{partition}:iam::{account}:role/{name}");
     }
-    arn.to_ascii_lowercase()
+    arn
 }
 
 pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
@@ -90,6 +92,17 @@ mod tests {
         ] {
             assert_ne!(canonical_principal(other), role, "{other}");
         }
+    }
+
+    /// Found by `scripts/fuzz` (target `principal`): `ARN:…:assumed-role/…`
+    /// was lowercased but not read as a session, so its canonical form was
+    /// a session ARN whose own canonical form is the role: not idempotent.
+    #[test]
+    fn canonical_principal_is_idempotent_whatever_the_case() {
+        let arn = "arN:aws:sts::123456789012:assumed-role/ci-deploy/run-7";
+        let once = canonical_principal(arn);
+        assert_eq!(canonical_principal(&once), once);
+        assert_eq!(once, "arn:aws:iam::123456789012:role/ci-deploy");
     }
 
     /// Found by `scripts/fuzz` (target `principal`): a `*` in the pattern
