@@ -530,6 +530,13 @@ fn parse_grant_at(
             if privileges.iter().any(|p| p.eq_ignore_ascii_case("PROXY")) {
                 return None;
             }
+            // No privilege holds the word ON (outside its column list): such
+            // a line is not one grant, and its replay would not read back.
+            if privileges.iter().any(|p| {
+                split_outside_quotes(&format!(" {} ", p.to_ascii_uppercase()), " ON ").len() > 1
+            }) {
+                return None;
+            }
             let object = object.trim().to_string();
             Some(if revoke {
                 Grant::PartialRevoke { object, privileges }
@@ -2678,6 +2685,21 @@ mod tests {
         assert_eq!(
             parse_grant_of_role("GRANT `rôle` TO r√").map(|_| ()),
             Some(())
+        );
+    }
+
+    /// Found by `scripts/fuzz` (target `grant`): a "privilege" that is
+    /// the word ON plus more (`GRANT ON X,Y ON *.*`) was accepted, and its
+    /// replay, with the privileges sorted, no longer parsed as one grant.
+    #[test]
+    fn a_privilege_list_holding_the_word_on_is_refused() {
+        assert_eq!(
+            parse_grant("GRANT ON  X,Y ON *.* TO `app`@`%`", "app", "%"),
+            None
+        );
+        assert_eq!(
+            replay_grant("GRANT ON  X,Y ON *.* TO `app`@`%`", "app", "%", "app_clone"),
+            None
         );
     }
 
