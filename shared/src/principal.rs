@@ -38,7 +38,10 @@ pub fn canonical_principal(arn: &str) -> String {
     ) && let Some(role) = resource.strip_prefix("assumed-role/")
         && let Some((name, _session)) = role.split_once('/')
     {
-        return format!("arn:{partition}:iam::{account}:role/{name}");
+        // Trimmed like the input, so the result is its own canonical form.
+        return format!("arn:{partition}:iam::{account}:role/{name}")
+            .trim_end()
+            .to_string();
     }
     arn
 }
@@ -103,6 +106,16 @@ mod tests {
         let once = canonical_principal(arn);
         assert_eq!(canonical_principal(&once), once);
         assert_eq!(once, "arn:aws:iam::123456789012:role/ci-deploy");
+    }
+
+    /// Found by `scripts/fuzz` (target `principal`, long run): a session
+    /// of a role whose name ended in whitespace gave a role ARN that the
+    /// next call trimmed: not idempotent.
+    #[test]
+    fn canonical_principal_of_a_canonical_principal_is_itself() {
+        let once =
+            canonical_principal("arn:aws:sts::123456789012:assumed-role/ci-deploy\x0c/run-7");
+        assert_eq!(canonical_principal(&once), once);
     }
 
     /// Found by `scripts/fuzz` (target `principal`): a `*` in the pattern
