@@ -2668,9 +2668,10 @@ mod tests {
         );
     }
 
-    /// Found by `scripts/fuzz` (target `grant`): a line whose ` TO `
-    /// overlaps the verb's own space sliced `line[6..5]`, and a non-ASCII
-    /// character outside quotes sliced inside it; both panicked.
+    /// A line whose ` TO ` overlaps the verb's own space sliced `line[6..5]`
+    /// (found by `scripts/fuzz`, target `grant`), and a non-ASCII character
+    /// outside quotes was sliced inside (found while writing that target);
+    /// both panicked.
     #[test]
     fn malformed_grant_lines_are_refused_without_a_panic() {
         assert_eq!(parse_grant("GRANT TO `app`@`%`", "app", "%"), None);
