@@ -24,7 +24,9 @@ pub fn principal_allowed(arn: &str, patterns: &[String]) -> bool {
 /// choosing a new session name; anything else is itself. Lowercased: IAM
 /// names are unique without regard to case.
 pub fn canonical_principal(arn: &str) -> String {
-    let arn = arn.trim();
+    // Lowercase first, so `ARN:` and `STS` read as what they name and the
+    // result is its own canonical form.
+    let arn = arn.trim().to_ascii_lowercase();
     let mut parts = arn.splitn(6, ':');
     if let (Some("arn"), Some(partition), Some("sts"), Some(""), Some(account), Some(resource)) = (
         parts.next(),
@@ -36,22 +38,26 @@ pub fn canonical_principal(arn: &str) -> String {
     ) && let Some(role) = resource.strip_prefix("assumed-role/")
         && let Some((name, _session)) = role.split_once('/')
     {
-        return format!("arn:{partition}:iam::{account}:role/{name}").to_ascii_lowercase();
+        // Trimmed like the input, so the result is its own canonical form.
+        return format!("arn:{partition}:iam::{account}:role/{name}")
+            .trim_end()
+            .to_string();
     }
-    arn.to_ascii_lowercase()
+    arn
 }
 
 pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while t < text.len() {
-        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == b'*' {
+        // `*` first: a `*` in the text is not a reason to read it literally.
+        if p < pattern.len() && pattern[p] == b'*' {
             star = Some(p);
             mark = t;
             p += 1;
+        } else if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
         } else if let Some(s) = star {
             p = s + 1;
             mark += 1;
@@ -89,6 +95,37 @@ mod tests {
         ] {
             assert_ne!(canonical_principal(other), role, "{other}");
         }
+    }
+
+    /// Found by `scripts/fuzz` (target `principal`): `ARN:…:assumed-role/…`
+    /// was lowercased but not read as a session, so its canonical form was
+    /// a session ARN whose own canonical form is the role: not idempotent.
+    #[test]
+    fn canonical_principal_is_idempotent_whatever_the_case() {
+        let arn = "arN:aws:sts::123456789012:assumed-role/ci-deploy/run-7";
+        let once = canonical_principal(arn);
+        assert_eq!(canonical_principal(&once), once);
+        assert_eq!(once, "arn:aws:iam::123456789012:role/ci-deploy");
+    }
+
+    /// Found by `scripts/fuzz` (target `principal`, long run): a session
+    /// of a role whose name ended in whitespace gave a role ARN that the
+    /// next call trimmed: not idempotent.
+    #[test]
+    fn canonical_principal_of_a_canonical_principal_is_itself() {
+        let once =
+            canonical_principal("arn:aws:sts::123456789012:assumed-role/ci-deploy\x0c/run-7");
+        assert_eq!(canonical_principal(&once), once);
+    }
+
+    /// Found by `scripts/fuzz` (target `principal`): a `*` in the pattern
+    /// facing a `*` in the text was taken as a literal, so `*` no longer
+    /// matched any run.
+    #[test]
+    fn a_star_facing_a_star_is_still_a_wildcard() {
+        assert!(glob(b"*", b"*!aa:r7"));
+        assert!(glob(b"a*c", b"a*bc"));
+        assert!(principal_allowed("*x", &["*".to_string()]));
     }
 
     #[test]

@@ -65,7 +65,13 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
         num(parts.next()?)?,
         num(parts.next()?)?,
     );
-    if parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    // Four-digit years only, as RFC 3339 writes them: larger ones are typos,
+    // and would overflow the arithmetic below.
+    if parts.next().is_some()
+        || !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
         return None;
     }
     let mut secs = days_from_civil(y, m as u32, d as u32) * 86_400;
@@ -88,7 +94,11 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
         secs += h * 3600 + mi * 60 + s;
         if let Some(sign) = offset.chars().next().filter(|c| *c == '+' || *c == '-') {
             let mut o = offset[1..].split(':');
-            let off = num(o.next()?)? * 3600 + num(o.next().unwrap_or("0"))? * 60;
+            let (oh, om) = (num(o.next()?)?, num(o.next().unwrap_or("0"))?);
+            if !(0..=23).contains(&oh) || !(0..=59).contains(&om) {
+                return None;
+            }
+            let off = oh * 3600 + om * 60;
             secs += if sign == '+' { -off } else { off };
         }
     }
@@ -161,6 +171,22 @@ mod tests {
         );
         assert!(parse_rfc3339("yesterday").is_none());
         assert!(parse_rfc3339("2026-13-01").is_none());
+    }
+
+    /// Found by `scripts/fuzz` (target `time`): a huge year or offset
+    /// overflowed (a panic in debug builds, a wrapped and wrong instant in
+    /// release ones, where the sweep reads `rotor:expires-at` with it).
+    #[test]
+    fn out_of_range_years_and_offsets_are_not_timestamps() {
+        assert_eq!(parse_rfc3339("9223372036854775807-01-01T00:00:00Z"), None);
+        assert_eq!(
+            parse_rfc3339("2026-01-01T00:00:00+9999999999999999:00"),
+            None
+        );
+        // RFC 3339 writes four-digit years; anything beyond is a typo.
+        assert_eq!(parse_rfc3339("100000000000-01-01"), None);
+        assert_eq!(parse_rfc3339("2026-01-01T00:00:00+24:00"), None);
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Some(253_402_300_799));
     }
 
     #[test]

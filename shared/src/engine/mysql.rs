@@ -405,7 +405,9 @@ fn split_outside_quotes<'a>(text: &'a str, sep: &str) -> Vec<&'a str> {
             None if c == '`' || c == '\'' || c == '"' => quote = Some(c),
             None if c == '(' => depth += 1,
             None if c == ')' => depth = depth.saturating_sub(1),
-            None if depth == 0 && text[i..].starts_with(sep) => {
+            // Bytes, not `text[i..]`: `i` may sit inside a multi-byte
+            // character; an ASCII `sep` only matches on a boundary.
+            None if depth == 0 && bytes[i..].starts_with(sep.as_bytes()) => {
                 parts.push(&text[start..i]);
                 i += sep.len();
                 start = i;
@@ -512,7 +514,8 @@ fn parse_grant_at(
     if !options_only {
         return None;
     }
-    let body = &line[verb.len()..at];
+    // `GRANT TO x`: the ` TO ` overlaps the verb's space; nothing is granted.
+    let body = line.get(verb.len()..at)?;
     let parts = split_outside_quotes(body, " ON ");
     match parts.as_slice() {
         [role] => (!revoke).then(|| Grant::Role {
@@ -526,6 +529,13 @@ fn parse_grant_at(
                 .filter(|p| !p.is_empty())
                 .collect();
             if privileges.iter().any(|p| p.eq_ignore_ascii_case("PROXY")) {
+                return None;
+            }
+            // No privilege holds the word ON (outside its column list): such
+            // a line is not one grant, and its replay would not read back.
+            if privileges.iter().any(|p| {
+                split_outside_quotes(&format!(" {} ", p.to_ascii_uppercase()), " ON ").len() > 1
+            }) {
                 return None;
             }
             let object = object.trim().to_string();
@@ -2738,6 +2748,42 @@ mod tests {
         );
         assert_eq!(
             plugin_of_create_user("CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*24'"),
+            None
+        );
+    }
+
+    /// A line whose ` TO ` overlaps the verb's own space sliced `line[6..5]`
+    /// (found by `scripts/fuzz`, target `grant`), and a non-ASCII character
+    /// outside quotes was sliced inside (found while writing that target);
+    /// both panicked.
+    #[test]
+    fn malformed_grant_lines_are_refused_without_a_panic() {
+        assert_eq!(parse_grant("GRANT TO `app`@`%`", "app", "%"), None);
+        assert_eq!(
+            parse_grant_of_role("GRANT TO `app_clone`@`%` WITH ADMIN OPTION"),
+            None
+        );
+        assert_eq!(
+            replay_grant("GRANT SELECT ON é.* TO `app`@`%`", "app", "%", "app_clone").as_deref(),
+            Some("GRANT SELECT ON é.* TO `app_clone`@`%`")
+        );
+        assert_eq!(
+            parse_grant_of_role("GRANT `rôle` TO r√").map(|_| ()),
+            Some(())
+        );
+    }
+
+    /// Found by `scripts/fuzz` (target `grant`): a "privilege" that is
+    /// the word ON plus more (`GRANT ON X,Y ON *.*`) was accepted, and its
+    /// replay, with the privileges sorted, no longer parsed as one grant.
+    #[test]
+    fn a_privilege_list_holding_the_word_on_is_refused() {
+        assert_eq!(
+            parse_grant("GRANT ON  X,Y ON *.* TO `app`@`%`", "app", "%"),
+            None
+        );
+        assert_eq!(
+            replay_grant("GRANT ON  X,Y ON *.* TO `app`@`%`", "app", "%", "app_clone"),
             None
         );
     }
