@@ -42,8 +42,7 @@ use std::time::{Duration, Instant};
 use rotor::secret::{DbSecret, Require, SecretString};
 use rotor::{Outcome, RotationEvent, Rotator, Step, Strategy};
 use rotor_tests::{
-    Admin, Kind, MariaDbEnv, MotoService, TestDb, TestEnv, mysql_account, new_password, pg_ident,
-    unique,
+    Admin, Kind, MotoService, TestDb, TestEnv, mysql_account, new_password, pg_ident, unique,
 };
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -59,20 +58,9 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 const SETUP_CONCURRENCY: usize = 8;
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "load bench: not run; run it with `eval \"$(scripts/test-env)\" && cargo bench -p rotor-tests --bench load`"
-        );
-        return ExitCode::SUCCESS;
-    }
-    let env = match TestEnv::from_env().and_then(|env| MariaDbEnv::from_env().map(|_| env)) {
+    let env = match rotor_tests::bench_env("load") {
         Ok(env) => env,
-        Err(e) => {
-            eprintln!(
-                "load bench: {e}\n  run: eval \"$(scripts/test-env)\" && cargo bench -p rotor-tests --bench load"
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(exit) => return exit,
     };
     let (secrets, concurrency) = match (
         count_from_env("ROTOR_BENCH_LOAD_SECRETS", 1000, 10_000),

@@ -17,18 +17,18 @@ use std::time::{Duration, Instant};
 
 use rotor::{Rotator, Strategy};
 use rotor_tests::probe::{AppProbe, ObservedStore, median_max, rotate_observed};
-use rotor_tests::{Kind, MotoService, RotatedSecret, TestDb, TestEnv, unique};
+use rotor_tests::{Kind, MotoService, RotatedSecret, TestDb, unique};
 use serde_json::json;
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    let env = match rotor_tests::bench_env("lockout") {
+        Ok(env) => env,
+        Err(exit) => return exit,
+    };
     let rotations: usize = std::env::var("ROTOR_BENCH_LOCKOUT_ROTATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let env = TestEnv::from_env().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2);
-    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -78,8 +78,9 @@ fn main() {
     }
     if failed {
         eprintln!("alternating users refused the application, or logins failed for another reason");
-        std::process::exit(1);
+        return std::process::ExitCode::FAILURE;
     }
+    std::process::ExitCode::SUCCESS
 }
 
 async fn measure(

@@ -71,9 +71,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rotor::store::SecretsManagerStore;
 use rotor::{Outcome, RotationEvent, Rotator, Step, Strategy};
-use rotor_tests::{
-    Admin, Kind, MariaDbEnv, MotoService, TestDb, TestEnv, create_role, new_password, unique,
-};
+use rotor_tests::{Admin, Kind, MotoService, TestDb, TestEnv, create_role, new_password, unique};
 use serde_json::{Map, Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -110,21 +108,9 @@ fn db_connection_target(strategy: Strategy) -> f64 {
 }
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "rotation bench: not run; run it with `eval \"$(scripts/test-env)\" && cargo bench -p rotor-tests --bench rotation`"
-        );
-        return ExitCode::SUCCESS;
-    }
-    // Both servers' settings, or a hint instead of a panic halfway through.
-    let env = match TestEnv::from_env().and_then(|env| MariaDbEnv::from_env().map(|_| env)) {
+    let env = match rotor_tests::bench_env("rotation") {
         Ok(env) => env,
-        Err(e) => {
-            eprintln!(
-                "rotation bench: {e}\n  run: eval \"$(scripts/test-env)\" && cargo bench -p rotor-tests --bench rotation"
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(exit) => return exit,
     };
     let config = match Config::from_env() {
         Ok(c) => c,

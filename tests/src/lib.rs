@@ -104,20 +104,7 @@ impl TestEnv {
     /// backoff), for the outage tests. Build the store from it with
     /// `SecretsManagerStore::from_sdk_config`, as the functions do.
     pub fn sdk_config_production_at(&self, url: &str) -> aws_config::SdkConfig {
-        use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
-        aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing",
-                "testing",
-                None,
-                None,
-                "rotor-tests",
-            )))
-            .endpoint_url(url)
-            .retry_config(aws_config::retry::RetryConfig::standard())
-            .build()
+        sdk_config_at(url, aws_config::retry::RetryConfig::standard())
     }
 
     pub fn rds_client(&self) -> aws_sdk_rds::Client {
@@ -256,6 +243,23 @@ impl TestEnv {
         }
         doc.to_string()
     }
+}
+
+/// The servers' settings for benchmark `bench`, or the exit to take: none
+/// without `--bench` (`cargo test --benches` only builds them), a hint
+/// instead of a panic halfway through when scripts/test-env has not run.
+pub fn bench_env(bench: &str) -> Result<TestEnv, std::process::ExitCode> {
+    let run = format!("eval \"$(scripts/test-env)\" && cargo bench -p rotor-tests --bench {bench}");
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{bench} bench: not run; run it with `{run}`");
+        return Err(std::process::ExitCode::SUCCESS);
+    }
+    TestEnv::from_env()
+        .and_then(|env| MariaDbEnv::from_env().map(|_| env))
+        .map_err(|e| {
+            eprintln!("{bench} bench: {e}\n  run: {run}");
+            std::process::ExitCode::FAILURE
+        })
 }
 
 /// A secret to rotate, made on a test server: its user (alternating users:
@@ -1037,28 +1041,36 @@ pub fn validate_schema(schema: &Value, value: &Value) -> Vec<String> {
 
 impl TestEnv {
     /// An SDK configuration for any service in moto: static credentials, a
-    /// region, no retries, the moto endpoint.
+    /// region, three attempts (moto answers HTTP 500 now and then), the moto
+    /// endpoint.
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        use aws_config::BehaviorVersion;
-        use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
-        aws_config::SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing",
-                "testing",
-                None,
-                None,
-                "rotor-tests",
-            )))
-            .endpoint_url(&self.moto_url)
-            .retry_config(
-                aws_config::retry::RetryConfig::standard()
-                    .with_max_attempts(3)
-                    .with_initial_backoff(std::time::Duration::from_millis(50)),
-            )
-            .build()
+        sdk_config_at(
+            &self.moto_url,
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(std::time::Duration::from_millis(50)),
+        )
     }
+}
+
+/// Static dummy credentials, a region, `url` and `retry`: moto does not
+/// check signatures, and without credentials the SDK would look for them
+/// beyond loopback.
+fn sdk_config_at(url: &str, retry: aws_config::retry::RetryConfig) -> aws_config::SdkConfig {
+    use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "rotor-tests",
+        )))
+        .endpoint_url(url)
+        .retry_config(retry)
+        .build()
 }
 
 /// The repository's layout, for the tests that check it (events, template).
