@@ -19,6 +19,7 @@ use rotor::store::SecretsManagerStore;
 use rotor::{PasswordPolicy, Rotator, SecretString, Strategy};
 use serde_json::{Value, json};
 
+pub mod eventbridge;
 pub mod faults;
 pub mod leaks;
 pub mod probe;
