@@ -636,3 +636,156 @@ fn revoke_event_publishers_are_documented_as_this_account_only() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The template's EventPatterns, by rule, as JSON: `!GetAtt X.Arn` becomes
+/// `arn:aws:iam::123456789012:role/rotor-X` (the sample events use the same
+/// form for Rotor's own roles), `!Ref P` the parameter's Default (a
+/// CommaDelimitedList becomes a list).
+fn event_patterns(t: &Template) -> BTreeMap<String, serde_json::Value> {
+    use serde_json::Value;
+    let lines: Vec<&str> = t.text.lines().collect();
+    let (_, params) = section(&lines, "Parameters").expect("Parameters");
+    let default_of = |name: &str| -> Value {
+        let start = params
+            .iter()
+            .position(|l| l.trim_end() == format!("  {name}:"))
+            .unwrap_or_else(|| panic!("!Ref {name}: no such parameter"));
+        let body: Vec<&str> = params[start + 1..]
+            .iter()
+            .take_while(|l| indent_of(l) > 2 || is_blank_or_comment(l))
+            .copied()
+            .collect();
+        let get = |key: &str| {
+            body.iter()
+                .find_map(|l| l.strip_prefix(&format!("    {key}:")))
+                .map(|v| unquote(v.trim()).to_string())
+        };
+        let default = get("Default").unwrap_or_default();
+        if get("Type").as_deref() == Some("CommaDelimitedList") {
+            Value::from(
+                default
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            Value::from(default)
+        }
+    };
+    let resolve = |tag: &str, arg: &str| -> Value {
+        match tag {
+            "!GetAtt" => {
+                let role = arg
+                    .strip_suffix(".Arn")
+                    .unwrap_or_else(|| panic!("!GetAtt {arg}: only .Arn is resolved here"));
+                Value::from(format!("arn:aws:iam::123456789012:role/rotor-{role}"))
+            }
+            "!Ref" => default_of(arg),
+            other => panic!("{other} {arg} in an EventPattern: resolve it in this test first"),
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (name, r) in &t.resources {
+        if r.kind != "AWS::Events::Rule" {
+            continue;
+        }
+        let start = r
+            .body
+            .iter()
+            .position(|l| l.trim_end() == "      EventPattern:")
+            .unwrap_or_else(|| panic!("{TEMPLATE}:{}: rule {name} has no EventPattern block", r.line));
+        let block: Vec<&str> = r.body[start + 1..]
+            .iter()
+            .take_while(|l| indent_of(l) > 6 || is_blank_or_comment(l))
+            .map(String::as_str)
+            .collect();
+        out.insert(
+            name.clone(),
+            rotor_tests::eventbridge::yaml_block(&block, &resolve),
+        );
+    }
+    out
+}
+
+/// Issue 11, items 1 and 2: every EventBridge rule of the template, run
+/// through a matcher with EventBridge's documented semantics
+/// (tests/src/eventbridge.rs) against the recorded-shape samples in
+/// `events/eventbridge/`. Prints, rule by rule, which samples match, and
+/// asserts the expected matrix: reads and modifications by IAM users with
+/// access keys, root and AWS services reach audit-events (no
+/// `sessionIssuer` in their events), Rotor's own calls do not, and
+/// revoke-on-event's CloudTrail rule keeps its scope (its default event
+/// names, successful calls only) for every kind of caller.
+#[test]
+fn every_event_rule_matches_the_expected_sample_events() {
+    let t = load();
+    let patterns = event_patterns(&t);
+    let dir = repo_root().join("events/eventbridge");
+    let mut samples: Vec<(String, serde_json::Value)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p).expect("read sample");
+            (name, serde_json::from_str(&text).expect("sample is JSON"))
+        })
+        .collect();
+    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    let audited = [
+        "delete-resource-policy-by-aws-service",
+        "get-by-assumed-role",
+        "get-by-aws-service",
+        "get-by-iam-user",
+        "get-by-root",
+        "get-refused",
+        "put-resource-policy-by-root",
+        "put-resource-policy-refused",
+        "put-secret-value-by-iam-user",
+        "replicate-secret-to-regions-by-root",
+        "role-definition-update-by-iam-user",
+        "untag-resource-by-iam-user",
+        "update-secret-version-stage-by-assumed-role",
+    ];
+    let expected: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
+        ("AuditEventsApiCallsRule", audited.to_vec()),
+        ("AuditEventsRotationEventsRule", vec!["rotation-failed"]),
+        ("RevokeOnEventCloudTrailRule", vec!["put-resource-policy-by-root"]),
+        ("RevokeOnEventCustomRule", vec!["custom-revoke-secret"]),
+        (
+            "RevokeOnEventGuardDutyRule",
+            vec!["guardduty-rds-failed-login", "guardduty-rds-successful-login"],
+        ),
+    ]);
+    let mut problems = Vec::new();
+    for (rule, pattern) in &patterns {
+        let matched: Vec<&str> = samples
+            .iter()
+            .filter(|(_, event)| rotor_tests::eventbridge::matches(pattern, event))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        println!("{rule}:");
+        for (name, _) in &samples {
+            let mark = if matched.contains(&name.as_str()) { "x" } else { " " };
+            println!("  [{mark}] {name}");
+        }
+        match expected.get(rule.as_str()) {
+            None => problems.push(format!("{rule}: no expected matches listed in this test")),
+            Some(want) if *want != matched => {
+                let missing: Vec<_> = want.iter().filter(|w| !matched.contains(w)).collect();
+                let extra: Vec<_> = matched.iter().filter(|m| !want.contains(m)).collect();
+                problems.push(format!(
+                    "{rule}: does not match {missing:?}; matches {extra:?} it should not"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for rule in expected.keys() {
+        if !patterns.contains_key(*rule) {
+            problems.push(format!("{rule}: not in {TEMPLATE}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
