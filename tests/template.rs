@@ -694,7 +694,12 @@ fn event_patterns(t: &Template) -> BTreeMap<String, serde_json::Value> {
             .body
             .iter()
             .position(|l| l.trim_end() == "      EventPattern:")
-            .unwrap_or_else(|| panic!("{TEMPLATE}:{}: rule {name} has no EventPattern block", r.line));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{TEMPLATE}:{}: rule {name} has no EventPattern block",
+                    r.line
+                )
+            });
         let block: Vec<&str> = r.body[start + 1..]
             .iter()
             .take_while(|l| indent_of(l) > 6 || is_blank_or_comment(l))
@@ -751,11 +756,17 @@ fn every_event_rule_matches_the_expected_sample_events() {
     let expected: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
         ("AuditEventsApiCallsRule", audited.to_vec()),
         ("AuditEventsRotationEventsRule", vec!["rotation-failed"]),
-        ("RevokeOnEventCloudTrailRule", vec!["put-resource-policy-by-root"]),
+        (
+            "RevokeOnEventCloudTrailRule",
+            vec!["put-resource-policy-by-root"],
+        ),
         ("RevokeOnEventCustomRule", vec!["custom-revoke-secret"]),
         (
             "RevokeOnEventGuardDutyRule",
-            vec!["guardduty-rds-failed-login", "guardduty-rds-successful-login"],
+            vec![
+                "guardduty-rds-failed-login",
+                "guardduty-rds-successful-login",
+            ],
         ),
     ]);
     let mut problems = Vec::new();
@@ -767,7 +778,11 @@ fn every_event_rule_matches_the_expected_sample_events() {
             .collect();
         println!("{rule}:");
         for (name, _) in &samples {
-            let mark = if matched.contains(&name.as_str()) { "x" } else { " " };
+            let mark = if matched.contains(&name.as_str()) {
+                "x"
+            } else {
+                " "
+            };
             println!("  [{mark}] {name}");
         }
         match expected.get(rule.as_str()) {

@@ -533,6 +533,7 @@ async fn cloudtrail_samples() {
     let rules = EventRules {
         stale_read_after: DAY,
         ignore: vec!["arn:aws:iam::123456789012:role/rotor-*".into()],
+        roles_prefix: "rotor/roles/".into(),
     };
     let expected: &[(&str, &[&str])] = &[
         ("get-previous-version.json", &["stale_version_read"]),

@@ -10,6 +10,11 @@
 //!   `*` or another account;
 //! - `rotation_disabled` — CancelRotateSecret;
 //! - `deletion_scheduled` — DeleteSecret;
+//! - `role_definition_changed` — any modification (below) of a secret under
+//!   the roles prefix (`ROTOR_ROLES_PREFIX`, `rotor/roles/`), CreateSecret
+//!   included: who may get which database powers changed;
+//! - `secret_modified` — any other modification by someone not Rotor
+//!   ([`MODIFICATIONS`]) that no finding above already covers;
 //! - `rotation_failed` / `repeated_rotation_failures` — RotationFailed or
 //!   RotationAbandoned; the count lives in the `rotor:rotation-failures` tag.
 //!
@@ -26,6 +31,26 @@ use crate::store::{AWSCURRENT, SecretStore};
 
 pub const TAG_ALLOWED_READERS: &str = "rotor:allowed-readers";
 pub const TAG_ROTATION_FAILURES: &str = "rotor:rotation-failures";
+
+/// CloudTrail event names that change a secret, its versions, policy,
+/// replicas, tags or rotation. Each one by someone not Rotor is a finding
+/// (actor, action, target, time); infra/template.yaml's audit rule sends them.
+pub const MODIFICATIONS: &[&str] = &[
+    "CreateSecret",
+    "PutSecretValue",
+    "UpdateSecret",
+    "UpdateSecretVersionStage",
+    "DeleteSecret",
+    "RestoreSecret",
+    "PutResourcePolicy",
+    "DeleteResourcePolicy",
+    "ReplicateSecretToRegions",
+    "RemoveRegionsFromReplication",
+    "TagResource",
+    "UntagResource",
+    "RotateSecret",
+    "CancelRotateSecret",
+];
 
 /// One finding from one event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,6 +70,8 @@ pub struct EventRules {
     pub stale_read_after: u64,
     /// Rotor's own roles: their events are not findings.
     pub ignore: Vec<String>,
+    /// Where role definitions live (secret name prefix).
+    pub roles_prefix: String,
 }
 
 impl Default for EventRules {
@@ -56,7 +83,23 @@ impl Default for EventRules {
                 .unwrap_or(24)
                 * 3600,
             ignore: Vec::new(),
+            roles_prefix: std::env::var("ROTOR_ROLES_PREFIX")
+                .ok()
+                .filter(|p| !p.trim().is_empty())
+                .unwrap_or_else(|| "rotor/roles/".into()),
         }
+    }
+}
+
+/// A secret's name from its id: the name itself, or the ARN's
+/// `secret:<name>` part (the ARN adds a six-character suffix after `-`).
+fn secret_name(id: &str) -> &str {
+    match id
+        .strip_prefix("arn:")
+        .and_then(|_| id.split_once(":secret:"))
+    {
+        Some((_, name)) => name,
+        None => id,
     }
 }
 
@@ -151,6 +194,8 @@ pub async fn analyse(
     let secret = text(&detail, "/requestParameters/secretId")
         .or_else(|| text(&detail, "/additionalEventData/SecretId"))
         .or_else(|| text(&detail, "/serviceEventDetails/secretId"))
+        .or_else(|| text(&detail, "/responseElements/arn"))
+        .or_else(|| text(&detail, "/requestParameters/name"))
         .or_else(|| {
             event
                 .get("resources")
@@ -264,6 +309,21 @@ pub async fn analyse(
         }
         _ => {}
     }
+    if MODIFICATIONS.contains(&event_name.as_str()) {
+        let who = if actor.is_empty() {
+            "an unknown principal"
+        } else {
+            actor.as_str()
+        };
+        if !rules.roles_prefix.is_empty() && secret_name(&secret).starts_with(&rules.roles_prefix) {
+            out.push(finding(
+                "role_definition_changed",
+                format!("{event_name} by {who} changed a role definition"),
+            ));
+        } else if out.is_empty() {
+            out.push(finding("secret_modified", format!("{event_name} by {who}")));
+        }
+    }
     Ok(out)
 }
 
@@ -323,5 +383,130 @@ mod tests {
         assert_eq!(policy_exposure(own_session, "123456789012"), None);
         let service = r#"{"Statement":{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"*"}}"#;
         assert_eq!(policy_exposure(service, "123456789012"), None);
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A sample from events/eventbridge/ (recorded CloudTrail shape).
+    fn sample(name: &str) -> Value {
+        let path = format!(
+            "{}/../events/eventbridge/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("sample")).expect("JSON")
+    }
+
+    fn rules() -> EventRules {
+        EventRules {
+            stale_read_after: 24 * 3600,
+            ignore: vec!["arn:aws:iam::123456789012:role/rotor-*".into()],
+            roles_prefix: "rotor/roles/".into(),
+        }
+    }
+
+    fn findings(event: &Value) -> Vec<EventFinding> {
+        let store = crate::store::LocalStore::in_memory();
+        rt().block_on(analyse(event, &store, &rules(), 1_800_000_000))
+            .expect("analyse")
+    }
+
+    const APP: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rotor/app-AbCdEf";
+
+    /// Issue 11, item 1: every modification by someone not Rotor is a
+    /// finding that names actor, action, target and time, whoever the
+    /// caller is (IAM user, root, assumed role, AWS service).
+    #[test]
+    fn modifications_by_anyone_but_rotor_are_findings_with_actor_action_target_time() {
+        let cases = [
+            (
+                "put-secret-value-by-iam-user",
+                "secret_modified",
+                "arn:aws:iam::123456789012:user/ci-deployer",
+            ),
+            (
+                "update-secret-version-stage-by-assumed-role",
+                "secret_modified",
+                "arn:aws:iam::123456789012:role/ops-admin",
+            ),
+            (
+                "untag-resource-by-iam-user",
+                "secret_modified",
+                "arn:aws:iam::123456789012:user/ci-deployer",
+            ),
+            (
+                "delete-resource-policy-by-aws-service",
+                "secret_modified",
+                "cloudformation.amazonaws.com",
+            ),
+            (
+                "replicate-secret-to-regions-by-root",
+                "secret_modified",
+                "arn:aws:iam::123456789012:root",
+            ),
+            (
+                "put-resource-policy-by-root",
+                "cross_account_policy",
+                "arn:aws:iam::123456789012:root",
+            ),
+        ];
+        for (file, status, actor) in cases {
+            let event = sample(file);
+            let got = findings(&event);
+            assert_eq!(got.len(), 1, "{file}: {got:?}");
+            let f = &got[0];
+            assert_eq!(f.status, status, "{file}");
+            assert_eq!(f.actor, actor, "{file}");
+            assert_eq!(f.event_name, event["detail"]["eventName"], "{file}");
+            assert_eq!(f.secret, APP, "{file}");
+            assert_eq!(f.event_time, "2026-11-28T19:30:00Z", "{file}");
+        }
+    }
+
+    #[test]
+    fn every_modification_name_yields_a_finding() {
+        let mut event = sample("put-secret-value-by-iam-user");
+        for name in MODIFICATIONS {
+            event["detail"]["eventName"] = Value::from(*name);
+            let got = findings(&event);
+            assert_eq!(got.len(), 1, "{name}: {got:?}");
+            assert_eq!(got[0].event_name, *name);
+            assert_eq!(got[0].actor, "arn:aws:iam::123456789012:user/ci-deployer");
+        }
+    }
+
+    #[test]
+    fn role_definition_changes_are_their_own_finding() {
+        let got = findings(&sample("role-definition-update-by-iam-user"));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].status, "role_definition_changed");
+        assert_eq!(got[0].actor, "arn:aws:iam::123456789012:user/ci-deployer");
+        let mut create = sample("role-definition-update-by-iam-user");
+        create["detail"]["eventName"] = Value::from("CreateSecret");
+        create["detail"]["requestParameters"] = serde_json::json!({"name": "rotor/roles/new"});
+        let got = findings(&create);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].status.as_str(), got[0].secret.as_str()),
+            ("role_definition_changed", "rotor/roles/new")
+        );
+    }
+
+    #[test]
+    fn rotor_own_modifications_and_plain_reads_are_not_modification_findings() {
+        assert_eq!(findings(&sample("rotate-secret-by-rotor")), vec![]);
+        assert_eq!(findings(&sample("put-resource-policy-by-rotor")), vec![]);
+        // A read of a secret the store does not hold yields nothing here.
+        assert_eq!(findings(&sample("get-by-iam-user")), vec![]);
+    }
+
+    #[test]
+    fn secret_names_come_from_ids_and_arns() {
+        assert_eq!(secret_name("rotor/roles/x"), "rotor/roles/x");
+        assert_eq!(secret_name(APP), "rotor/app-AbCdEf");
     }
 }
