@@ -9,6 +9,9 @@
 //!   `createSecret.json`, `setSecret.json`, `testSecret.json` and
 //!   `finishSecret.json`, each with the step its name says.
 //!
+//! - Every file in `events/eventbridge/` is an EventBridge envelope, and
+//!   revoke-on-event accepts the ones its rules send it.
+//!
 //! Needs no server: `cargo test -p rotor-tests --test events`.
 
 use std::path::{Path, PathBuf};
@@ -218,4 +221,36 @@ fn dynamic_function_events_parse() {
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} dynamic-function events found");
+}
+
+/// `events/eventbridge/` holds events as EventBridge delivers them (the
+/// template test runs every rule against them): each has the envelope's
+/// `source`, `detail-type` and `detail`, and what revoke-on-event's rules
+/// send it, it accepts, whoever the caller (root here: no sessionIssuer).
+#[test]
+fn eventbridge_samples_are_envelopes_that_the_functions_read() {
+    let dir = repo_root().join("events/eventbridge");
+    let files = json_files(&dir);
+    assert!(!files.is_empty(), "no samples in {}", dir.display());
+    for file in &files {
+        let value = read_json(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for key in ["source", "detail-type", "account", "time", "region"] {
+            assert!(
+                value.get(key).and_then(serde_json::Value::as_str).is_some(),
+                "{}: no \"{key}\"",
+                file.display()
+            );
+        }
+        assert!(value["detail"].is_object(), "{}: no detail", file.display());
+    }
+    for name in [
+        "put-resource-policy-by-root",
+        "guardduty-rds-successful-login",
+        "custom-revoke-secret",
+    ] {
+        let value = read_json(&dir.join(format!("{name}.json"))).expect("sample");
+        let parsed = rotor::dynamic::revoke::from_event(&value, &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(parsed.is_some(), "{name}: revoke-on-event ignores it");
+    }
 }
