@@ -111,7 +111,7 @@ mod dynamic_functions {
     use lambda_runtime::{LambdaEvent, service_fn};
     use serde_json::{Value, json};
 
-    use crate::dynamic::revoke::{from_event, ignored_principals_from_env};
+    use crate::dynamic::revoke::{EventPolicy, from_event_with};
     use crate::dynamic::sweep::SweepOptions;
     use crate::dynamic::{Caller, Dynamic};
     use crate::engine::ConnectOptions;
@@ -431,17 +431,17 @@ mod dynamic_functions {
     /// CloudTrail). Events caused by `ROTOR_IGNORE_PRINCIPALS` are ignored.
     pub async fn run_revoke_on_event() -> Result<(), lambda_runtime::Error> {
         crate::logging::init_json();
-        let started = async { Ok::<_, Error>((setup().await?, ignored_principals_from_env()?)) };
-        let ((dynamic, rds), ignore) = match started.await {
+        let started = async { Ok::<_, Error>((setup().await?, EventPolicy::from_env()?)) };
+        let ((dynamic, rds), policy) = match started.await {
             Ok(s) => s,
             Err(e) => return super::serve_startup_error(e).await,
         };
-        let (dynamic, rds, ignore) = (&dynamic, &rds, &ignore);
+        let (dynamic, rds, policy) = (&dynamic, &rds, &policy);
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
             revoke_from_event(
                 dynamic,
                 rds.clone(),
-                ignore,
+                policy,
                 &event.payload,
                 event.context.deadline,
             )
@@ -459,16 +459,16 @@ mod dynamic_functions {
     pub async fn revoke_from_event(
         dynamic: &Dynamic,
         rds: Option<Arc<dyn RdsLookup>>,
-        ignore: &[String],
+        policy: &EventPolicy,
         payload: &Value,
         deadline_ms: u64,
     ) -> Result<Value, Error> {
-        let parsed = from_event(payload, ignore).inspect_err(|e| {
+        let parsed = from_event_with(payload, policy).inspect_err(|e| {
             tracing::error!(error_kind = e.kind(), error = %e, "event refused");
         })?;
         let Some((target, dry_run)) = parsed else {
             tracing::info!(
-                "event ignored: caused by Rotor itself, or a CloudTrail record of a call that failed"
+                "event ignored: caused by Rotor itself, a CloudTrail record of a call that failed, or a GuardDuty finding of a failed login (ROTOR_REVOKE_ON_FAILED_LOGINS)"
             );
             return Ok(json!({"ignored": true}));
         };

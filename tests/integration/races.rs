@@ -482,7 +482,7 @@ async fn revoke_waits_within_deadline(db: TestDb) {
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(
         Duration::from_secs(30),
-        rotor::lambda::revoke_from_event(&dynamic, None, &[], &payload, deadline_ms),
+        rotor::lambda::revoke_from_event(&dynamic, None, &Default::default(), &payload, deadline_ms),
     )
     .await
     .expect("the handler still waits 30 s into a 4 s deadline");
@@ -509,7 +509,7 @@ async fn revoke_waits_within_deadline(db: TestDb) {
     assert_eq!(f.labels().await, labels, "nothing was rotated");
     assert_eq!(f.moto.all_values(&f.arn).await.len(), versions);
     // Once the lock is free the same event revokes.
-    let again = rotor::lambda::revoke_from_event(&dynamic, None, &[], &payload, 0)
+    let again = rotor::lambda::revoke_from_event(&dynamic, None, &Default::default(), &payload, 0)
         .await
         .expect("revocation after the lock was released");
     f.remember_values().await;

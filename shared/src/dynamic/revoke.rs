@@ -87,10 +87,64 @@ pub struct RevokeReport {
     pub retryable_failures: usize,
 }
 
-/// Parses an EventBridge event; `Ok(None)` when it is to be ignored
-/// (caused by one of `ignore` — Rotor's own roles —, a CloudTrail record
-/// of a call that failed, or not about credentials).
+/// What revoke-on-event acts on besides Rotor's own custom events.
+#[derive(Clone, Debug, Default)]
+pub struct EventPolicy {
+    /// `ROTOR_IGNORE_PRINCIPALS`: events these principals caused are ignored.
+    pub ignore: Vec<String>,
+    /// `ROTOR_REVOKE_ON_FAILED_LOGINS=true`: GuardDuty findings of *failed*
+    /// logins (brute force, a malicious or Tor caller that did not get in)
+    /// revoke too. Off by default: anyone who can reach the database could
+    /// otherwise rotate secrets and end sessions at will just by failing to
+    /// log in.
+    pub failed_logins: bool,
+}
+
+impl EventPolicy {
+    pub fn from_env() -> Result<EventPolicy> {
+        let failed_logins = match std::env::var("ROTOR_REVOKE_ON_FAILED_LOGINS") {
+            Err(_) => false,
+            Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("false") => false,
+            Ok(v) if v.trim().eq_ignore_ascii_case("true") => true,
+            Ok(v) => {
+                return Err(Error::Config(format!(
+                    "ROTOR_REVOKE_ON_FAILED_LOGINS={v:?}; use true or false"
+                )));
+            }
+        };
+        Ok(EventPolicy {
+            ignore: ignored_principals_from_env()?,
+            failed_logins,
+        })
+    }
+}
+
+/// Whether a GuardDuty RDS Protection finding type reports a login that
+/// failed (`…FailedLogin`): nobody got in with the credential.
+pub fn finding_is_failed_login(finding_type: &str) -> bool {
+    finding_type.ends_with("FailedLogin")
+}
+
+/// [`from_event_with`] with the defaults: failed-login findings ignored.
 pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarget, bool)>> {
+    from_event_with(
+        event,
+        &EventPolicy {
+            ignore: ignore.to_vec(),
+            failed_logins: false,
+        },
+    )
+}
+
+/// Parses an EventBridge event; `Ok(None)` when it is to be ignored
+/// (caused by one of `policy.ignore` — Rotor's own roles —, a CloudTrail
+/// record of a call that failed, a GuardDuty finding of a failed login
+/// unless `policy.failed_logins`, or not about credentials).
+pub fn from_event_with(
+    event: &Value,
+    policy: &EventPolicy,
+) -> Result<Option<(RevokeTarget, bool)>> {
+    let ignore = policy.ignore.as_slice();
     let source = event
         .get("source")
         .and_then(Value::as_str)
@@ -132,6 +186,10 @@ pub fn from_event(event: &Value, ignore: &[String]) -> Result<Option<(RevokeTarg
             Ok(Some((target, dry_run)))
         }
         ("aws.guardduty", "GuardDuty Finding") => {
+            let finding = text(&detail, &["type"]).unwrap_or_default();
+            if finding_is_failed_login(&finding) && !policy.failed_logins {
+                return Ok(None);
+            }
             let resource = detail.get("resource").cloned().unwrap_or(Value::Null);
             let cluster = text(&resource, &["rdsDbInstanceDetails", "dbClusterIdentifier"]);
             let instance = text(&resource, &["rdsDbInstanceDetails", "dbInstanceIdentifier"])
@@ -947,6 +1005,36 @@ mod tests {
         );
         assert_eq!(engine_family("aurora-mysql"), engine_family("mariadb"));
         assert_ne!(engine_family("mysql"), engine_family("postgres"));
+    }
+
+    #[test]
+    fn failed_login_findings_revoke_only_when_opted_in() {
+        let finding = |kind: &str| {
+            json!({"source": "aws.guardduty", "detail-type": "GuardDuty Finding", "detail": {"type": kind, "resource": {"rdsDbInstanceDetails": {"dbInstanceIdentifier": "db1"}, "rdsDbUserDetails": {"user": "app"}}}})
+        };
+        let opted_in = EventPolicy {
+            ignore: vec![],
+            failed_logins: true,
+        };
+        for failed in [
+            "CredentialAccess:RDS/AnomalousBehavior.FailedLogin",
+            "CredentialAccess:RDS/MaliciousIPCaller.FailedLogin",
+            "CredentialAccess:RDS/TorIPCaller.FailedLogin",
+        ] {
+            assert_eq!(
+                from_event(&finding(failed), &[]).unwrap(),
+                None,
+                "{failed}: a failed login must not rotate or end sessions by default"
+            );
+            assert!(from_event_with(&finding(failed), &opted_in).unwrap().is_some());
+        }
+        for got_in in [
+            "CredentialAccess:RDS/AnomalousBehavior.SuccessfulLogin",
+            "CredentialAccess:RDS/AnomalousBehavior.SuccessfulBruteForce",
+            "CredentialAccess:RDS/TorIPCaller.SuccessfulLogin",
+        ] {
+            assert!(from_event(&finding(got_in), &[]).unwrap().is_some(), "{got_in}");
+        }
     }
 
     #[test]
