@@ -2,11 +2,12 @@
 //! Input: pattern, newline, ARN. Properties: the matcher agrees with a
 //! plain recursive reference matcher; a literal pattern matches itself;
 //! `*` matches everything; an assumed-role session matches its IAM role's
-//! pattern; the canonical principal is idempotent and case-folded.
+//! pattern (any partition, with or without a role path) and no other
+//! partition's or account's; the canonical principal is idempotent and case-folded.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rotor::principal::{canonical_principal, principal_allowed};
+use rotor::principal::{assumed_role_session, canonical_principal, principal_allowed};
 
 /// `*` any run, `?` one byte: by definition, memoised.
 fn reference(p: &[u8], t: &[u8]) -> bool {
@@ -37,7 +38,8 @@ fuzz_target!(|data: &[u8]| {
     let patterns = vec![pattern.to_string()];
     let allowed = principal_allowed(arn, &patterns);
     // Only the ARN itself is compared unless it is an assumed-role session.
-    if !arn.starts_with("arn:aws:sts::") {
+    let session = assumed_role_session(arn);
+    if session.is_none() {
         assert_eq!(
             allowed,
             reference(pattern.as_bytes(), arn.as_bytes()),
@@ -56,15 +58,32 @@ fuzz_target!(|data: &[u8]| {
     let canonical = canonical_principal(arn);
     assert_eq!(canonical_principal(&canonical), canonical);
     assert_eq!(canonical, canonical.to_ascii_lowercase());
-    if let Some(rest) = arn.strip_prefix("arn:aws:sts::")
-        && let Some((account, path)) = rest.split_once(':')
-        && let Some(role) = path.strip_prefix("assumed-role/")
-        && let Some((name, _session)) = role.split_once('/')
-    {
-        let role_arn = format!("arn:aws:iam::{account}:role/{name}");
-        assert!(
-            principal_allowed(arn, &[role_arn.clone()]),
-            "{arn:?} is not {role_arn:?}"
-        );
+    if let Some(session) = session {
+        // In every partition, with or without a role path; never in
+        // another partition or account.
+        let (partition, account, name) = (session.partition, session.account, session.role_name);
+        let role_arn = format!("arn:{partition}:iam::{account}:role/{name}");
+        let with_path = format!("arn:{partition}:iam::{account}:role/team/{name}");
+        for pattern in [&role_arn, &with_path] {
+            if pattern == &with_path && (name.is_empty() || name.contains(['*', '?'])) {
+                continue;
+            }
+            assert!(
+                principal_allowed(arn, std::slice::from_ref(pattern)),
+                "{arn:?} is not {pattern:?}"
+            );
+        }
+        if !partition.contains(['*', '?']) && !account.contains(['*', '?']) {
+            let elsewhere = format!("arn:{partition}x:iam::{account}:role/{name}");
+            assert!(
+                !principal_allowed(arn, &[elsewhere.clone()]),
+                "{arn:?} is {elsewhere:?}"
+            );
+            let elsewhere = format!("arn:{partition}:iam::{account}0:role/team/{name}");
+            assert!(
+                !principal_allowed(arn, &[elsewhere.clone()]),
+                "{arn:?} is {elsewhere:?}"
+            );
+        }
     }
 });

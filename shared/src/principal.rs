@@ -1,21 +1,87 @@
 //! IAM principal patterns: `*` matches any run, `?` one character; an STS
-//! assumed-role ARN also matches patterns written for its IAM role.
+//! assumed-role ARN also matches patterns written for its IAM role, in any
+//! partition (`aws`, `aws-cn`, `aws-us-gov`, ...) and with or without a role
+//! path.
+
+/// An STS assumed-role session ARN, read:
+/// `arn:<partition>:sts::<account>:assumed-role/<role name>/<session>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session<'a> {
+    pub partition: &'a str,
+    pub account: &'a str,
+    pub role_name: &'a str,
+}
+
+/// The session an ARN names, if it is an assumed-role session (exact case,
+/// as IAM writes it; [`canonical_principal`] folds case itself).
+pub fn assumed_role_session(arn: &str) -> Option<Session<'_>> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("sts"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let (role_name, _session) = resource.strip_prefix("assumed-role/")?.split_once('/')?;
+    (!partition.is_empty()).then_some(Session {
+        partition,
+        account,
+        role_name,
+    })
+}
 
 /// Whether `arn` matches one of `patterns` (`*` any run, `?` one character).
-/// An STS assumed-role ARN also matches patterns written for its IAM role.
+///
+/// An STS assumed-role session also matches patterns written for its IAM
+/// role, in the session's own partition and account (never another: the
+/// role ARN is built from the session's fields, and the pattern is matched
+/// against it as written). A session does not carry the role's path, so a
+/// pattern with a path (`arn:aws:iam::123456789012:role/team/ci`) matches a
+/// session of role `ci` by the role name alone: IAM role names are unique
+/// in an account whatever their path, so a literal name names one role.
+/// A pattern whose role name holds a wildcard under a path
+/// (`role/team/*`) cannot be checked against a session and matches none;
+/// list the names, or write the pattern for the sessions
+/// (`arn:aws:sts::123456789012:assumed-role/ci-*/*`).
 pub fn principal_allowed(arn: &str, patterns: &[String]) -> bool {
-    let mut candidates = vec![arn.to_string()];
-    // arn:aws:sts::123456789012:assumed-role/Name/session → arn:aws:iam::123456789012:role/Name
-    if let Some(rest) = arn.strip_prefix("arn:aws:sts::")
-        && let Some((account, path)) = rest.split_once(':')
-        && let Some(role) = path.strip_prefix("assumed-role/")
-        && let Some((name, _session)) = role.split_once('/')
-    {
-        candidates.push(format!("arn:aws:iam::{account}:role/{name}"));
+    let Some(session) = assumed_role_session(arn) else {
+        return patterns.iter().any(|p| glob(p.as_bytes(), arn.as_bytes()));
+    };
+    let role = format!(
+        "arn:{}:iam::{}:role/{}",
+        session.partition, session.account, session.role_name
+    );
+    patterns.iter().any(|p| {
+        glob(p.as_bytes(), arn.as_bytes())
+            || glob(p.as_bytes(), role.as_bytes())
+            || pattern_without_path(p).is_some_and(|p| glob(p.as_bytes(), role.as_bytes()))
+    })
+}
+
+/// `arn:P:iam::A:role/path/.../name` → `arn:P:iam::A:role/name`, when the
+/// name is literal (no `*` or `?`) and there is a path; otherwise `None`.
+fn pattern_without_path(pattern: &str) -> Option<String> {
+    let mut parts = pattern.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let path_and_name = resource.strip_prefix("role/")?;
+    let (_path, name) = path_and_name.rsplit_once('/')?;
+    if name.is_empty() || name.contains(['*', '?']) {
+        return None;
     }
-    patterns
-        .iter()
-        .any(|p| candidates.iter().any(|c| glob(p.as_bytes(), c.as_bytes())))
+    Some(format!("arn:{partition}:iam::{account}:role/{name}"))
 }
 
 /// The principal an ARN stands for, for counting what it holds: an STS
@@ -126,6 +192,57 @@ mod tests {
         assert!(glob(b"*", b"*!aa:r7"));
         assert!(glob(b"a*c", b"a*bc"));
         assert!(principal_allowed("*x", &["*".to_string()]));
+    }
+
+    /// Issue 11, item 6: only `arn:aws:sts::` sessions were read as their
+    /// role, so a session in aws-cn or aws-us-gov never matched its role's
+    /// pattern, and a pattern with a role path matched no session.
+    #[test]
+    fn sessions_match_their_role_in_every_partition_and_with_a_path() {
+        let allowed = |arn: &str, p: &str| principal_allowed(arn, &[p.to_string()]);
+        for partition in ["aws", "aws-cn", "aws-us-gov"] {
+            let session = format!("arn:{partition}:sts::123456789012:assumed-role/ci/run");
+            let role = format!("arn:{partition}:iam::123456789012:role/ci");
+            let with_path = format!("arn:{partition}:iam::123456789012:role/team/ci");
+            assert!(allowed(&session, &role), "{session} vs {role}");
+            assert!(allowed(&session, &with_path), "{session} vs {with_path}");
+            assert!(allowed(
+                &session,
+                &format!("arn:{partition}:iam::123456789012:role/*/ci")
+            ));
+        }
+        let session = "arn:aws-cn:sts::123456789012:assumed-role/ci/run";
+        // Never across partitions or accounts, nor to another name.
+        assert!(!allowed(session, "arn:aws:iam::123456789012:role/ci"));
+        assert!(!allowed(
+            session,
+            "arn:aws-us-gov:iam::123456789012:role/team/ci"
+        ));
+        assert!(!allowed(session, "arn:aws-cn:iam::999999999999:role/ci"));
+        assert!(!allowed(
+            session,
+            "arn:aws-cn:iam::999999999999:role/team/ci"
+        ));
+        assert!(!allowed(
+            session,
+            "arn:aws-cn:iam::123456789012:role/team/cid"
+        ));
+        assert!(!allowed(session, "arn:aws-cn:iam::123456789012:role/c"));
+        // A wildcard role name under a path cannot be checked against a
+        // session (which does not carry the path): it matches no session.
+        assert!(!allowed(
+            session,
+            "arn:aws-cn:iam::123456789012:role/team/*"
+        ));
+        // Role ARNs themselves carry the path and match as written.
+        assert!(allowed(
+            "arn:aws:iam::123456789012:role/team/ci",
+            "arn:aws:iam::123456789012:role/team/*"
+        ));
+        assert_eq!(
+            canonical_principal("arn:aws-us-gov:sts::123456789012:assumed-role/CI/run"),
+            "arn:aws-us-gov:iam::123456789012:role/ci"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Wall-clock helpers without a date library: seconds since the Unix epoch,
-//! RFC 3339 formatting and parsing (UTC), and durations such as `15m`.
+//! Wall-clock helpers: seconds since the Unix epoch, RFC 3339 formatting
+//! and parsing (UTC) with the `time` crate, and durations such as `15m`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::error::{Error, Result};
 
@@ -17,92 +20,55 @@ pub fn epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Days since 1970-01-01 → (year, month, day). Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+/// 9999-12-31T23:59:59Z: the last instant RFC 3339's four-digit years can write.
+pub const LAST_RFC3339: u64 = 253_402_300_799;
 
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `2026-11-28T19:21:17Z`.
+/// `2026-11-28T19:21:17Z`. An instant past year 9999 prints as the last
+/// one RFC 3339 can write (such instants only stand for "never").
 pub fn rfc3339(epoch: u64) -> String {
-    let secs = epoch as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = i64::try_from(epoch.min(LAST_RFC3339)).unwrap_or(0);
+    match OffsetDateTime::from_unix_timestamp(secs) {
+        // Written field by field: `time`'s `formatting` feature is not
+        // needed for one fixed layout.
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => "9999-12-31T23:59:59Z".to_string(),
+    }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` or a date `YYYY-MM-DD`.
-pub fn parse_rfc3339(text: &str) -> Option<u64> {
+/// Parses an RFC 3339 date-time (`2026-12-31T00:00:00Z`,
+/// `2026-12-31T01:00:00.5+01:00`) or a date (`2026-12-31`, midnight UTC)
+/// into seconds since the epoch. Dates that are not on the calendar
+/// (`2026-02-31`, `2026-13-01`, `24:00:00`) and instants before 1970 are
+/// refused, saying what to write instead.
+pub fn parse_timestamp(text: &str) -> Result<u64> {
     let t = text.trim();
-    let num = |s: &str| s.parse::<i64>().ok();
-    let (date, rest) = t.split_at(t.find(['T', 't', ' ']).unwrap_or(t.len()));
-    let mut parts = date.split('-');
-    let (y, m, d) = (
-        num(parts.next()?)?,
-        num(parts.next()?)?,
-        num(parts.next()?)?,
-    );
-    // Four-digit years only, as RFC 3339 writes them: larger ones are typos,
-    // and would overflow the arithmetic below.
-    if parts.next().is_some()
-        || !(0..=9999).contains(&y)
-        || !(1..=12).contains(&m)
-        || !(1..=31).contains(&d)
-    {
-        return None;
-    }
-    let mut secs = days_from_civil(y, m as u32, d as u32) * 86_400;
-    if !rest.is_empty() {
-        let rest = &rest[1..];
-        let (clock, offset) = match rest.find(['Z', 'z', '+', '-']) {
-            Some(i) => rest.split_at(i),
-            None => (rest, "Z"),
-        };
-        let clock = clock.split('.').next()?;
-        let mut c = clock.split(':');
-        let (h, mi, s) = (
-            num(c.next()?)?,
-            num(c.next()?)?,
-            num(c.next().unwrap_or("0"))?,
-        );
-        if h > 23 || mi > 59 || s > 60 {
-            return None;
-        }
-        secs += h * 3600 + mi * 60 + s;
-        if let Some(sign) = offset.chars().next().filter(|c| *c == '+' || *c == '-') {
-            let mut o = offset[1..].split(':');
-            let (oh, om) = (num(o.next()?)?, num(o.next().unwrap_or("0"))?);
-            if !(0..=23).contains(&oh) || !(0..=59).contains(&om) {
-                return None;
-            }
-            let off = oh * 3600 + om * 60;
-            secs += if sign == '+' { -off } else { off };
-        }
-    }
-    u64::try_from(secs).ok()
+    let parsed = if t.len() == 10 {
+        // A date alone: the same parser, at midnight UTC.
+        OffsetDateTime::parse(&format!("{t}T00:00:00Z"), &Rfc3339)
+    } else {
+        OffsetDateTime::parse(t, &Rfc3339)
+    };
+    let bad = |why: String| {
+        Error::Config(format!(
+            "{text:?} is not a date-time ({why}); write RFC 3339 in UTC like 2026-12-31T00:00:00Z, or a date like 2026-12-31"
+        ))
+    };
+    let instant = parsed.map_err(|e| bad(e.to_string()))?;
+    u64::try_from(instant.unix_timestamp()).map_err(|_| bad("before 1970".into()))
+}
+
+/// [`parse_timestamp`], for callers that only need to know whether the
+/// text is a timestamp.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    parse_timestamp(text).ok()
 }
 
 /// `90`, `90s`, `15m`, `1h`, `7d`, `2w` → seconds. Zero is refused.
@@ -187,6 +153,32 @@ mod tests {
         assert_eq!(parse_rfc3339("100000000000-01-01"), None);
         assert_eq!(parse_rfc3339("2026-01-01T00:00:00+24:00"), None);
         assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Some(253_402_300_799));
+    }
+
+    /// Issue 11, item 6: the hand-rolled parser took `2026-02-31` as 3 March.
+    #[test]
+    fn impossible_calendar_dates_are_refused() {
+        for text in [
+            "2026-02-31",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T12:00:00Z",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T23:60:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(text), None, "{text:?} was accepted");
+        }
+        assert_eq!(
+            parse_rfc3339("2028-02-29"),
+            parse_rfc3339("2028-02-29T00:00:00Z")
+        );
+        assert!(parse_rfc3339("2028-02-29").is_some());
+        let e = parse_timestamp("2026-02-31").unwrap_err().to_string();
+        assert!(
+            e.contains("2026-02-31") && e.contains("2026-12-31T00:00:00Z"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -165,7 +165,85 @@ pub fn trials(env: &TestEnv) -> Vec<Trial> {
         env,
         |_env| cli_step_prints_config_error(),
     ));
+    trials.push(trial(
+        "config_errors::rotor_cli::report_fail_on_refuses_unknown_statuses",
+        env,
+        |_env| cli_fail_on_refuses_unknown_statuses(),
+    ));
     trials
+}
+
+/// Issue 11, item 6: a typo in `--fail-on` (`rotation_stuk`) matched no
+/// secret, so the gate passed (exit 0) whatever the report held. It must
+/// stop with the list of known statuses, before reading anything.
+async fn cli_fail_on_refuses_unknown_statuses() {
+    let rotor = built_binaries().await.join("rotor");
+    let dir = std::env::temp_dir().join(unique("rotor-fail-on"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let store = dir.join("store.json");
+    let store_arg = store.display().to_string();
+    let run = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&rotor);
+        command
+            .args(args)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        async move {
+            tokio::time::timeout(ANSWER_TIMEOUT, command.output())
+                .await
+                .expect("rotor did not finish in time")
+                .expect("run rotor")
+        }
+    };
+    let secret = json!({"engine":"postgres","host":"127.0.0.1","port":9,"username":"app","password":"Old-pw-1","ssl":false}).to_string();
+    let out = run(&[
+        "secrets", "put", "app/db", "--value", &secret, "--local", &store_arg,
+    ])
+    .await;
+    assert!(out.status.success(), "secrets put: {out:?}");
+    // Every known status: the one secret has one of them, so the gate fires.
+    let every = [&rotor::inventory::classify::STATUSES[..], &["plaintext"]].concat();
+    let every = every.join(",");
+    let out = run(&[
+        "report",
+        "--format",
+        "json",
+        "--fail-on",
+        &every,
+        "--local",
+        &store_arg,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3), "--fail-on {every}: {out:?}");
+    for typo in ["rotation_stuk", "rotation_stuck,Rotation_Overdue"] {
+        let out = run(&[
+            "report",
+            "--format",
+            "json",
+            "--fail-on",
+            typo,
+            "--local",
+            &store_arg,
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "--fail-on {typo} must be refused, not ignored: {out:?}"
+        );
+        assert!(
+            stderr.contains("--fail-on")
+                && rotor::inventory::classify::STATUSES
+                    .iter()
+                    .all(|s| stderr.contains(s))
+                && stderr.contains("plaintext"),
+            "the error must list the known statuses: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "no report after a refused gate");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What the fake Runtime API saw the function post.

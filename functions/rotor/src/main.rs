@@ -142,7 +142,7 @@ enum Command {
         output: Option<PathBuf>,
         /// Exit with status 3 when any secret has one of these statuses
         /// (comma-separated, e.g. rotation_overdue,rotation_stuck; `plaintext` for
-        /// credentials found outside the store).
+        /// credentials found outside the store). An unknown status is refused.
         #[arg(long, value_delimiter = ',')]
         fail_on: Vec<String>,
         /// Also scan Lambda environment variables and SSM String parameters.
@@ -335,6 +335,8 @@ async fn run(command: Command) -> Result<()> {
             local,
         } => {
             use rotor::inventory::{classify::Rules, publish as out, report::Report, scan as inv};
+            // Before reading anything: a typo would otherwise open the gate.
+            rotor::inventory::report::check_fail_on(&fail_on)?;
             let inventory = match &local {
                 Some(path) => inv::from_store(&LocalStore::open(path)?).await?,
                 None => {

@@ -28,7 +28,7 @@ use crate::engine::DropReport;
 use crate::error::Result;
 use crate::rds::RdsLookup;
 use crate::store::{AWSCURRENT, AWSPENDING, ListFilter};
-use crate::time::{parse_duration, parse_rfc3339, rfc3339};
+use crate::time::{parse_duration, parse_timestamp, rfc3339};
 
 pub const TAG_MAX_AGE: &str = "rotor:max-age";
 pub const TAG_EXPIRES_AT: &str = "rotor:expires-at";
@@ -324,18 +324,16 @@ impl Dynamic {
             if let Some(at) = s.tags.get(TAG_EXPIRES_AT)
                 && !s.tags.contains_key(TAG_EXPIRED)
             {
-                match parse_rfc3339(at) {
-                    None => report.push(SweepAction {
+                match parse_timestamp(at) {
+                    Err(e) => report.push(SweepAction {
                         kind: "revoke-expired-secret",
                         target: s.arn.clone(),
                         reason: format!("{TAG_EXPIRES_AT}={at:?}"),
                         outcome: "failed",
-                        error: Some(format!(
-                            "{TAG_EXPIRES_AT} {at:?} is not a timestamp like 2026-12-31T00:00:00Z"
-                        )),
+                        error: Some(format!("{TAG_EXPIRES_AT}: {e}")),
                         evidence: None,
                     }),
-                    Some(at_secs) if at_secs <= options.now => {
+                    Ok(at_secs) if at_secs <= options.now => {
                         let reason = format!("{TAG_EXPIRES_AT} {at} has passed");
                         let action = if options.dry_run {
                             SweepAction {
@@ -382,7 +380,7 @@ impl Dynamic {
                         report.push(action);
                         continue;
                     }
-                    Some(_) => {}
+                    Ok(_) => {}
                 }
             }
             let Some(max_age) = s.tags.get(TAG_MAX_AGE) else {

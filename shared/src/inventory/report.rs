@@ -10,7 +10,39 @@ use serde::{Deserialize, Serialize};
 
 use super::classify::{Classified, Rules, STATUSES, classify};
 use super::{Inventory, PlaintextCredential};
+use crate::error::{Error, Result};
 use crate::time::rfc3339;
+
+/// What `--fail-on` accepts: every status, and `plaintext` for credentials
+/// found outside the store.
+pub fn fail_on_statuses() -> Vec<&'static str> {
+    let mut known = STATUSES.to_vec();
+    known.push("plaintext");
+    known
+}
+
+/// Refuses a `--fail-on` list naming a status that does not exist: a typo
+/// would match no secret and silently open the gate.
+pub fn check_fail_on(statuses: &[String]) -> Result<()> {
+    let known = fail_on_statuses();
+    let unknown: Vec<&str> = statuses
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !known.contains(s))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--fail-on: unknown status {}; use one or more (comma-separated) of {}",
+        unknown
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        known.join(", ")
+    )))
+}
 
 /// The schema version written into every JSON report.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -320,6 +352,21 @@ fn csv_field(s: &str) -> String {
 mod tests {
     use super::super::SecretRecord;
     use super::*;
+
+    #[test]
+    fn fail_on_refuses_unknown_statuses() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        check_fail_on(&list(&fail_on_statuses())).expect("every known status");
+        check_fail_on(&[]).expect("no gate");
+        let e = check_fail_on(&list(&["rotation_stuck", "rotation_stuk"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"rotation_stuk\"") && e.contains("plaintext"),
+            "{e}"
+        );
+        assert!(STATUSES.iter().all(|s| e.contains(s)), "{e}");
+    }
 
     #[test]
     fn outputs_escape_and_count() {
