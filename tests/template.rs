@@ -761,12 +761,16 @@ fn every_event_rule_matches_the_expected_sample_events() {
             vec!["put-resource-policy-by-root"],
         ),
         ("RevokeOnEventCustomRule", vec!["custom-revoke-secret"]),
+        // Failed logins revoke only through the opt-in rule
+        // (RevokeOnFailedLogins): by default nobody can trigger a rotation
+        // just by failing to log in.
         (
             "RevokeOnEventGuardDutyRule",
-            vec![
-                "guardduty-rds-failed-login",
-                "guardduty-rds-successful-login",
-            ],
+            vec!["guardduty-rds-successful-login"],
+        ),
+        (
+            "RevokeOnEventGuardDutyFailedLoginRule",
+            vec!["guardduty-rds-failed-login"],
         ),
     ]);
     let mut problems = Vec::new();

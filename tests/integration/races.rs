@@ -482,7 +482,13 @@ async fn revoke_waits_within_deadline(db: TestDb) {
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(
         Duration::from_secs(30),
-        rotor::lambda::revoke_from_event(&dynamic, None, &Default::default(), &payload, deadline_ms),
+        rotor::lambda::revoke_from_event(
+            &dynamic,
+            None,
+            &Default::default(),
+            &payload,
+            deadline_ms,
+        ),
     )
     .await
     .expect("the handler still waits 30 s into a 4 s deadline");

@@ -1009,9 +1009,7 @@ mod tests {
 
     #[test]
     fn failed_login_findings_revoke_only_when_opted_in() {
-        let finding = |kind: &str| {
-            json!({"source": "aws.guardduty", "detail-type": "GuardDuty Finding", "detail": {"type": kind, "resource": {"rdsDbInstanceDetails": {"dbInstanceIdentifier": "db1"}, "rdsDbUserDetails": {"user": "app"}}}})
-        };
+        let finding = |kind: &str| json!({"source": "aws.guardduty", "detail-type": "GuardDuty Finding", "detail": {"type": kind, "resource": {"rdsDbInstanceDetails": {"dbInstanceIdentifier": "db1"}, "rdsDbUserDetails": {"user": "app"}}}});
         let opted_in = EventPolicy {
             ignore: vec![],
             failed_logins: true,
@@ -1026,14 +1024,21 @@ mod tests {
                 None,
                 "{failed}: a failed login must not rotate or end sessions by default"
             );
-            assert!(from_event_with(&finding(failed), &opted_in).unwrap().is_some());
+            assert!(
+                from_event_with(&finding(failed), &opted_in)
+                    .unwrap()
+                    .is_some()
+            );
         }
         for got_in in [
             "CredentialAccess:RDS/AnomalousBehavior.SuccessfulLogin",
             "CredentialAccess:RDS/AnomalousBehavior.SuccessfulBruteForce",
             "CredentialAccess:RDS/TorIPCaller.SuccessfulLogin",
         ] {
-            assert!(from_event(&finding(got_in), &[]).unwrap().is_some(), "{got_in}");
+            assert!(
+                from_event(&finding(got_in), &[]).unwrap().is_some(),
+                "{got_in}"
+            );
         }
     }
 
