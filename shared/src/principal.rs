@@ -3,6 +3,23 @@
 //! partition (`aws`, `aws-cn`, `aws-us-gov`, ...) and with or without a role
 //! path.
 
+/// `arn:<partition>:<service>::<account>:<resource>` (a global service: no
+/// region) read as (partition, account, resource).
+fn global_arn<'a>(arn: &'a str, service: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some(s), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    (s == service).then_some((partition, account, resource))
+}
+
 /// An STS assumed-role session ARN, read:
 /// `arn:<partition>:sts::<account>:assumed-role/<role name>/<session>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,17 +32,7 @@ pub struct Session<'a> {
 /// The session an ARN names, if it is an assumed-role session (exact case,
 /// as IAM writes it; [`canonical_principal`] folds case itself).
 pub fn assumed_role_session(arn: &str) -> Option<Session<'_>> {
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("sts"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
+    let (partition, account, resource) = global_arn(arn, "sts")?;
     let (role_name, _session) = resource.strip_prefix("assumed-role/")?.split_once('/')?;
     (!partition.is_empty()).then_some(Session {
         partition,
@@ -65,17 +72,7 @@ pub fn principal_allowed(arn: &str, patterns: &[String]) -> bool {
 /// `arn:P:iam::A:role/path/.../name` → `arn:P:iam::A:role/name`, when the
 /// name is literal (no `*` or `?`) and there is a path; otherwise `None`.
 fn pattern_without_path(pattern: &str) -> Option<String> {
-    let mut parts = pattern.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
+    let (partition, account, resource) = global_arn(pattern, "iam")?;
     let path_and_name = resource.strip_prefix("role/")?;
     let (_path, name) = path_and_name.rsplit_once('/')?;
     if name.is_empty() || name.contains(['*', '?']) {
@@ -93,15 +90,8 @@ pub fn canonical_principal(arn: &str) -> String {
     // Lowercase first, so `ARN:` and `STS` read as what they name and the
     // result is its own canonical form.
     let arn = arn.trim().to_ascii_lowercase();
-    let mut parts = arn.splitn(6, ':');
-    if let (Some("arn"), Some(partition), Some("sts"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) && let Some(role) = resource.strip_prefix("assumed-role/")
+    if let Some((partition, account, resource)) = global_arn(&arn, "sts")
+        && let Some(role) = resource.strip_prefix("assumed-role/")
         && let Some((name, _session)) = role.split_once('/')
     {
         // Trimmed like the input, so the result is its own canonical form.
