@@ -316,9 +316,7 @@ impl Rotator {
             if meta.has_stage(token, AWSPENDING)
                 && Step::parse(&event.step) == Some(Step::FinishSecret)
             {
-                self.store
-                    .update_stage(&meta.arn, AWSPENDING, None, Some(token))
-                    .await?;
+                self.remove_pending(&meta.arn, token).await?;
                 tracing::info!("version is already AWSCURRENT: removed its leftover AWSPENDING");
             } else {
                 tracing::info!("version is already AWSCURRENT: nothing to do");
@@ -892,22 +890,30 @@ impl Rotator {
             );
             outcome = Outcome::AlreadyCurrent;
         }
-        if let Err(e) = self
-            .store
-            .update_stage(&meta.arn, AWSPENDING, None, Some(token))
-            .await
-        {
-            let now = self.store.describe(&meta.arn).await?;
-            if now.has_stage(token, AWSPENDING) {
-                return Err(e);
-            }
-        }
+        self.remove_pending(&meta.arn, token).await?;
         if let Ok(mut memory) = self.memory.lock() {
             memory
                 .verified
                 .remove(&(meta.arn.clone(), token.to_string()));
         }
         Ok(outcome)
+    }
+
+    /// The last act of finishSecret, also run by its retry when AWSCURRENT
+    /// already moved: AWSPENDING off the token. A failure is one only if
+    /// the label is still there (a twin invocation may have removed it).
+    async fn remove_pending(&self, arn: &str, token: &str) -> Result<()> {
+        if let Err(e) = self
+            .store
+            .update_stage(arn, AWSPENDING, None, Some(token))
+            .await
+        {
+            let now = self.store.describe(arn).await?;
+            if now.has_stage(token, AWSPENDING) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     // ---- the whole rotation, in process ---------------------------------
