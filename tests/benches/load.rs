@@ -130,7 +130,7 @@ async fn run(env: TestEnv, secrets: usize, concurrency: usize) -> bool {
     println!(
         "connection bound per server: {concurrency} × {MAX_SESSIONS_PER_ROTATION} sessions per rotation = {bound}; run tag {tag}"
     );
-    println!("load average at start: {}", load_average());
+    println!("load average at start: {}", rotor_tests::load_average());
 
     let mut servers = Vec::new();
     for kind in [Kind::Postgres, Kind::MariaDb] {
@@ -267,7 +267,7 @@ async fn run(env: TestEnv, secrets: usize, concurrency: usize) -> bool {
     for l in lockouts.iter().take(20) {
         println!("  {l}");
     }
-    println!("load average at the end: {}", load_average());
+    println!("load average at the end: {}", rotor_tests::load_average());
     let within = peaks.iter().all(|(peak, _)| *peak <= bound);
     let ok = failures.is_empty() && lockouts.is_empty() && within;
     println!(
@@ -589,20 +589,5 @@ async fn cleanup(servers: &[Server], service: &MotoService, subjects: &[Subject]
         if let Ok(Err(e)) = bounded("DeleteSecret", delete).await {
             eprintln!("cleanup: cannot delete secret {arn}: {e:?}");
         }
-    }
-}
-
-/// The 1, 5 and 15 minute load averages, for the record.
-fn load_average() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    match std::fs::read_to_string("/proc/loadavg") {
-        Ok(text) => format!(
-            "{} ({cpus} CPUs)",
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-        Err(_) => "unknown".into(),
     }
 }

@@ -178,7 +178,7 @@ async fn run(env: TestEnv, config: Config) -> Value {
         "warm rotations per strategy: {} (ROTOR_BENCH_ROTATIONS), cold runs per function: {} (ROTOR_BENCH_COLD_RUNS)",
         config.rotations, config.cold_runs
     );
-    println!("load average at start: {}", load_average());
+    println!("load average at start: {}", rotor_tests::load_average());
     let service = MotoService::new(&env);
     let proxy = SmProxy::start(&env.moto_url).await;
     let mut cleanup = Cleanup::default();
@@ -206,7 +206,7 @@ async fn run(env: TestEnv, config: Config) -> Value {
         "targets (≤ {SM_CALL_TARGET} Secrets Manager calls and ≤ {DB_CONNECTION_TARGET} authorized database connections per rotation, warm and cold, PostgreSQL and MySQL): {}",
         if targets_met { "met" } else { "NOT met" }
     );
-    println!("load average at the end: {}", load_average());
+    println!("load average at the end: {}", rotor_tests::load_average());
     json!({
         "bench": "rotation",
         "warm_rotations": config.rotations,
@@ -226,21 +226,6 @@ async fn run(env: TestEnv, config: Config) -> Value {
             "met": targets_met,
         },
     })
-}
-
-/// The 1, 5 and 15 minute load averages, for the record.
-fn load_average() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    match std::fs::read_to_string("/proc/loadavg") {
-        Ok(text) => format!(
-            "{} ({cpus} CPUs)",
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-        Err(_) => "unknown".into(),
-    }
 }
 
 /// Awaits `fut` for at most [`STEP_TIMEOUT`].

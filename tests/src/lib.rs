@@ -263,6 +263,21 @@ pub fn bench_env(bench: &str) -> Result<TestEnv, std::process::ExitCode> {
         })
 }
 
+/// The 1, 5 and 15 minute load averages, for the record (benchmarks print it beside their figures).
+pub fn load_average() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(text) => format!(
+            "{} ({cpus} CPUs)",
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Err(_) => "unknown".into(),
+    }
+}
+
 /// A secret to rotate, made on a test server: its user (alternating users:
 /// with a master that may manage the user and its clone).
 pub struct RotatedSecret {
